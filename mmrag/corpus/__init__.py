@@ -1,0 +1,4 @@
+from mmrag.corpus.images import IMAGE_SUFFIXES, open_image
+from mmrag.corpus.items import Corpus, CorpusItem, Skipped
+
+__all__ = ["Corpus", "CorpusItem", "Skipped", "open_image", "IMAGE_SUFFIXES"]

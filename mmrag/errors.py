@@ -1,0 +1,21 @@
+"""Exceptions users see. Each carries a message that says what to do."""
+
+
+class MmragError(Exception):
+    """Base class for errors reported to the user without a traceback."""
+
+
+class ImageError(MmragError):
+    """An image could not be read (corrupt, truncated, too large, not an image)."""
+
+
+class CorpusError(MmragError):
+    """A corpus could not be read, or is empty."""
+
+
+class ModelUnavailableError(MmragError):
+    """Model weights are not available (offline, not installed, wrong directory)."""
+
+
+class IndexError_(MmragError):
+    """An index is missing, incompatible or corrupt."""

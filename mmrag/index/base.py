@@ -1,0 +1,67 @@
+"""The VectorStore protocol: what every index backend (FAISS, Milvus, ...) provides.
+
+Callers only ever use this protocol, so a backend is one registry entry, not a fork.
+Ids are strings chosen by the caller; metadata is a JSON-serialisable dict per id.
+Vectors are float32 and compared by inner product (unit vectors: cosine).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from mmrag.registry import Registry
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    dim: int
+
+    def add(
+        self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]] | None = None
+    ) -> int:
+        """Insert (or replace) vectors; returns how many were added. Durable once it returns."""
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Remove ids; returns how many existed."""
+
+    def search(
+        self, vectors: np.ndarray, k: int = 10, filter: dict[str, Any] | None = None
+    ) -> list[list[Hit]]:
+        """For each query row, the k best hits, best first. ``filter``: metadata key == value
+        (a list value means 'any of')."""
+
+    def get(self, ids: Sequence[str]) -> list[dict[str, Any] | None]: ...
+
+    def vectors(self, ids: Sequence[str]) -> np.ndarray: ...
+
+    def ids(self) -> list[str]: ...
+
+    def count(self) -> int: ...
+
+    def __contains__(self, id: str) -> bool: ...
+
+    def save(self) -> None:
+        """Flush to disk atomically (a crash leaves the previous or the new state, never half)."""
+
+    def close(self) -> None: ...
+
+
+VECTOR_STORES: Registry[VectorStore] = Registry("vector store")
+
+
+def open_store(backend: str, path: str | Path, dim: int, **options) -> VectorStore:
+    """Open (creating if needed) a store by backend name, e.g. ``open_store("faiss", dir, 384)``."""
+    import mmrag.index  # noqa: F401  (registers the built-in backends)
+
+    return VECTOR_STORES.create(backend, path=Path(path), dim=dim, **options)
