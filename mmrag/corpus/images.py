@@ -6,7 +6,8 @@ import io
 import warnings
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmrag.errors import ImageError
 
@@ -16,10 +17,21 @@ MAX_PIXELS = 64_000_000
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def open_image(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open and fully decode an image as RGB, or raise ImageError saying why not."""
+def open_image(
+    source: str | Path | bytes | Image.Image,
+    max_pixels: int = MAX_PIXELS,
+    draft: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Open and fully decode an image as RGB, or raise ImageError saying why not.
+
+    ``draft``: for JPEGs, let the decoder downscale by a power of two while keeping both sides
+    at least this large (much faster for big photos that are resized afterwards anyway).
+    """
     if isinstance(source, Image.Image):
-        return source.convert("RGB") if source.mode != "RGB" else source
+        try:
+            return _to_rgb(source)
+        except (OSError, ValueError) as e:
+            raise ImageError(f"<image>: cannot convert to RGB ({e})") from None
     name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
     try:
         fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
@@ -32,11 +44,16 @@ def open_image(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_P
     with fp:
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                # Our own max_pixels check below is the authority (it runs on the header,
+                # before decoding); PIL's warning at ~89 Mpx would silently cap a larger
+                # max_pixels. PIL's hard DecompressionBombError (~179 Mpx) still applies.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 img = Image.open(fp)
                 w, h = img.size
                 if w * h > max_pixels:
                     raise ImageError(f"{name}: image too large ({w}x{h} > {max_pixels} pixels)")
+                if draft is not None and img.format == "JPEG":
+                    img.draft("RGB", draft)
                 img.load()  # decode now, so truncation is caught here and not in a worker
         except ImageError:
             raise
@@ -49,6 +66,46 @@ def open_image(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_P
         if getattr(img, "is_animated", False):
             img.seek(0)
         try:
-            return img.convert("RGB")
+            return _to_rgb(_upright(img))
         except (OSError, ValueError) as e:
             raise ImageError(f"{name}: cannot convert to RGB ({e})") from None
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation (phone photos are stored sideways with a rotation tag)."""
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # malformed EXIF: keep the pixels as stored
+        return img
+    if orientation in (None, 1):
+        return img
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:
+        return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB with high-bit-depth greys scaled (not clipped) and transparency over white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        hi = float(a.max()) if a.size else 0.0
+        if img.mode == "F" and hi <= 1.0:
+            a = a * 255.0
+        elif img.mode.startswith("I;16") or 255.0 < hi <= 65535.0:
+            a = a / 257.0
+        elif hi > 65535.0 or float(a.min()) < 0.0:
+            lo = float(a.min())
+            a = (a - lo) * (255.0 / max(hi - lo, 1e-12))
+        grey = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
+        return grey.convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode in ("P", "L", "RGB") and "transparency" in img.info
+    ):
+        rgba = img.convert("RGBA")
+        out = Image.new("RGB", rgba.size, (255, 255, 255))
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    return img.convert("RGB")

@@ -1,0 +1,96 @@
+"""The bridge: a linear map from image features into the text embedding space.
+
+Fitted in closed form on image–caption pairs (the mRAG-gim mapping): features and targets are
+mean-centred, then ``W = argmin ||X W - Y||² + λ||W||²`` (ridge), or the orthogonal Procrustes
+solution ``W = U Vᵀ`` from the SVD of ``XᵀY``. Targets are the mean of an image's normalised
+caption embeddings, which gives the same least-squares solution as one row per caption.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mmrag.encoders.base import l2_normalize
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class BridgeConfig:
+    method: str = "ridge"  # "ridge" | "procrustes"
+    lam: float = 100.0  # ridge strength, relative to the mean feature variance times n
+    # How raw image features become the design matrix (see ImageFeatureRecipe in effnet_minilm).
+    recipe: dict = field(default_factory=dict)
+
+
+class Bridge:
+    def __init__(self, W: np.ndarray, x_mean: np.ndarray, y_mean: np.ndarray, config: BridgeConfig, info: dict | None = None):
+        self.W = W.astype(np.float32)
+        self.x_mean = x_mean.astype(np.float32)
+        self.y_mean = y_mean.astype(np.float32)
+        self.config = config
+        self.info = info or {}
+
+    @property
+    def in_dim(self) -> int:
+        return self.W.shape[0]
+
+    @property
+    def out_dim(self) -> int:
+        return self.W.shape[1]
+
+    @classmethod
+    def fit(cls, X: np.ndarray, Y: np.ndarray, config: BridgeConfig | None = None, info: dict | None = None) -> "Bridge":
+        """X: [n, d_in] image features; Y: [n, d_out] text targets (one row per image)."""
+        config = config or BridgeConfig()
+        X = np.asarray(X, np.float64)
+        Y = np.asarray(Y, np.float64)
+        if X.shape[0] != Y.shape[0] or X.shape[0] < 2:
+            raise ValueError(f"need >= 2 paired rows, got X {X.shape} and Y {Y.shape}")
+        x_mean, y_mean = X.mean(0), Y.mean(0)
+        Xc, Yc = X - x_mean, Y - y_mean
+        if config.method == "ridge":
+            # λ is scaled by the average feature energy so one value works across feature recipes.
+            scale = (Xc**2).sum() / Xc.shape[1]
+            G = Xc.T @ Xc + config.lam * scale / Xc.shape[0] * np.eye(Xc.shape[1])
+            W = np.linalg.solve(G, Xc.T @ Yc)
+        elif config.method == "procrustes":
+            U, _, Vt = np.linalg.svd(Xc.T @ Yc, full_matrices=False)
+            W = U @ Vt
+        else:
+            raise ValueError(f"unknown bridge method {config.method!r}: ridge or procrustes")
+        return cls(W, x_mean, y_mean, config, info)
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Map image features into the (centred) text space, L2-normalised."""
+        return l2_normalize((np.asarray(X, np.float32) - self.x_mean) @ self.W)
+
+    def center_text(self, T: np.ndarray) -> np.ndarray:
+        """Text embeddings centred like the fit targets, L2-normalised."""
+        return l2_normalize(np.asarray(T, np.float32) - self.y_mean)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        meta = {"format": FORMAT_VERSION, "config": asdict(self.config), "info": self.info}
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez_compressed(
+                f,
+                W=self.W.astype(np.float16),
+                x_mean=self.x_mean,
+                y_mean=self.y_mean,
+                meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+            )
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Bridge":
+        with np.load(path) as z:
+            meta = json.loads(bytes(z["meta"]).decode())
+            if meta.get("format") != FORMAT_VERSION:
+                raise ValueError(f"{path}: unsupported bridge format {meta.get('format')}")
+            return cls(z["W"].astype(np.float32), z["x_mean"], z["y_mean"], BridgeConfig(**meta["config"]), meta["info"])
