@@ -290,7 +290,7 @@ def test_faiss_stale_cache_after_unsaved_changes(tmp_path):
     s.close()
 
 
-@pytest.mark.parametrize("index_type", ["ivf", "hnsw"])
+@pytest.mark.parametrize("index_type", ["ivf", "ivf_sq8", "hnsw"])
 def test_faiss_ann_recall_and_deletes(tmp_path, index_type):
     from mmrag.index.faiss_store import FaissStore
 
@@ -333,7 +333,7 @@ def test_faiss_auto_switches_to_ann_past_threshold(tmp_path):
     s.add([str(i) for i in range(1500, 3000)], x[1500:])
     s.close()
     s = FaissStore(tmp_path / "a", 16, flat_threshold=2000)
-    assert s.info()["index_type"] == "ivf" and s.count() == 3000
+    assert s.info()["index_type"] == "ivf_sq8" and s.count() == 3000
     assert s.search(x[:5], k=1)[0][0].id == "0"
     s.close()
 
@@ -352,7 +352,8 @@ CHILD = textwrap.dedent(
         if b % 3 == 0:
             s.delete([f"b{b - 1}-{i}" for i in range(0, 200, 2)])
         if b % 4 == 0:
-            s.add([f"b{b}-0"], x[1:2], [{"b": b, "replaced": True}])   # replace
+            y = rng.standard_normal((1, 16)).astype(np.float32)
+            s.add([f"b{b}-0"], y / np.linalg.norm(y), [{"b": b, "replaced": True}])   # replace
         if b % 2 == 0:
             s.save()
         print(b, flush=True)

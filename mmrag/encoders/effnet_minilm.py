@@ -1,1 +1,233 @@
-"""placeholder while being written"""
+"""``effnet-minilm``: the offline default encoder.
+
+Texts: all-MiniLM-L6-v2 (384-d). Images: EfficientNet-Lite0 features brought into the text space
+by a bridge (a closed-form linear map, see ``bridge.py``). The image design vector combines
+
+* the pooled 1280-d features (power-normalised: sqrt, then standardised), and
+* a "class mix": the ImageNet class probabilities times the MiniLM embeddings of the class
+  names, i.e. what the classifier believes, already written in the text space,
+
+each weighted, averaged over the views listed in the recipe (centre crop, whole image, mirror).
+The recipe travels inside the bridge file so features always match the map they were fitted for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from mmrag.encoders.base import ENCODERS, ImageInput, l2_normalize
+from mmrag.encoders.bridge import Bridge
+from mmrag.errors import ImageError, ModelUnavailableError
+
+SHIPPED_BRIDGES = {"flickr8k-train": "bridge_flickr8k_train.npz"}
+DEFAULT_BRIDGE = "flickr8k-train"
+# Chosen on the Flickr8k dev split (docs/benchmarks.md, benchmarks/tune_bridge.py).
+DEFAULT_LAMBDA = 100.0
+
+
+@dataclass
+class FeatureRecipe:
+    views: list[str] = field(default_factory=lambda: ["center"])
+    size: int = 224
+    pooled_power: float = 0.5  # 0.5 = sqrt; 1 = raw
+    pooled_weight: float = 1.0
+    classmix_weight: float = 1.0
+    temperature: float = 1.0  # softmax temperature on the ImageNet logits
+    class_template: str = "a photo of a {}."
+    center_text: bool = True  # compare against text embeddings centred like the fit targets
+    # Per-dimension standardisation, filled in by fitting (train statistics).
+    pooled_mean: list[float] | None = None
+    pooled_std: list[float] | None = None
+    mix_mean: list[float] | None = None
+    mix_std: list[float] | None = None
+
+
+def default_recipe() -> FeatureRecipe:
+    """The recipe of the shipped bridge (chosen on Flickr8k dev)."""
+    return FeatureRecipe()
+
+
+def imagenet_class_names() -> list[str]:
+    text = resources.files("mmrag.assets").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
+    return [line.split(",")[0].strip() for line in text.splitlines() if line.strip()]
+
+
+def resolve_bridge(bridge: str | Path | None) -> Path:
+    name = bridge or DEFAULT_BRIDGE
+    if str(name) in SHIPPED_BRIDGES:
+        p = Path(str(resources.files("mmrag.assets").joinpath(SHIPPED_BRIDGES[str(name)])))
+        if not p.exists():
+            raise ModelUnavailableError(
+                f"shipped bridge {name!r} is missing from the package ({p}); "
+                "refit it with `mmrag bridge fit` (see README)"
+            )
+        return p
+    p = Path(name)
+    if not p.exists():
+        raise ModelUnavailableError(
+            f"bridge {str(name)!r} not found: give a file from `mmrag bridge fit` or one of {sorted(SHIPPED_BRIDGES)}"
+        )
+    return p
+
+
+class RawImageFeatures:
+    """Image -> unstandardised parts of the design vector (pooled, class mix)."""
+
+    def __init__(self, recipe: FeatureRecipe, text_encoder, backend: str = "onnx"):
+        from mmrag.encoders.image_features import EfficientNetFeaturizer
+
+        self.recipe = recipe
+        self.featurizer = EfficientNetFeaturizer(size=recipe.size, views=recipe.views, backend=backend)
+        names = imagenet_class_names()
+        self.class_text = text_encoder.embed([recipe.class_template.format(n) for n in names])
+
+    def __call__(self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False):
+        bar = None
+        if progress and len(images) > batch_size:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(images), desc="embedding images", unit="img", leave=False)
+
+        def tick(done: int) -> None:
+            if bar is not None:
+                bar.n = done
+                bar.refresh()
+
+        try:
+            f = self.featurizer.features(images, batch_size=batch_size, progress=tick)
+        finally:
+            if bar is not None:
+                bar.close()
+        r = self.recipe
+        pooled = np.maximum(f.pooled, 0.0) ** r.pooled_power  # [n, views, 1280]
+        z = f.logits / r.temperature
+        z = np.exp(z - z.max(-1, keepdims=True))
+        probs = z / z.sum(-1, keepdims=True)
+        mix = probs.mean(1) @ self.class_text  # [n, 384]
+        return pooled.mean(1), mix, f.errors
+
+
+def design_matrix(pooled: np.ndarray, mix: np.ndarray, r: FeatureRecipe) -> np.ndarray:
+    """Standardise each part with the fit statistics and weight it; parts are scaled by
+    1/sqrt(dim) so their weights are comparable whatever their sizes."""
+    parts = []
+    if r.pooled_weight:
+        p = (pooled - np.asarray(r.pooled_mean, np.float32)) / np.asarray(r.pooled_std, np.float32)
+        parts.append(p * (r.pooled_weight / np.sqrt(p.shape[1])))
+    if r.classmix_weight:
+        m = (mix - np.asarray(r.mix_mean, np.float32)) / np.asarray(r.mix_std, np.float32)
+        parts.append(m * (r.classmix_weight / np.sqrt(m.shape[1])))
+    if not parts:
+        raise ValueError("recipe uses no image feature (both weights are 0)")
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def fill_standardisation(recipe: FeatureRecipe, pooled: np.ndarray, mix: np.ndarray) -> None:
+    recipe.pooled_mean = pooled.mean(0).tolist()
+    recipe.pooled_std = (pooled.std(0) + 1e-6).tolist()
+    recipe.mix_mean = mix.mean(0).tolist()
+    recipe.mix_std = (mix.std(0) + 1e-6).tolist()
+
+
+@ENCODERS.register("effnet-minilm")
+class EffnetMinilmEncoder:
+    """The offline default: EfficientNet-Lite0 + bridge -> all-MiniLM-L6-v2 space (384-d)."""
+
+    dim = 384
+
+    def __init__(self, bridge: str | Path | Bridge | None = None, backend: str = "onnx",
+                 text_model_dir: str | Path | None = None, recipe: FeatureRecipe | None = None):
+        from mmrag.encoders.minilm import MiniLMTextEncoder
+
+        self.text = MiniLMTextEncoder(text_model_dir)
+        self._bridge_arg = None if isinstance(bridge, Bridge) else (str(bridge) if bridge else None)
+        if isinstance(bridge, Bridge) or (bridge is None and recipe is not None):
+            self.bridge = bridge
+        else:
+            self.bridge = Bridge.load(resolve_bridge(bridge))
+        if recipe is None:
+            recipe = FeatureRecipe(**self.bridge.config.recipe)
+        self.recipe = recipe
+        self.backend = backend
+        self._raw: RawImageFeatures | None = None
+        self.name = "effnet-minilm"
+
+    def spec(self) -> tuple[str, dict]:
+        return "effnet-minilm", ({"bridge": self._bridge_arg} if self._bridge_arg else {})
+
+    @property
+    def raw(self) -> RawImageFeatures:
+        if self._raw is None:  # loading the image network is deferred: text-only use stays fast
+            self._raw = RawImageFeatures(self.recipe, self.text, self.backend)
+        return self._raw
+
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 128, progress: bool = False) -> np.ndarray:
+        t = self.text.embed(texts, batch_size=batch_size, progress=progress)
+        if self.recipe.center_text and self.bridge is not None:
+            t = self.bridge.center_text(t)
+        return t
+
+    def image_design(self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False):
+        pooled, mix, errors = self.raw(images, batch_size=batch_size, progress=progress)
+        return design_matrix(pooled, mix, self.recipe), errors
+
+    def embed_images_safe(self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False):
+        """Like embed_images, but unreadable images give zero rows and an error by position."""
+        if self.bridge is None:
+            raise ModelUnavailableError("this encoder has no bridge yet: fit one with `mmrag bridge fit`")
+        X, errors = self.image_design(images, batch_size, progress)
+        out = self.bridge.transform(X)
+        if errors:
+            out[list(errors)] = 0.0
+        return out, errors
+
+    def embed_images(self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        out, errors = self.embed_images_safe(images, batch_size, progress)
+        if errors:
+            i, reason = next(iter(errors.items()))
+            raise ImageError(reason if len(errors) == 1 else f"{len(errors)} unreadable images, first: {reason}")
+        return out
+
+    def describe(self) -> dict:
+        return {"name": self.name, "dim": self.dim, "recipe": {k: v for k, v in asdict(self.recipe).items()
+                                                               if not k.endswith(("_mean", "_std"))},
+                "bridge": self.bridge.info if self.bridge is not None else None}
+
+
+def fit_effnet_bridge(corpus, recipe: FeatureRecipe | None = None, method: str = "ridge", lam: float = 100.0,
+                      backend: str = "onnx", progress: bool = True) -> Bridge:
+    """Fit the image->text bridge on a corpus with captions (the ``mmrag bridge fit`` job).
+
+    Targets: the mean of each image's normalised caption embeddings. Unreadable images and
+    images without captions are left out of the fit.
+    """
+    from mmrag.encoders.bridge import BridgeConfig
+    from mmrag.encoders.minilm import MiniLMTextEncoder
+    from mmrag.errors import CorpusError
+
+    recipe = recipe or FeatureRecipe()
+    items = [it for it in corpus.items if it.captions]
+    if len(items) < 2:
+        raise CorpusError(f"corpus {corpus.name!r} has {len(items)} captioned images; a bridge needs at least 2")
+    text = MiniLMTextEncoder()
+    raw = RawImageFeatures(recipe, text, backend)
+    pooled, mix, errors = raw([it.path for it in items], progress=progress)
+    keep = np.array([i not in errors for i in range(len(items))])
+    pooled, mix = pooled[keep], mix[keep]
+    kept = [it for it, k in zip(items, keep) if k]
+    caps = [c for it in kept for c in it.captions]
+    owner = np.repeat(np.arange(len(kept)), [len(it.captions) for it in kept])
+    T = text.embed(caps, progress=progress)
+    Y = np.zeros((len(kept), T.shape[1]), np.float64)
+    np.add.at(Y, owner, T)
+    Y = l2_normalize(Y / np.bincount(owner)[:, None])
+    fill_standardisation(recipe, pooled, mix)
+    X = design_matrix(pooled, mix, recipe)
+    info = {"corpus": corpus.name, "root": str(corpus.root), "n_images": int(len(kept)),
+            "n_captions": len(caps), "skipped_images": len(errors)}
+    return Bridge.fit(X, Y, BridgeConfig(method=method, lam=lam, recipe=asdict(recipe)), info=info)

@@ -53,6 +53,7 @@ differ from the cached index.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -82,7 +83,11 @@ HNSW_DEAD_REBUILD = 0.2  # rebuild an HNSW graph at save once this fraction is t
 EXACT_SUBSET_MAX = 20_000  # filtered search: score up to this many candidates exactly
 TRAIN_POINTS_PER_LIST = 40
 CHUNK = 50_000
-INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
+REFINE_FACTOR = 4  # ivf_sq8: fetch k*4 candidates and re-rank them exactly from SQLite
+AUTO_ANN = "ivf_sq8"  # what auto picks above flat_threshold (measured: benchmarks/bench_search.py)
+INDEX_TYPES = ("auto", "flat", "ivf", "ivf_sq8", "hnsw")
+IVF_KINDS = ("ivf", "ivf_sq8")
+KINDS = ("flat", "ivf", "ivf_sq8", "hnsw")
 METRICS = ("ip", "l2")
 
 
@@ -112,29 +117,35 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _key_expr(key: Any) -> str:
+    """The SQL expression for metadata ``key``; written literally so an expression index applies."""
+    if not isinstance(key, str) or not key or any(c in key for c in "\"\\\x00"):
+        raise ValueError(f"filter keys must be non-empty strings without double quotes or backslashes, got {key!r}")
+    path = "$.\"" + key + "\""
+    return "json_extract(metadata, '" + path.replace("'", "''") + "')"
+
+
 def _filter_sql(filter: dict[str, Any]) -> tuple[str, list[Any]]:
     """``{"key": value | [values]}`` -> a WHERE clause over ``items.metadata`` and its params."""
     clauses: list[str] = []
     params: list[Any] = []
     for key, value in filter.items():
-        if not isinstance(key, str) or not key or '"' in key or "\\" in key:
-            raise ValueError(f"filter keys must be non-empty strings without quotes, got {key!r}")
-        path = f'$."{key}"'
+        ex = _key_expr(key)
+        ty = ex.replace("json_extract(", "json_type(", 1)
         values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
         alts: list[str] = []
         for v in values:
             if v is None:
-                alts.append("json_type(metadata, ?) = 'null'")
-                params.append(path)
-            elif isinstance(v, bool):
-                alts.append("json_type(metadata, ?) = ?")
-                params += [path, "true" if v else "false"]
+                alts.append(f"({ex} IS NULL AND {ty} = 'null')")
+            elif isinstance(v, (bool, np.bool_)):
+                alts.append(f"({ex} = ? AND {ty} = ?)")
+                params += [int(bool(v)), "true" if v else "false"]
             elif isinstance(v, (int, float, np.integer, np.floating)):
-                alts.append("(json_type(metadata, ?) IN ('integer', 'real') AND json_extract(metadata, ?) = ?)")
-                params += [path, path, v.item() if isinstance(v, np.generic) else v]
+                alts.append(f"({ex} = ? AND {ty} IN ('integer', 'real'))")
+                params.append(v.item() if isinstance(v, np.generic) else v)
             elif isinstance(v, str):
-                alts.append("(json_type(metadata, ?) = 'text' AND json_extract(metadata, ?) = ?)")
-                params += [path, path, v]
+                alts.append(f"({ex} = ? AND {ty} = 'text')")
+                params.append(v)
             else:
                 raise ValueError(
                     f"filter value for {key!r} must be a str, number, bool, None or a list of them; got {type(v).__name__}"
@@ -183,6 +194,7 @@ class FaissStore:
         self._dead_sel: tuple | None = None
         self._stale = False  # in-memory index may disagree with SQLite (an error after commit)
         self._saved_gen = -1
+        self._indexed_keys: set[str] = set()
 
         self.path.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(
@@ -282,11 +294,11 @@ class FaissStore:
     def _desired_kind(self, n: int) -> str:
         t = self.index_type
         if t == "auto":
-            if self._kind == "ivf" and n >= self.flat_threshold // 2:
-                return "ivf"
-            return "ivf" if n >= self.flat_threshold else "flat"
-        if t == "ivf":
-            return "ivf" if n >= MIN_IVF_TRAIN else "flat"
+            if self._kind == AUTO_ANN and n >= self.flat_threshold // 2:
+                return AUTO_ANN
+            return AUTO_ANN if n >= self.flat_threshold else "flat"
+        if t in IVF_KINDS:
+            return t if n >= MIN_IVF_TRAIN else "flat"
         return t
 
     def _new_flat(self) -> faiss.Index:
@@ -299,7 +311,7 @@ class FaissStore:
         return faiss.IndexIDMap(h)
 
     def _index_nlist(self) -> int | None:
-        if self._kind != "ivf" or self._index is None:
+        if self._kind not in IVF_KINDS or self._index is None:
             return None
         return faiss.extract_index_ivf(self._index).nlist
 
@@ -314,7 +326,7 @@ class FaissStore:
         idx = self._index
         if idx is None or idx.ntotal == 0:
             return np.empty(0, np.int64)
-        if self._kind == "ivf":
+        if self._kind in IVF_KINDS:
             ivf = faiss.extract_index_ivf(idx)
             inv = ivf.invlists
             parts = []
@@ -352,11 +364,16 @@ class FaissStore:
             else:
                 yield from self._iter_db()
 
-        if kind == "ivf":
+        if kind in IVF_KINDS:
             nlist = int(self.nlist or _auto_nlist(n))
             nlist = max(1, min(nlist, n))
             quantizer = faiss.IndexFlatIP(self.dim) if self.metric == "ip" else faiss.IndexFlatL2(self.dim)
-            index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, self._faiss_metric())
+            if kind == "ivf":
+                index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, self._faiss_metric())
+            else:
+                index = faiss.IndexIVFScalarQuantizer(
+                    quantizer, self.dim, nlist, faiss.ScalarQuantizer.QT_8bit, self._faiss_metric()
+                )
             n_train = min(n, nlist * TRAIN_POINTS_PER_LIST)
             rng = np.random.default_rng(0)
             if view is not None:
@@ -388,7 +405,7 @@ class FaissStore:
         kind = self._desired_kind(n)
         if self._index is None or kind != self._kind:
             return kind
-        if kind == "ivf":
+        if kind in IVF_KINDS:
             if self.nlist is not None:
                 if self._index_nlist() != min(self.nlist, max(n, 1)):
                     return kind
@@ -427,7 +444,7 @@ class FaissStore:
             self._index.remove_ids(stale)
         for a in range(0, len(missing), CHUNK):
             r, x = self._vectors_by_rid(missing[a : a + CHUNK])
-            if self._kind == "ivf" and not self._index.is_trained:
+            if not self._index.is_trained:
                 break
             self._index.add_with_ids(x, r)
         self._stale = False
@@ -448,7 +465,7 @@ class FaissStore:
     def _load_or_build(self) -> None:
         marker = self._read_marker()
         loaded = False
-        if marker is not None and marker.get("kind") in ("flat", "ivf", "hnsw"):
+        if marker is not None and marker.get("kind") in KINDS:
             try:
                 index = faiss.read_index(str(self.path / marker["file"]))
                 if index.d != self.dim:
@@ -615,7 +632,7 @@ class FaissStore:
             self._count += len(ids) - len(old)
             try:  # SQLite is committed; the index is a cache -- if this fails, reconcile later
                 self._remove_from_index(np.asarray(old, np.int64))
-                if self._kind == "ivf" and not self._index.is_trained:
+                if not self._index.is_trained:
                     self._stale = True
                 else:
                     self._index.add_with_ids(x, new)
@@ -652,7 +669,7 @@ class FaissStore:
             return len(old)
 
     def _search_params(self, sel=None):
-        if self._kind == "ivf":
+        if self._kind in IVF_KINDS:
             return faiss.SearchParametersIVF(sel=sel, nprobe=int(self.nprobe)) if sel is not None else faiss.SearchParametersIVF(nprobe=int(self.nprobe))
         if self._kind == "hnsw":
             if sel is None and len(self._dead):
@@ -699,8 +716,10 @@ class FaissStore:
                 return [[] for _ in range(len(q))]
             if self._stale:
                 self._reconcile()
+            refine = REFINE_FACTOR if self._kind == "ivf_sq8" else 1
             if filter:
                 where, params = _filter_sql(filter)
+                self._index_metadata_keys(filter)
                 cand = np.fromiter(
                     (r for (r,) in self._conn.execute(f"SELECT rid FROM items WHERE {where} ORDER BY rid", params)),
                     np.int64,
@@ -710,41 +729,62 @@ class FaissStore:
                 kk = min(k, len(cand))
                 if self._kind != "flat" and len(cand) <= EXACT_SUBSET_MAX:
                     D, I = self._exact_subset(q, cand, kk)
-                else:
-                    sel = faiss.IDSelectorBatch(cand)
-                    D, I = self._index.search(q, kk, params=self._search_params(sel))
-                    short = np.nonzero((I >= 0).sum(1) < kk)[0]
-                    if len(short):  # the ANN probe missed matches: exact over the matching subset
-                        Ds, Is = self._exact_subset(q[short], cand, kk)
-                        D, I = D.copy(), I.copy()
-                        D[short], I[short] = Ds, Is
+                    return self._hits(q, D, I, kk, exact=True)
+                sel = faiss.IDSelectorBatch(cand)
+                kf = min(kk * refine, len(cand))
+                D, I = self._index.search(q, kf, params=self._search_params(sel))
+                short = np.nonzero((I >= 0).sum(1) < kk)[0]
+                if len(short):  # the ANN probe missed matches: exact over the matching subset
+                    Ds, Is = self._exact_subset(q[short], cand, kk)
+                    D, I = D.copy(), I.copy()
+                    D[short, :kk], I[short, :kk] = Ds, Is
+                    I[short, kk:] = -1
             else:
                 kk = min(k, self._count)
-                D, I = self._index.search(q, kk, params=self._search_params())
-            return self._hits(D, I)
+                D, I = self._index.search(q, min(kk * refine, self._count), params=self._search_params())
+            return self._hits(q, D, I, kk, exact=refine == 1)
 
-    def _hits(self, D: np.ndarray, I: np.ndarray) -> list[list[Hit]]:
+    def _hits(self, q: np.ndarray, D: np.ndarray, I: np.ndarray, k: int, exact: bool = True) -> list[list[Hit]]:
+        """Hits with ids and metadata from SQLite. ``exact=False``: the index scores are
+        approximate, so re-rank the candidates by their exact score (vectors from SQLite)."""
         rids = np.unique(I[I >= 0])
-        rows: dict[int, tuple[str, str]] = {}
+        rows: dict[int, tuple] = {}
         if len(rids):
-            for r, i, m in self._conn.execute(
-                "SELECT rid, id, metadata FROM items WHERE rid IN (SELECT value FROM json_each(?))",
+            cols = "rid, id, metadata" if exact else "rid, id, metadata, vector"
+            for row in self._conn.execute(
+                f"SELECT {cols} FROM items WHERE rid IN (SELECT value FROM json_each(?))",
                 (_json_list(rids.tolist()),),
             ):
-                rows[r] = (i, m)
+                rows[row[0]] = row[1:]
         sign = -1.0 if self.metric == "l2" else 1.0
         out: list[list[Hit]] = []
         parsed: dict[int, dict] = {}
-        for d_row, i_row in zip(D, I):
+        for qv, d_row, i_row in zip(q, D, I):
+            cand = [(d, r) for d, r in zip(d_row.tolist(), i_row.tolist()) if r >= 0 and r in rows]
+            if not exact and cand:
+                x = self._decode([rows[r][2] for _, r in cand])
+                s = x @ qv if self.metric == "ip" else -((x - qv) ** 2).sum(1)
+                order = np.argsort(-s, kind="stable")
+                cand = [(sign * float(s[j]), cand[j][1]) for j in order]
             hits = []
-            for d, r in zip(d_row.tolist(), i_row.tolist()):
-                if r < 0 or r not in rows:
-                    continue
+            for d, r in cand[:k]:
                 if r not in parsed:
                     parsed[r] = json.loads(rows[r][1])
                 hits.append(Hit(id=rows[r][0], score=sign * d, metadata=dict(parsed[r])))
             out.append(hits)
         return out
+
+    def _index_metadata_keys(self, filter: dict[str, Any]) -> None:
+        """Create (once) an expression index per filtered metadata key, so filters stay fast."""
+        for key in filter:
+            if key in self._indexed_keys:
+                continue
+            name = "meta_" + hashlib.sha1(key.encode()).hexdigest()[:16]
+            try:
+                self._conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON items({_key_expr(key)})")
+            except sqlite3.Error:
+                pass  # e.g. a read-only file system: the filter still works, by a scan
+            self._indexed_keys.add(key)
 
     def get(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
         ids = self._check_ids(ids)
@@ -833,7 +873,7 @@ class FaissStore:
                 "index_ntotal": int(self._index.ntotal) if self._index is not None else 0,
                 "tombstones": int(len(self._dead)),
                 "nlist": self._index_nlist(),
-                "nprobe": self.nprobe if self._kind == "ivf" else None,
+                "nprobe": self.nprobe if self._kind in IVF_KINDS else None,
                 "hnsw_m": self._index_hnsw_m(),
                 "ef_search": self.ef_search if self._kind == "hnsw" else None,
                 "generation": self._gen,

@@ -1,0 +1,225 @@
+"""The ``mmrag`` command line: one verb per stage (index, search, info, bridge, eval, quickstart)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mmrag.errors import MmragError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub unless the user asks
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multimodal RAG over image collections.")
+bridge_app = typer.Typer(no_args_is_help=True, help="Fit and inspect the image->text bridge of effnet-minilm.")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate with each task's published metrics.")
+app.add_typer(bridge_app, name="bridge")
+app.add_typer(eval_app, name="eval")
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(code)
+
+
+def _encoder(name: str, model: Optional[str], bridge: Optional[str]):
+    from mmrag.encoders import create_encoder
+
+    kwargs = {}
+    if name == "clip":
+        kwargs["model"] = model
+    elif name == "effnet-minilm" and bridge:
+        kwargs["bridge"] = bridge
+    return create_encoder(name, **kwargs)
+
+
+def _write_json(path: Optional[Path], data) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
+    err.print(f"wrote {path}")
+
+
+@app.command()
+def index(
+    corpus: Path = typer.Argument(..., help="Folder of images, COCO/Karpathy JSON, Flickr8k folder or JSONL manifest."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Index directory (created, or resumed if it exists)."),
+    kind: str = typer.Option("auto", help="Corpus format: auto, folder, coco, karpathy, flickr8k, jsonl."),
+    split: Optional[str] = typer.Option(None, help="Split to index where the format has splits (train/dev/test)."),
+    limit: Optional[int] = typer.Option(None, help="Index at most this many images (quick runs)."),
+    encoder: str = typer.Option("effnet-minilm", help="Encoder registry name (see `mmrag encoders`)."),
+    encoder_model: Optional[str] = typer.Option(None, help="clip: local ONNX export directory or hub id."),
+    bridge: Optional[str] = typer.Option(None, help="effnet-minilm: bridge file (default: shipped flickr8k-train)."),
+    store: str = typer.Option("faiss", help="Vector store backend."),
+    index_type: str = typer.Option("auto", help="faiss: auto, flat, ivf, hnsw."),
+    batch_size: int = typer.Option(256, help="Images per committed batch (the unit of resume)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+):
+    """Build or extend an index. Safe to interrupt: run it again to resume."""
+    from mmrag.corpus.readers import read_corpus
+    from mmrag.indexer import IndexConfig, build_index
+
+    c = read_corpus(kind, corpus, split=split, limit=limit)
+    enc = _encoder(encoder, encoder_model, bridge)
+    opts = {"index_type": index_type} if store == "faiss" else {}
+    rep = build_index(c, out_dir, enc, IndexConfig(batch_size=batch_size, backend=store, backend_options=opts))
+    d = rep.as_dict()
+    if as_json:
+        print(json.dumps(d, indent=2, ensure_ascii=False))
+        return
+    out.print(f"[bold]{out_dir}[/]: +{d['added']} images (+{d['captions_added']} captions); "
+              f"{d['already_indexed']} already indexed, {d['duplicates']} duplicates, {d['skipped']} skipped; "
+              f"total {d['total_images']} images, {d['total_captions']} captions")
+    for s in d["skipped_reasons"][:20]:
+        out.print(f"  skipped {s['source']}: {s['reason']}")
+    if d["skipped"] > 20:
+        out.print(f"  ... and {d['skipped'] - 20} more (see {out_dir}/skipped.jsonl)")
+
+
+def _print_hits(hits, target: str) -> None:
+    t = Table(show_header=True, header_style="bold")
+    t.add_column("#", justify="right")
+    t.add_column("score", justify="right")
+    t.add_column("id")
+    t.add_column("caption" if target == "images" else "text")
+    for i, h in enumerate(hits, 1):
+        text = h.metadata.get("text") if target == "captions" else (h.metadata.get("captions") or [""])[0]
+        t.add_row(str(i), f"{h.score:.3f}", h.id, text or "")
+    out.print(t)
+
+
+@app.command()
+def search(
+    index_dir: Path = typer.Option(..., "--index", "-i", help="Index directory."),
+    text: Optional[str] = typer.Option(None, "--text", "-t", help="Text query."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Image query (file)."),
+    weight: float = typer.Option(0.5, help="With both text and image: the text's weight in [0, 1]."),
+    k: int = typer.Option(10, "-k", help="Number of results."),
+    target: str = typer.Option("images", help="images (text/image -> image) or captions (image -> caption)."),
+    where: list[str] = typer.Option([], "--where", help="Metadata filter key=value (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="JSON output."),
+):
+    """Search an index by text, by image, or both."""
+    from mmrag.search import Searcher
+
+    flt = {}
+    for w in where:
+        if "=" not in w:
+            _fail(f"--where takes key=value, got {w!r}")
+        key, val = w.split("=", 1)
+        flt[key] = val
+    s = Searcher(index_dir)
+    hits = s.search(text=text, image=image, k=k, weight=weight, target=target, filter=flt or None)
+    if as_json:
+        print(json.dumps([{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits], indent=2, ensure_ascii=False))
+    else:
+        _print_hits(hits, target)
+
+
+@app.command()
+def info(index_dir: Path = typer.Option(..., "--index", "-i"), as_json: bool = typer.Option(False, "--json")):
+    """What an index holds and how it was built."""
+    from mmrag.index.collection import Collection
+
+    c = Collection.open(index_dir)
+    d = c.info()
+    c.close()
+    if as_json:
+        print(json.dumps(d, indent=2, ensure_ascii=False))
+    else:
+        for key, v in d.items():
+            out.print(f"[bold]{key}[/]: {v}")
+
+
+@app.command()
+def encoders():
+    """List the encoders that can be chosen by name."""
+    from mmrag.encoders import ENCODERS
+
+    for n in ENCODERS.names():
+        out.print(n)
+
+
+@bridge_app.command("fit")
+def bridge_fit(
+    data_dir: Path = typer.Option(..., "--data-dir", help="Corpus with captions."),
+    dataset: str = typer.Option("auto", help="Corpus format (flickr8k, coco, karpathy, jsonl, folder, auto)."),
+    split: Optional[str] = typer.Option("train", help="Split to fit on (never test)."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="Bridge file to write (.npz)."),
+    method: str = typer.Option("ridge", help="ridge or procrustes."),
+    lam: float = typer.Option(None, help="Ridge strength (default: the shipped recipe's)."),
+    limit: Optional[int] = typer.Option(None, help="Fit on at most this many images."),
+):
+    """Fit the effnet-minilm image->text bridge on a captioned corpus and save it."""
+    from mmrag.corpus.readers import read_corpus
+    from mmrag.encoders.effnet_minilm import DEFAULT_LAMBDA, default_recipe, fit_effnet_bridge
+
+    if split == "test":
+        err.print("[yellow]warning:[/] fitting on the test split makes test numbers meaningless")
+    c = read_corpus(dataset, data_dir, split=split, limit=limit)
+    b = fit_effnet_bridge(c, default_recipe(), method=method, lam=DEFAULT_LAMBDA if lam is None else lam)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    b.save(out_path)
+    out.print(f"bridge fitted on {b.info['n_images']} images / {b.info['n_captions']} captions -> {out_path}")
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    data_dir: Path = typer.Option(..., "--data-dir", help="Dataset location."),
+    dataset: str = typer.Option("auto", help="flickr8k, coco, karpathy, jsonl, folder or auto."),
+    split: Optional[str] = typer.Option("test", help="Split to evaluate on."),
+    encoder: str = typer.Option("effnet-minilm", help="Encoder registry name."),
+    encoder_model: Optional[str] = typer.Option(None, help="clip: local ONNX export directory or hub id."),
+    bridge: Optional[str] = typer.Option(None, help="effnet-minilm: bridge file."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate on the first N images only."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write results here."),
+):
+    """Recall@1/5/10 both ways (every caption queries the images; every image the captions)."""
+    from mmrag.corpus.readers import read_corpus
+    from mmrag.eval.retrieval import evaluate_retrieval
+
+    c = read_corpus(dataset, data_dir, split=split, limit=limit)
+    res = evaluate_retrieval(c, _encoder(encoder, encoder_model, bridge))
+    res["split"] = split
+    t = Table(title=f"{res['dataset']} {split or 'all'}: {res['n_images']} images, {res['n_captions']} captions ({res['encoder']})")
+    t.add_column("direction")
+    for key in ("R@1", "R@5", "R@10"):
+        t.add_column(key, justify="right")
+    for d in ("t2i", "i2t"):
+        t.add_row(d, *(f"{res[d][key]:.1f}" for key in ("R@1", "R@5", "R@10")))
+    out.print(t)
+    _write_json(json_out, res)
+
+
+@app.command()
+def quickstart(
+    out_dir: Path = typer.Option(None, "--out", help="Where to build the sample index (default: cache)."),
+):
+    """Build an index of the sample photos bundled with scikit-image and run a few queries."""
+    from mmrag.quickstart import run_quickstart
+
+    run_quickstart(out_dir, out)
+
+
+def main() -> None:
+    try:
+        app()
+    except MmragError as e:
+        err.print(f"[bold red]error:[/] {e}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Evaluations: each task measured with its paper's metrics."""

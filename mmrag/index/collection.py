@@ -1,0 +1,133 @@
+"""A multimodal index on disk: image vectors, caption vectors, and what built them.
+
+    INDEX_DIR/
+      manifest.json      encoder name + options, dim, backend, counts (written atomically)
+      images/            VectorStore: one row per unique image (id = corpus item id)
+      captions/          VectorStore: one row per caption (id = "<image id>#<k>")
+      skipped.jsonl      every input left out, with the reason (appended as they happen)
+
+Both stores commit each batch durably, so indexing that is killed at any point resumes from the
+last committed batch when run again (images already present are not embedded twice).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmrag.index.base import VectorStore, open_store
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class IndexManifest:
+    encoder: str
+    encoder_options: dict[str, Any]
+    dim: int
+    backend: str = "faiss"
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+    sources: list[str] = field(default_factory=list)
+    mmrag_version: str = ""
+
+    def save(self, root: Path) -> None:
+        tmp = root / (MANIFEST + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(asdict(self), f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, root / MANIFEST)
+
+    @classmethod
+    def load(cls, root: Path) -> "IndexManifest":
+        from mmrag.errors import IndexError_
+
+        p = root / MANIFEST
+        if not p.exists():
+            raise IndexError_(f"{root} is not an mmrag index (no {MANIFEST}); build one with `mmrag index`")
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+            return cls(**data)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise IndexError_(f"{p} is unreadable ({e})") from None
+
+
+class Collection:
+    """The two stores of an index directory plus its manifest."""
+
+    def __init__(self, root: str | Path, manifest: IndexManifest):
+        self.root = Path(root)
+        self.manifest = manifest
+        opts = manifest.backend_options
+        self.images: VectorStore = open_store(manifest.backend, self.root / "images", manifest.dim, **opts)
+        self.captions: VectorStore = open_store(manifest.backend, self.root / "captions", manifest.dim, **opts)
+
+    @classmethod
+    def create_or_open(cls, root: str | Path, manifest: IndexManifest) -> "Collection":
+        from mmrag.errors import IndexError_
+
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        if (root / MANIFEST).exists():
+            old = IndexManifest.load(root)
+            if (old.encoder, old.encoder_options, old.dim) != (manifest.encoder, manifest.encoder_options, manifest.dim):
+                raise IndexError_(
+                    f"{root} was built with encoder {old.encoder} {old.encoder_options or ''} (dim {old.dim}); "
+                    f"refusing to mix in {manifest.encoder} {manifest.encoder_options or ''} vectors. "
+                    "Use another --out directory or the same encoder."
+                )
+            manifest = old
+        else:
+            manifest.save(root)
+        return cls(root, manifest)
+
+    @classmethod
+    def open(cls, root: str | Path) -> "Collection":
+        root = Path(root)
+        return cls(root, IndexManifest.load(root))
+
+    def record_skipped(self, source: str, reason: str) -> None:
+        with open(self.root / "skipped.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"source": source, "reason": reason, "time": time.time()}) + "\n")
+
+    def skipped(self) -> list[dict]:
+        p = self.root / "skipped.jsonl"
+        if not p.exists():
+            return []
+        out = []
+        for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash mid-append
+        return out
+
+    def save(self) -> None:
+        self.images.save()
+        self.captions.save()
+
+    def close(self) -> None:
+        self.images.close()
+        self.captions.close()
+
+    def info(self) -> dict[str, Any]:
+        d = {
+            "path": str(self.root),
+            "encoder": self.manifest.encoder,
+            "encoder_options": self.manifest.encoder_options,
+            "dim": self.manifest.dim,
+            "backend": self.manifest.backend,
+            "images": self.images.count(),
+            "captions": self.captions.count(),
+            "skipped": len(self.skipped()),
+            "sources": self.manifest.sources,
+        }
+        for name, store in (("images_store", self.images), ("captions_store", self.captions)):
+            if hasattr(store, "info"):
+                d[name] = store.info()
+        return d

@@ -1,0 +1,201 @@
+"""corpus -> embeddings -> index: the indexing job, resumable and safe to kill.
+
+Work goes in batches. For each batch: read and hash the image files, drop duplicates (same
+bytes as an image already indexed), embed the images (unreadable ones are skipped with a
+reason), commit caption vectors, then commit image vectors. A batch is visible only once its
+image vectors are committed, so a rerun after a crash re-does at most one batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from mmrag import __version__
+from mmrag.corpus.items import Corpus, CorpusItem
+from mmrag.encoders.base import Encoder
+from mmrag.errors import CorpusError
+from mmrag.index.collection import Collection, IndexManifest
+
+
+@dataclass
+class IndexConfig:
+    batch_size: int = 256  # images per committed batch
+    embed_batch_size: int = 32
+    backend: str = "faiss"
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+
+
+@dataclass
+class IndexReport:
+    added: int = 0
+    already_indexed: int = 0
+    duplicates: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    captions_added: int = 0
+    total_images: int = 0
+    total_captions: int = 0
+
+    def as_dict(self) -> dict:
+        return {
+            "added": self.added,
+            "already_indexed": self.already_indexed,
+            "duplicates": self.duplicates,
+            "skipped": len(self.skipped),
+            "skipped_reasons": [{"source": s, "reason": r} for s, r in self.skipped],
+            "captions_added": self.captions_added,
+            "total_images": self.total_images,
+            "total_captions": self.total_captions,
+        }
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def encoder_spec(encoder: Encoder) -> tuple[str, dict]:
+    """Registry name and options that rebuild the same encoder at search time."""
+    spec = getattr(encoder, "spec", None)
+    if callable(spec):
+        return spec()
+    return encoder.name, {}
+
+
+def build_index(
+    corpus: Corpus,
+    out_dir: str | Path,
+    encoder: Encoder,
+    config: IndexConfig | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> IndexReport:
+    config = config or IndexConfig()
+    if not corpus.items:
+        raise CorpusError(f"corpus {corpus.name!r} is empty: nothing to index")
+    name, options = encoder_spec(encoder)
+    manifest = IndexManifest(
+        encoder=name, encoder_options=options, dim=encoder.dim, backend=config.backend,
+        backend_options=config.backend_options, sources=[str(corpus.root)], mmrag_version=__version__,
+    )
+    col = Collection.create_or_open(out_dir, manifest)
+    if str(corpus.root) not in col.manifest.sources:
+        col.manifest.sources.append(str(corpus.root))
+        col.manifest.save(col.root)
+    report = IndexReport()
+    for s in corpus.skipped:
+        report.skipped.append((s.source, s.reason))
+        col.record_skipped(s.source, s.reason)
+
+    # Content hashes of what is already indexed, so identical images are stored once.
+    known_hashes: dict[str, str] = {}
+    existing = set(col.images.ids())
+    if existing:
+        for id_, meta in zip(existing, col.images.get(list(existing))):
+            if meta and meta.get("sha256"):
+                known_hashes[meta["sha256"]] = id_
+
+    todo = [it for it in corpus.items if it.id not in existing]
+    report.already_indexed = len(corpus.items) - len(todo)
+    bar = None
+    if config.progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="indexing", unit="img", file=sys.stderr)
+    try:
+        for start in range(0, len(todo), config.batch_size):
+            batch = todo[start : start + config.batch_size]
+            _index_batch(col, encoder, batch, known_hashes, report, config)
+            if bar is not None:
+                bar.update(len(batch))
+            if on_progress is not None:
+                on_progress(min(start + len(batch), len(todo)), len(todo))
+    finally:
+        if bar is not None:
+            bar.close()
+        col.save()
+        report.total_images = col.images.count()
+        report.total_captions = col.captions.count()
+        col.close()
+    return report
+
+
+def _index_batch(col: Collection, encoder: Encoder, batch: list[CorpusItem], known: dict[str, str],
+                 report: IndexReport, config: IndexConfig) -> None:
+    fresh: list[tuple[CorpusItem, str]] = []
+    for item in batch:
+        try:
+            digest = file_sha256(item.path)
+        except OSError as e:
+            _skip(col, report, str(item.path), f"cannot read file ({e.strerror or e})")
+            continue
+        if digest in known:
+            report.duplicates += 1
+            _skip(col, report, str(item.path), f"duplicate of {known[digest]} (same bytes)")
+            continue
+        known[digest] = item.id
+        fresh.append((item, digest))
+    if not fresh:
+        return
+    vecs, errors = _embed_images(encoder, [it.path for it, _ in fresh], config.embed_batch_size)
+    good = [i for i in range(len(fresh)) if i not in errors]
+    for i, reason in errors.items():
+        item, digest = fresh[i]
+        known.pop(digest, None)
+        _skip(col, report, str(item.path), reason)
+    if not good:
+        return
+    items = [fresh[i][0] for i in good]
+    # Captions first: the image row is the batch's commit mark (see module docstring).
+    cap_ids, cap_texts, cap_meta = [], [], []
+    for it in items:
+        for k, c in enumerate(it.captions):
+            cap_ids.append(f"{it.id}#{k}")
+            cap_texts.append(c)
+            cap_meta.append({"image_id": it.id, "text": c, "split": it.split})
+    if cap_texts:
+        col.captions.add(cap_ids, encoder.embed_texts(cap_texts), cap_meta)
+        report.captions_added += len(cap_texts)
+    meta = [
+        {"path": str(Path(it.path).resolve()), "captions": it.captions, "split": it.split,
+         "sha256": fresh[i][1], **it.metadata}
+        for i, it in zip(good, items)
+    ]
+    col.images.add([it.id for it in items], vecs[good], meta)
+    report.added += len(items)
+
+
+def _embed_images(encoder: Encoder, paths: list[Path], batch_size: int) -> tuple[np.ndarray, dict[int, str]]:
+    """Embed, turning unreadable images into per-position errors instead of a failed batch."""
+    embed_safe = getattr(encoder, "embed_images_safe", None)
+    if callable(embed_safe):
+        return embed_safe(paths, batch_size=batch_size)
+    from mmrag.corpus.images import open_image
+    from mmrag.errors import ImageError
+
+    errors: dict[int, str] = {}
+    imgs = []
+    for i, p in enumerate(paths):
+        try:
+            imgs.append(open_image(p))
+        except ImageError as e:
+            errors[i] = str(e)
+            imgs.append(None)
+    ok = [i for i, im in enumerate(imgs) if im is not None]
+    out = np.zeros((len(paths), encoder.dim), np.float32)
+    if ok:
+        out[ok] = encoder.embed_images([imgs[i] for i in ok], batch_size=batch_size)
+    return out, errors
+
+
+def _skip(col: Collection, report: IndexReport, source: str, reason: str) -> None:
+    report.skipped.append((source, reason))
+    col.record_skipped(source, reason)
