@@ -14,10 +14,9 @@ from __future__ import annotations
 import html
 import importlib.util
 import io
-import json
-import os
 from pathlib import Path
 
+import ftfy
 import numpy as np
 import pytest
 from PIL import Image
@@ -28,16 +27,15 @@ pytest.importorskip("onnx")  # torch.onnx.export needs it
 
 from mmrag.encoders import create_encoder  # noqa: E402
 from mmrag.encoders.clip_onnx import ClipOnnxEncoder, export_clip_to_onnx, write_openai_vocab  # noqa: E402
-from mmrag.encoders.clip_tokenizer import ClipTokenizer, basic_clean, whitespace_clean  # noqa: E402
+from mmrag.encoders.clip_tokenizer import ClipTokenizer, basic_clean  # noqa: E402
 from mmrag.encoders.clip_transform import ClipTransform  # noqa: E402
 from mmrag.errors import ImageError, ModelUnavailableError  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-FLICKR_DIR = REPO_ROOT / ".." / "shared" / "data" / "flickr8k" / "images"
 IMAGE_SIZE = 64
 EMBED_ATOL = 1e-4
 SOT, EOT = 49406, 49407
 
+LONG_TEXT = "the quick brown fox " * 40  # far beyond 77 tokens
 TEXTS = [
     "a photo of a cat.",
     "A dog running on the beach!!! ... ???",
@@ -50,10 +48,11 @@ TEXTS = [
     "",
     "“curly quotes” — and a dash",
     "it's they're we've I'm you'll he'd",
-    "the quick brown fox " * 40,  # far beyond 77 tokens
+    LONG_TEXT,
+    "<b> Tom &amp;amp; Jerry</b>",
 ]
 # Strings a Hugging Face tokenizer sees differently because it does not run ftfy / html.unescape.
-FTFY_OR_HTML = {TEXTS[6], TEXTS[9]}
+FTFY_OR_HTML = {TEXTS[6], TEXTS[9], TEXTS[12]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,12 +173,11 @@ def test_image_embeddings_match_torch(layout, clip_model, exported, photos, tmp_
     assert np.abs(got[0] - got[1]).max() > 10 * EMBED_ATOL
 
 
-def test_image_embeddings_match_torch_flickr8k(clip_model, exported):
-    if not FLICKR_DIR.is_dir():
-        pytest.skip(f"Flickr8k images not present at {FLICKR_DIR.resolve()}")
-    files = sorted(FLICKR_DIR.glob("*.jpg"))[:32]
+def test_image_embeddings_match_torch_flickr8k(clip_model, exported, flickr8k_dir):
+    # flickr8k_dir (conftest.py) skips when ../shared/data (relative to the repo root) is absent.
+    files = sorted((flickr8k_dir / "images").glob("*.jpg"))[:32]
     if not files:
-        pytest.skip(f"no .jpg files in {FLICKR_DIR.resolve()}")
+        pytest.skip(f"no .jpg files in {flickr8k_dir / 'images'}")
     for layout in ("hf", "open_clip"):
         enc = ClipOnnxEncoder(str(exported[layout]))
         got = enc.embed_images([str(f) for f in files], batch_size=16)
@@ -225,10 +223,11 @@ def test_tokenizer_matches_hf_clip_tokenizer(hf_tokenizer):
     got = ours(texts)
     assert got.shape == (len(texts), 77) and got.dtype == np.int64
     for text, row in zip(texts, got):
-        # transformers' CLIPTokenizer has no ftfy/html step: give it text cleaned as OpenAI cleans.
+        # transformers' CLIPTokenizer has no ftfy/html step: give it text cleaned as OpenAI's
+        # simple_tokenizer.py cleans (written out here, independently of the module under test).
         ref_in = text
         if text in FTFY_OR_HTML or text.startswith("ＦＵＬＬ"):
-            ref_in = whitespace_clean(basic_clean(text)).lower()
+            ref_in = " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).strip().split()).lower()
         ref = ht(ref_in, max_length=77, truncation=True)["input_ids"]
         assert list(row[: len(ref)]) == ref, text
         assert not row[len(ref) :].any(), text  # zero padding (HF pads with EOT instead)
@@ -237,7 +236,7 @@ def test_tokenizer_matches_hf_clip_tokenizer(hf_tokenizer):
 
     empty = got[texts.index("")]
     assert list(empty[:2]) == [SOT, EOT] and not empty[2:].any()
-    long = got[texts.index(TEXTS[11])]
+    long = got[texts.index(LONG_TEXT)]
     assert long[0] == SOT and long[-1] == EOT and (long[1:-1] != EOT).all() and long.all()
 
     # The same ids from a Hugging Face directory: vocab.json + merges.txt, and tokenizer.json alone.
@@ -261,8 +260,10 @@ def test_tokenizer_matches_openai_simple_tokenizer():
 
 def test_tokenizer_cleaning_steps():
     tok = ClipTokenizer.from_bpe_gz()
-    # html unescape (twice), whitespace collapse and lower-casing each change nothing in the ids.
-    assert (tok(["Tom &amp;amp; Jerry"]) == tok(["tom & jerry"])).all()
+    # html unescape (twice; ftfy leaves entities alone in text that looks like HTML), whitespace
+    # collapse and lower-casing each change nothing in the ids.
+    assert (tok(["<b> Tom &amp;amp; Jerry"]) == tok(["<b> tom & jerry"])).all()
+    assert basic_clean("<b> Tom &amp;amp;amp; Jerry") == "<b> Tom &amp; Jerry"  # exactly twice
     assert (tok(["  A   PHOTO\n\tOF  a CAT "]) == tok(["a photo of a cat"])).all()
     assert not (tok(["a photo of a cat"]) == tok(["a photo of a dog"])).all()
 

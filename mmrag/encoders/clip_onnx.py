@@ -181,6 +181,16 @@ def _embedding_output(sess: ort.InferenceSession, preferred: Sequence[str], path
     )
 
 
+def _run_rows(sess: ort.InferenceSession, output: str, feeds: dict, shape) -> np.ndarray:
+    """Run a batch; one row at a time when the graph was exported with a fixed batch of 1."""
+    n = next(iter(feeds.values())).shape[0]
+    if shape and shape[0] == 1 and n > 1:
+        rows = [sess.run([output], {k: v[i : i + 1] for k, v in feeds.items()})[0] for i in range(n)]
+        return np.asarray(np.concatenate(rows, axis=0), dtype=np.float32)
+    (out,) = sess.run([output], feeds)
+    return np.asarray(out, dtype=np.float32)
+
+
 @ENCODERS.register("clip")
 class ClipOnnxEncoder:
     """CLIP image and text towers on ONNX Runtime; embeddings are L2-normalised float32."""
@@ -274,12 +284,11 @@ class ClipOnnxEncoder:
         if self._pos_input is not None:
             pos = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape)
             feeds[self._pos_input.name] = pos.astype(_ORT_DTYPES.get(self._pos_input.type, np.int64))
-        (out,) = self._text.run([self._text_output], feeds)
-        return np.asarray(out, dtype=np.float32)
+        return _run_rows(self._text, self._text_output, feeds, self._ids_input.shape)
 
     def _run_vision(self, pixels: np.ndarray) -> np.ndarray:
-        (out,) = self._vision.run([self._image_output], {self._pixel_input.name: pixels.astype(self._pixel_dtype, copy=False)})
-        return np.asarray(out, dtype=np.float32)
+        feeds = {self._pixel_input.name: pixels.astype(self._pixel_dtype, copy=False)}
+        return _run_rows(self._vision, self._image_output, feeds, self._pixel_input.shape)
 
     def preprocess(self, images: Sequence[ImageInput]) -> np.ndarray:
         """NCHW float32 pixels exactly as fed to the vision graph."""
@@ -393,6 +402,8 @@ def export_clip_to_onnx(
         # only dynamic axis, and the text length is the model's fixed context length.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*aten::index.*", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx.*")
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         torch.onnx.export(
             _Vision(model),
             (pixels,),

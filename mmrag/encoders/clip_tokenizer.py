@@ -22,9 +22,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
-import ftfy
 import numpy as np
-import regex
+
+try:  # declared dependencies; checked when a tokenizer is built so the encoder stays registered
+    import ftfy
+    import regex
+except ImportError as _e:  # pragma: no cover - broken install
+    ftfy = regex = None  # type: ignore[assignment]
+    _IMPORT_ERROR: ImportError | None = _e
+else:
+    _IMPORT_ERROR = None
 
 from mmrag.errors import ModelUnavailableError
 
@@ -102,6 +109,10 @@ class ClipTokenizer:
         sot_token: str = SOT_TOKEN,
         eot_token: str = EOT_TOKEN,
     ):
+        if _IMPORT_ERROR is not None:
+            raise ModelUnavailableError(
+                f"the CLIP tokenizer needs ftfy and regex ({_IMPORT_ERROR}); pip install ftfy regex"
+            )
         self.encoder = dict(encoder)
         self.bpe_ranks = {tuple(m): i for i, m in enumerate(merges)}
         self.byte_encoder = bytes_to_unicode()

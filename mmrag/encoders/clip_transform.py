@@ -56,7 +56,7 @@ class ClipTransform:
     crop: tuple[int, int] | None = (DEFAULT_SIZE, DEFAULT_SIZE)  # (h, w); None: no centre crop
     mean: tuple[float, ...] = CLIP_MEAN
     std: tuple[float, ...] = CLIP_STD
-    resample: Image.Resampling = Image.Resampling.BILINEAR
+    resample: Image.Resampling = Image.Resampling.BICUBIC
     rescale_factor: float = 1 / 255
     flavour: str = "hf"  # "hf" | "torchvision", see the module docstring
 

@@ -26,16 +26,20 @@ Index types (``index_type``):
 
 * ``"flat"``  exact inner-product search (``IndexIDMap(IndexFlatIP)``); deletes by ``remove_ids``.
 * ``"ivf"``   ``IndexIVFFlat`` with the row ids stored in the inverted lists; ``nlist`` defaults
-  to ``4*sqrt(n)`` rounded to a power of two (at most n/39), ``nprobe`` to :data:`DEFAULT_NPROBE`
-  (measured, see ``benchmarks/bench_search.py``); deletes by ``remove_ids``. Below
-  :data:`MIN_IVF_TRAIN` vectors there is nothing to train on and the store stays flat. With an
-  automatic ``nlist`` the quantizer is retrained at save/open once the store has grown (or
-  shrunk) 4x since training.
+  to ``4*sqrt(n)`` rounded to a power of two (at most n/32; 4096 at 1M), ``nprobe`` to
+  :data:`DEFAULT_NPROBE`; deletes by ``remove_ids``. Below :data:`MIN_IVF_TRAIN` vectors there is
+  nothing to train on and the store stays flat. With an automatic ``nlist`` the quantizer is
+  retrained at save/open once the store has grown (or shrunk) 4x since training.
+* ``"ivf_sq8"`` the same with 8-bit scalar-quantised codes (``IndexIVFScalarQuantizer``,
+  QT_8bit: 384 B/vector instead of 1536), fetching ``4*k`` candidates and re-ranking them with
+  their exact float32 vectors read from SQLite, so scores are exact and RAM holds one compact
+  copy. IVF-Flat scanning is memory-bandwidth bound: at 1M x 384 on 2 cores it needs ~10 ms for
+  recall 0.95, IVF-SQ8 + re-rank ~1 ms (see ``benchmarks/bench_search.py``).
 * ``"hnsw"``  ``IndexIDMap(IndexHNSWFlat)`` (``hnsw_m`` default 32, ``ef_search`` default 128).
   HNSW cannot remove vectors: deletes are tombstones excluded with an ``IDSelectorNot`` at
   search time, and the graph is rebuilt at save once a fifth of it is dead. Builds are slow
   (1M x 384 takes many minutes on 2 cores), which is why ``auto`` does not pick it.
-* ``"auto"`` (default) flat below ``flat_threshold`` (50,000) vectors, ivf above; re-chosen at
+* ``"auto"`` (default) flat below ``flat_threshold`` (50,000) vectors, ivf_sq8 above; re-chosen at
   ``save()`` and on open (with hysteresis: an ivf store goes back to flat below half the
   threshold).
 
@@ -60,6 +64,7 @@ import os
 import sqlite3
 import threading
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -81,7 +86,8 @@ DEFAULT_EF_SEARCH = 128
 HNSW_EF_CONSTRUCTION = 40
 HNSW_DEAD_REBUILD = 0.2  # rebuild an HNSW graph at save once this fraction is tombstoned
 EXACT_SUBSET_MAX = 20_000  # filtered search: score up to this many candidates exactly
-TRAIN_POINTS_PER_LIST = 40
+TRAIN_POINTS_PER_LIST = 32
+TRAIN_NITER = 12  # k-means iterations (faiss default 25; 12 halves 1M-scale training, same recall)
 CHUNK = 50_000
 REFINE_FACTOR = 4  # ivf_sq8: fetch k*4 candidates and re-rank them exactly from SQLite
 AUTO_ANN = "ivf_sq8"  # what auto picks above flat_threshold (measured: benchmarks/bench_search.py)
@@ -89,6 +95,25 @@ INDEX_TYPES = ("auto", "flat", "ivf", "ivf_sq8", "hnsw")
 IVF_KINDS = ("ivf", "ivf_sq8")
 KINDS = ("flat", "ivf", "ivf_sq8", "hnsw")
 METRICS = ("ip", "l2")
+
+
+SMALL_BATCH = 8  # searches of fewer queries run on one OpenMP thread
+
+
+@contextmanager
+def _one_thread_if(small: bool):
+    """faiss parallelises a search over its queries: for 1-query searches the extra OpenMP
+    threads only add fork/join cost, and on a loaded machine a descheduled worker turns a
+    1.4 ms search into 50 ms (measured on 2 cores). The setting is per calling thread."""
+    prev = faiss.omp_get_max_threads()
+    if not small or prev <= 1:
+        yield
+        return
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(prev)
 
 
 class StoreMismatchError(IndexError_, ValueError):
@@ -383,6 +408,8 @@ class FaissStore:
                 all_r = self._db_rids()
                 _, sample = self._vectors_by_rid(np.sort(rng.choice(all_r, size=n_train, replace=False)))
             index.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST + 1
+            index.cp.niter = TRAIN_NITER
+            index.cp.min_points_per_centroid = 16  # we sample >= 32 per list when we can
             index.train(sample)
             del sample
             self._trained_n = n
@@ -732,7 +759,8 @@ class FaissStore:
                     return self._hits(q, D, I, kk, exact=True)
                 sel = faiss.IDSelectorBatch(cand)
                 kf = min(kk * refine, len(cand))
-                D, I = self._index.search(q, kf, params=self._search_params(sel))
+                with _one_thread_if(len(q) < SMALL_BATCH):
+                    D, I = self._index.search(q, kf, params=self._search_params(sel))
                 short = np.nonzero((I >= 0).sum(1) < kk)[0]
                 if len(short):  # the ANN probe missed matches: exact over the matching subset
                     Ds, Is = self._exact_subset(q[short], cand, kk)
@@ -741,7 +769,8 @@ class FaissStore:
                     I[short, kk:] = -1
             else:
                 kk = min(k, self._count)
-                D, I = self._index.search(q, min(kk * refine, self._count), params=self._search_params())
+                with _one_thread_if(len(q) < SMALL_BATCH):
+                    D, I = self._index.search(q, min(kk * refine, self._count), params=self._search_params())
             return self._hits(q, D, I, kk, exact=refine == 1)
 
     def _hits(self, q: np.ndarray, D: np.ndarray, I: np.ndarray, k: int, exact: bool = True) -> list[list[Hit]]:

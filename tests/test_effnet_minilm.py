@@ -1,0 +1,99 @@
+"""The default encoder on real photos: the ImageNet network, the text model, the shipped bridge."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmrag.encoders.bridge import Bridge, BridgeConfig
+from mmrag.encoders.effnet_minilm import imagenet_class_names
+from mmrag.errors import ImageError
+
+skdata = pytest.importorskip("skimage.data", reason="scikit-image provides the test photos")
+
+
+@pytest.fixture(scope="module")
+def featurizer():
+    from mmrag.encoders.image_features import EfficientNetFeaturizer
+
+    return EfficientNetFeaturizer(views=("center",))
+
+
+def top_classes(featurizer, img, n=3):
+    f = featurizer.features([Image.fromarray(img)])
+    return [imagenet_class_names()[i] for i in np.argsort(-f.logits[0, 0])[:n]]
+
+
+def test_imagenet_predictions_are_right(featurizer):
+    cats = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
+    assert cats & set(top_classes(featurizer, skdata.chelsea()))
+    assert top_classes(featurizer, skdata.coffee(), 1) == ["espresso"]
+    assert {"missile", "projectile"} & set(top_classes(featurizer, skdata.rocket()))
+
+
+def test_onnx_backend_matches_torch():
+    from mmrag.encoders.image_features import EfficientNetFeaturizer
+
+    imgs = [Image.fromarray(skdata.chelsea()), Image.fromarray(skdata.astronaut())]
+    a = EfficientNetFeaturizer(backend="onnx", views=("center", "flip")).features(imgs)
+    b = EfficientNetFeaturizer(backend="torch", views=("center", "flip")).features(imgs)
+    assert np.abs(a.pooled - b.pooled).max() < 1e-3
+    assert np.abs(a.logits - b.logits).max() < 1e-3
+
+
+def test_embeddings_are_unit_float32_and_match_texts(effnet_minilm):
+    imgs = [Image.fromarray(skdata.chelsea()), Image.fromarray(skdata.coffee())]
+    iv = effnet_minilm.embed_images(imgs)
+    tv = effnet_minilm.embed_texts(["a cat lying on a rug", "a cup of coffee on a saucer"])
+    for v in (iv, tv):
+        assert v.dtype == np.float32 and v.shape == (2, 384)
+        np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    S = tv @ iv.T
+    assert S[0, 0] > S[0, 1] and S[1, 1] > S[1, 0], S
+
+
+def test_unreadable_image_is_a_clear_error(effnet_minilm, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(ImageError, match="bad.jpg"):
+        effnet_minilm.embed_images([bad])
+    vecs, errors = effnet_minilm.embed_images_safe([bad, Image.fromarray(skdata.coffee())])
+    assert list(errors) == [0] and np.linalg.norm(vecs[1]) > 0.99
+
+
+def test_ridge_bridge_recovers_a_linear_map_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 20))
+    W = rng.normal(size=(20, 8))
+    Y = X @ W + 3.0
+    b = Bridge.fit(X, Y, BridgeConfig(method="ridge", lam=1e-6))
+    np.testing.assert_allclose(b.W, W, atol=1e-3)
+    pred = b.transform(X[:5])
+    want = (Y[:5] - Y.mean(0)) / np.linalg.norm(Y[:5] - Y.mean(0), axis=1, keepdims=True)
+    np.testing.assert_allclose(pred, want, atol=1e-4)
+    b.save(tmp_path / "b.npz")
+    c = Bridge.load(tmp_path / "b.npz")
+    np.testing.assert_allclose(c.transform(X[:5]), pred, atol=2e-3)  # W is stored as float16
+
+
+def test_procrustes_bridge_is_orthogonal():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 16))
+    Q, _ = np.linalg.qr(rng.normal(size=(16, 16)))
+    b = Bridge.fit(X, X @ Q, BridgeConfig(method="procrustes"))
+    np.testing.assert_allclose(b.W.T @ b.W, np.eye(16), atol=1e-5)
+    np.testing.assert_allclose(b.W, Q, atol=1e-4)
+
+
+def test_shipped_bridge_retrieves_on_flickr8k_test(effnet_minilm, flickr8k_dir):
+    """The shipped bridge was fitted on train only; 100 test images is a quick sanity check:
+    chance t2i R@5 is 5 %."""
+    from mmrag.corpus.readers import read_corpus
+    from mmrag.eval.retrieval import evaluate_retrieval
+
+    c = read_corpus("flickr8k", flickr8k_dir, split="test", limit=100)
+    res = evaluate_retrieval(c, effnet_minilm, progress=False)
+    assert res["n_images"] == 100 and res["n_captions"] == 500
+    assert res["t2i"]["R@5"] > 40, res
+    assert res["i2t"]["R@5"] > 40, res

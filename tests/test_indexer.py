@@ -1,0 +1,159 @@
+"""Indexing end to end: bad inputs, duplicates, resume after kill -9, search, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmrag.corpus.readers import read_corpus
+from mmrag.errors import CorpusError
+from mmrag.index.collection import Collection
+from mmrag.indexer import IndexConfig, build_index
+from mmrag.search import Searcher
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def messy_folder(sample_corpus, tmp_path):
+    """The sample photos plus the kinds of files real folders contain."""
+    root = tmp_path / "photos"
+    shutil.copytree(sample_corpus.root, root)
+    first = sorted(root.glob("*.jpg"))[0]
+    (root / "sub").mkdir()
+    shutil.copy(first, root / "sub" / "copy_of_first.jpg")  # identical bytes: stored once
+    (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 garbage" * 10)
+    data = first.read_bytes()
+    (root / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (root / "notes.jpg").write_text("this is text, not an image")
+    (root / "readme.md").write_text("ignored: not an image suffix")
+    return root
+
+
+def test_index_messy_folder_and_search(effnet_minilm, messy_folder, tmp_path):
+    corpus = read_corpus("folder", messy_folder)
+    out = tmp_path / "idx"
+    rep = build_index(corpus, out, effnet_minilm, IndexConfig(batch_size=8, progress=False))
+    d = rep.as_dict()
+    reasons = {Path(s["source"]).name: s["reason"] for s in d["skipped_reasons"]}
+    assert {"corrupt.jpg", "notes.jpg", "copy_of_first.jpg"} <= set(reasons), reasons
+    assert "duplicate" in reasons["copy_of_first.jpg"]
+    assert d["duplicates"] == 1
+    n_good = 14 + ("truncated.jpg" not in reasons)  # PIL may or may not decode a partial JPEG
+    assert d["total_images"] == d["added"] == n_good
+    assert d["total_captions"] > 14 * 2
+
+    s = Searcher(out, encoder=effnet_minilm)
+    assert s.search(text="a cat lying down", k=1)[0].id == "chelsea.jpg"
+    assert s.search(text="a cup of coffee", k=1)[0].id == "coffee.jpg"
+    hits = s.search(image=messy_folder / "coffee.jpg", k=1)
+    assert hits[0].id == "coffee.jpg" and hits[0].score > 0.99
+    caps = s.search(image=messy_folder / "chelsea.jpg", k=3, target="captions")
+    assert all(h.metadata["image_id"] == "chelsea.jpg" for h in caps[:1])
+    both = s.search(text="a cat", image=messy_folder / "coffee.jpg", weight=0.5, k=2)
+    assert {h.id for h in both} == {"chelsea.jpg", "coffee.jpg"}
+    s.close()
+
+    # Running again adds nothing and loses nothing.
+    rep2 = build_index(read_corpus("folder", messy_folder), out, effnet_minilm, IndexConfig(progress=False))
+    assert rep2.added == 0 and rep2.total_images == n_good
+
+
+def test_empty_corpus_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorpusError, match="no images"):
+        read_corpus("folder", tmp_path / "empty")
+
+
+def test_refuses_to_mix_encoders(effnet_minilm, sample_corpus, tmp_path):
+    from mmrag.errors import IndexError_
+    from mmrag.index.collection import IndexManifest
+
+    out = tmp_path / "idx"
+    out.mkdir()
+    IndexManifest(encoder="clip", encoder_options={"model": "x"}, dim=512).save(out)
+    with pytest.raises(IndexError_, match="refusing to mix"):
+        build_index(sample_corpus, out, effnet_minilm, IndexConfig(progress=False))
+
+
+KILLER = r"""
+import sys
+from mmrag.corpus.readers import read_corpus
+from mmrag.encoders import create_encoder
+from mmrag.indexer import IndexConfig, build_index
+c = read_corpus("flickr8k", sys.argv[1], split="dev", limit=int(sys.argv[3]))
+enc = create_encoder("effnet-minilm")
+print("ready", flush=True)
+build_index(c, sys.argv[2], enc, IndexConfig(batch_size=8, progress=False),
+            on_progress=lambda done, total: print("batch", done, flush=True))
+print("finished", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_gives_complete_index(effnet_minilm, flickr8k_dir, tmp_path):
+    n = 48
+    out = tmp_path / "idx"
+    for stop_after in (1, 3):  # kill twice, at different points
+        p = subprocess.Popen([sys.executable, "-c", KILLER, str(flickr8k_dir), str(out), str(n)],
+                             stdout=subprocess.PIPE, text=True, cwd=REPO)
+        batches = 0
+        for line in p.stdout:
+            if line.startswith("batch"):
+                batches += 1
+                if batches >= stop_after:
+                    os.kill(p.pid, signal.SIGKILL)
+                    break
+        p.wait(timeout=60)
+        assert p.returncode == -signal.SIGKILL
+        col = Collection.open(out)  # consistent after the crash: every stored id is searchable
+        ids = col.images.ids()
+        assert len(ids) == col.images.count() >= 8 * (stop_after if stop_after == 1 else 1)
+        hits = col.images.search(col.images.vectors(ids), k=1)
+        assert [h[0].id for h in hits] == ids
+        col.close()
+    corpus = read_corpus("flickr8k", flickr8k_dir, split="dev", limit=n)
+    rep = build_index(corpus, out, effnet_minilm, IndexConfig(batch_size=8, progress=False))
+    assert rep.already_indexed >= 8
+    assert rep.total_images == n and rep.total_captions == 5 * n
+    col = Collection.open(out)
+    assert sorted(col.images.ids()) == sorted(it.id for it in corpus.items)
+    # Same vectors as a clean, uninterrupted embedding of the same images.
+    ref = effnet_minilm.embed_images([it.path for it in corpus.items[:8]])
+    got = col.images.vectors([it.id for it in corpus.items[:8]])
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    col.close()
+
+
+def run_cli(*args, check=True):
+    p = subprocess.run([sys.executable, "-m", "mmrag.cli", *args], capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, "COLUMNS": "200"})
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+@pytest.mark.slow
+def test_cli_index_search_info(sample_corpus, tmp_path):
+    out = tmp_path / "idx"
+    r = run_cli("index", str(sample_corpus.root), "--out", str(out), "--json")
+    rep = json.loads(r.stdout)
+    assert rep["total_images"] == 14
+    r = run_cli("search", "--index", str(out), "--text", "a cup of coffee", "-k", "3", "--json")
+    hits = json.loads(r.stdout)
+    assert hits[0]["id"] == "coffee.jpg" and len(hits) == 3
+    r = run_cli("info", "--index", str(out), "--json")
+    assert json.loads(r.stdout)["images"] == 14
+    r = run_cli("search", "--index", str(tmp_path / "nope"), "--text", "x", check=False)
+    assert r.returncode == 2 and "not an mmrag index" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = run_cli("index", str(tmp_path / "empty"), "--out", str(tmp_path / "i2"), check=False)
+    assert r.returncode == 2 and "no images" in r.stderr and "Traceback" not in r.stderr
