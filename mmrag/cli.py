@@ -184,6 +184,7 @@ def eval_retrieval(
     encoder_model: Optional[str] = typer.Option(None, help="clip: local ONNX export directory or hub id."),
     bridge: Optional[str] = typer.Option(None, help="effnet-minilm: bridge file."),
     limit: Optional[int] = typer.Option(None, help="Evaluate on the first N images only."),
+    hubness: bool = typer.Option(True, help="Apply the captions' hubness prior to image->caption (when the encoder has one)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write results here."),
 ):
     """Recall@1/5/10 both ways (every caption queries the images; every image the captions)."""
@@ -191,7 +192,7 @@ def eval_retrieval(
     from mmrag.eval.retrieval import evaluate_retrieval
 
     c = read_corpus(dataset, data_dir, split=split, limit=limit)
-    res = evaluate_retrieval(c, _encoder(encoder, encoder_model, bridge))
+    res = evaluate_retrieval(c, _encoder(encoder, encoder_model, bridge), hubness=hubness)
     res["split"] = split
     t = Table(title=f"{res['dataset']} {split or 'all'}: {res['n_images']} images, {res['n_captions']} captions ({res['encoder']})")
     t.add_column("direction")

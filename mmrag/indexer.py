@@ -162,7 +162,13 @@ def _index_batch(col: Collection, encoder: Encoder, batch: list[CorpusItem], kno
             cap_texts.append(c)
             cap_meta.append({"image_id": it.id, "text": c, "split": it.split})
     if cap_texts:
-        col.captions.add(cap_ids, encoder.embed_texts(cap_texts), cap_meta)
+        cap_vecs = encoder.embed_texts(cap_texts)
+        prior_fn = getattr(encoder, "caption_prior", None)
+        prior = prior_fn(cap_vecs) if callable(prior_fn) else None
+        if prior is not None:  # hubness prior for image->caption search (see Bridge.caption_prior)
+            for m, p in zip(cap_meta, prior):
+                m["prior"] = round(float(p), 6)
+        col.captions.add(cap_ids, cap_vecs, cap_meta)
         report.captions_added += len(cap_texts)
     meta = [
         {"path": str(Path(it.path).resolve()), "captions": it.captions, "split": it.split,

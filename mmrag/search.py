@@ -47,7 +47,21 @@ class Searcher:
         store = {"images": self.collection.images, "captions": self.collection.captions}.get(target)
         if store is None:
             raise ValueError("target must be 'images' or 'captions'")
+        if target == "captions" and image is not None and text is None:
+            return self._captions_for_image(q, k, filter)
         return store.search(q[None], k=k, filter=filter)[0]
+
+    def _captions_for_image(self, q: np.ndarray, k: int, filter) -> list[Hit]:
+        """image->caption with the captions' hubness prior (score = cos - prior), when the index
+        has one: fetch a generous candidate set by cosine, then re-rank."""
+        hits = self.collection.captions.search(q[None], k=max(10 * k, 100), filter=filter)[0]
+        if not hits or "prior" not in hits[0].metadata:
+            return hits[:k]
+        for h in hits:
+            h.metadata["cosine"] = h.score
+            h.score = float(h.score - h.metadata["prior"])
+        hits.sort(key=lambda h: -h.score)
+        return hits[:k]
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10, target: str = "images",
                        filter: dict[str, Any] | None = None) -> list[list[Hit]]:

@@ -28,12 +28,16 @@ class BridgeConfig:
 
 
 class Bridge:
-    def __init__(self, W: np.ndarray, x_mean: np.ndarray, y_mean: np.ndarray, config: BridgeConfig, info: dict | None = None):
+    def __init__(self, W: np.ndarray, x_mean: np.ndarray, y_mean: np.ndarray, config: BridgeConfig,
+                 info: dict | None = None, extras: dict[str, np.ndarray] | None = None):
         self.W = W.astype(np.float32)
         self.x_mean = x_mean.astype(np.float32)
         self.y_mean = y_mean.astype(np.float32)
         self.config = config
         self.info = info or {}
+        # Arrays that travel with the map: e.g. "hub_bank" (mapped training images, for the
+        # hubness prior of captions) and "class_text" (class-name embeddings of the recipe).
+        self.extras = {k: np.asarray(v, np.float32) for k, v in (extras or {}).items()}
 
     @property
     def in_dim(self) -> int:
@@ -44,7 +48,8 @@ class Bridge:
         return self.W.shape[1]
 
     @classmethod
-    def fit(cls, X: np.ndarray, Y: np.ndarray, config: BridgeConfig | None = None, info: dict | None = None) -> "Bridge":
+    def fit(cls, X: np.ndarray, Y: np.ndarray, config: BridgeConfig | None = None, info: dict | None = None,
+            extras: dict[str, np.ndarray] | None = None) -> "Bridge":
         """X: [n, d_in] image features; Y: [n, d_out] text targets (one row per image)."""
         config = config or BridgeConfig()
         X = np.asarray(X, np.float64)
@@ -63,7 +68,7 @@ class Bridge:
             W = U @ Vt
         else:
             raise ValueError(f"unknown bridge method {config.method!r}: ridge or procrustes")
-        return cls(W, x_mean, y_mean, config, info)
+        return cls(W, x_mean, y_mean, config, info, extras)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Map image features into the (centred) text space, L2-normalised."""
@@ -72,6 +77,23 @@ class Bridge:
     def center_text(self, T: np.ndarray) -> np.ndarray:
         """Text embeddings centred like the fit targets, L2-normalised."""
         return l2_normalize(np.asarray(T, np.float32) - self.y_mean)
+
+    HUB_BETA = 20.0  # inverse temperature of the hubness prior, chosen on Flickr8k dev
+
+    def caption_prior(self, T: np.ndarray) -> np.ndarray | None:
+        """Hubness prior of text vectors T (already centred): (1/β)·logsumexp(β·T·bankᵀ).
+
+        Some captions are near every image ("hubs") and would be retrieved for any image.
+        Scoring image->caption as ``cos - prior`` is the inverted softmax of Smith et al. (2017)
+        with a fixed bank of training images, so it can be computed once per caption at indexing
+        time. Returns None when the bridge has no bank.
+        """
+        bank = self.extras.get("hub_bank")
+        if bank is None or len(T) == 0:
+            return None if bank is None else np.zeros(0, np.float32)
+        z = self.HUB_BETA * (np.asarray(T, np.float32) @ bank.T)
+        m = z.max(1, keepdims=True)
+        return ((m[:, 0] + np.log(np.exp(z - m).sum(1))) / self.HUB_BETA).astype(np.float32)
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -84,6 +106,7 @@ class Bridge:
                 x_mean=self.x_mean,
                 y_mean=self.y_mean,
                 meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                **{f"extra_{k}": v.astype(np.float16) for k, v in self.extras.items()},
             )
         tmp.replace(path)
 
@@ -93,4 +116,6 @@ class Bridge:
             meta = json.loads(bytes(z["meta"]).decode())
             if meta.get("format") != FORMAT_VERSION:
                 raise ValueError(f"{path}: unsupported bridge format {meta.get('format')}")
-            return cls(z["W"].astype(np.float32), z["x_mean"], z["y_mean"], BridgeConfig(**meta["config"]), meta["info"])
+            extras = {k[len("extra_"):]: z[k].astype(np.float32) for k in z.files if k.startswith("extra_")}
+            return cls(z["W"].astype(np.float32), z["x_mean"], z["y_mean"], BridgeConfig(**meta["config"]),
+                       meta["info"], extras)

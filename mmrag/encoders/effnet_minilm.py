@@ -27,7 +27,7 @@ from mmrag.errors import ImageError, ModelUnavailableError
 SHIPPED_BRIDGES = {"flickr8k-train": "bridge_flickr8k_train.npz"}
 DEFAULT_BRIDGE = "flickr8k-train"
 # Chosen on the Flickr8k dev split (docs/benchmarks.md, benchmarks/tune_bridge.py).
-DEFAULT_LAMBDA = 100.0
+DEFAULT_LAMBDA = 3000.0
 
 
 @dataclass
@@ -48,8 +48,9 @@ class FeatureRecipe:
 
 
 def default_recipe() -> FeatureRecipe:
-    """The recipe of the shipped bridge (chosen on Flickr8k dev)."""
-    return FeatureRecipe()
+    """The recipe of the shipped bridge (chosen on Flickr8k dev, see docs/benchmarks.md):
+    centre crop + mirror, sqrt-pooled features and the class mix, equal weights."""
+    return FeatureRecipe(views=["center", "flip"])
 
 
 def imagenet_class_names() -> list[str]:
@@ -78,13 +79,15 @@ def resolve_bridge(bridge: str | Path | None) -> Path:
 class RawImageFeatures:
     """Image -> unstandardised parts of the design vector (pooled, class mix)."""
 
-    def __init__(self, recipe: FeatureRecipe, text_encoder, backend: str = "onnx"):
+    def __init__(self, recipe: FeatureRecipe, text_encoder, backend: str = "onnx", class_text: np.ndarray | None = None):
         from mmrag.encoders.image_features import EfficientNetFeaturizer
 
         self.recipe = recipe
         self.featurizer = EfficientNetFeaturizer(size=recipe.size, views=recipe.views, backend=backend)
-        names = imagenet_class_names()
-        self.class_text = text_encoder.embed([recipe.class_template.format(n) for n in names])
+        if class_text is None:
+            names = imagenet_class_names()
+            class_text = text_encoder.embed([recipe.class_template.format(n) for n in names])
+        self.class_text = class_text
 
     def __call__(self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False):
         bar = None
@@ -163,7 +166,8 @@ class EffnetMinilmEncoder:
     @property
     def raw(self) -> RawImageFeatures:
         if self._raw is None:  # loading the image network is deferred: text-only use stays fast
-            self._raw = RawImageFeatures(self.recipe, self.text, self.backend)
+            ct = self.bridge.extras.get("class_text") if self.bridge is not None else None
+            self._raw = RawImageFeatures(self.recipe, self.text, self.backend, class_text=ct)
         return self._raw
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 128, progress: bool = False) -> np.ndarray:
@@ -171,6 +175,10 @@ class EffnetMinilmEncoder:
         if self.recipe.center_text and self.bridge is not None:
             t = self.bridge.center_text(t)
         return t
+
+    def caption_prior(self, text_vectors: np.ndarray) -> np.ndarray | None:
+        """Per-caption hubness prior for image->caption scoring (``cos - prior``); see Bridge."""
+        return self.bridge.caption_prior(text_vectors) if self.bridge is not None else None
 
     def image_design(self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False):
         pooled, mix, errors = self.raw(images, batch_size=batch_size, progress=progress)
@@ -200,7 +208,7 @@ class EffnetMinilmEncoder:
 
 
 def fit_effnet_bridge(corpus, recipe: FeatureRecipe | None = None, method: str = "ridge", lam: float = 100.0,
-                      backend: str = "onnx", progress: bool = True) -> Bridge:
+                      backend: str = "onnx", progress: bool = True, hub_bank_size: int = 1000) -> Bridge:
     """Fit the image->text bridge on a corpus with captions (the ``mmrag bridge fit`` job).
 
     Targets: the mean of each image's normalised caption embeddings. Unreadable images and
@@ -230,4 +238,10 @@ def fit_effnet_bridge(corpus, recipe: FeatureRecipe | None = None, method: str =
     X = design_matrix(pooled, mix, recipe)
     info = {"corpus": corpus.name, "root": str(corpus.root), "n_images": int(len(kept)),
             "n_captions": len(caps), "skipped_images": len(errors)}
-    return Bridge.fit(X, Y, BridgeConfig(method=method, lam=lam, recipe=asdict(recipe)), info=info)
+    bridge = Bridge.fit(X, Y, BridgeConfig(method=method, lam=lam, recipe=asdict(recipe)), info=info,
+                        extras={"class_text": raw.class_text})
+    # A fixed random bank of mapped training images for the captions' hubness prior.
+    rng = np.random.default_rng(0)
+    pick = np.sort(rng.choice(len(X), size=min(hub_bank_size, len(X)), replace=False))
+    bridge.extras["hub_bank"] = bridge.transform(X[pick])
+    return bridge

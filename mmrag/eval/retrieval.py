@@ -17,14 +17,18 @@ from mmrag.eval.metrics import recall_at_k
 from mmrag.errors import CorpusError
 
 
-def retrieval_scores(image_vecs: np.ndarray, caption_vecs: np.ndarray, owner: np.ndarray) -> dict[str, Any]:
-    """Recall@K both ways from unit vectors; ``owner[j]`` is the image of caption j."""
+def retrieval_scores(image_vecs: np.ndarray, caption_vecs: np.ndarray, owner: np.ndarray,
+                     caption_prior: np.ndarray | None = None) -> dict[str, Any]:
+    """Recall@K both ways from unit vectors; ``owner[j]`` is the image of caption j.
+
+    ``caption_prior``: per-caption hubness prior subtracted in the image->caption direction
+    (computed from training data only, so it is not fitted on what is evaluated)."""
     S = caption_vecs @ image_vecs.T  # [n_captions, n_images]
     n_cap = S.shape[0]
     own = S[np.arange(n_cap), owner]
     # ties count against the target: a wrong image scoring the same ranks above it
     t2i_ranks = (S >= own[:, None]).sum(1) - 1
-    St = S.T
+    St = S.T if caption_prior is None else (S - caption_prior[:, None]).T
     i2t_ranks = np.empty(St.shape[0], np.int64)
     for i in range(St.shape[0]):
         mine = owner == i
@@ -38,7 +42,8 @@ def retrieval_scores(image_vecs: np.ndarray, caption_vecs: np.ndarray, owner: np
     }
 
 
-def evaluate_retrieval(corpus: Corpus, encoder: Encoder, batch_size: int = 32, progress: bool = True) -> dict[str, Any]:
+def evaluate_retrieval(corpus: Corpus, encoder: Encoder, batch_size: int = 32, progress: bool = True,
+                       hubness: bool = True) -> dict[str, Any]:
     items = [it for it in corpus.items if it.captions]
     if not items:
         raise CorpusError(f"corpus {corpus.name!r} has no captioned images to evaluate on")
@@ -55,6 +60,8 @@ def evaluate_retrieval(corpus: Corpus, encoder: Encoder, batch_size: int = 32, p
     caps = [c for it in items for c in it.captions]
     owner = np.repeat(np.arange(len(items)), [len(it.captions) for it in items])
     txt = encoder.embed_texts(caps, progress=progress)
+    prior_fn = getattr(encoder, "caption_prior", None)
+    prior = prior_fn(txt) if (callable(prior_fn) and hubness) else None
     t2 = time.perf_counter()
     out = {
         "encoder": getattr(encoder, "name", type(encoder).__name__),
@@ -62,7 +69,8 @@ def evaluate_retrieval(corpus: Corpus, encoder: Encoder, batch_size: int = 32, p
         "n_images": len(items),
         "n_captions": len(caps),
         "skipped_images": len(errors),
-        **retrieval_scores(img, txt, owner),
+        "i2t_hubness_prior": prior is not None,
+        **retrieval_scores(img, txt, owner, prior),
         "seconds": {"images": round(t1 - t0, 2), "texts": round(t2 - t1, 2)},
     }
     return out

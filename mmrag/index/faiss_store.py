@@ -27,11 +27,11 @@ Index types (``index_type``):
 * ``"flat"``  exact inner-product search (``IndexIDMap(IndexFlatIP)``); deletes by ``remove_ids``.
 * ``"ivf"``   ``IndexIVFFlat`` with the row ids stored in the inverted lists; ``nlist`` defaults
   to ``4*sqrt(n)`` rounded to a power of two (at most n/32; 4096 at 1M), ``nprobe`` to
-  :data:`DEFAULT_NPROBE`; deletes by ``remove_ids``. Below :data:`MIN_IVF_TRAIN` vectors there is
+  ``clamp(nlist // 16, 16, 64)``; deletes by ``remove_ids``. Below :data:`MIN_IVF_TRAIN` vectors there is
   nothing to train on and the store stays flat. With an automatic ``nlist`` the quantizer is
   retrained at save/open once the store has grown (or shrunk) 4x since training.
 * ``"ivf_sq8"`` the same with 8-bit scalar-quantised codes (``IndexIVFScalarQuantizer``,
-  QT_8bit: 384 B/vector instead of 1536), fetching ``4*k`` candidates and re-ranking them with
+  QT_8bit: 384 B/vector instead of 1536), fetching ``2*k`` candidates and re-ranking them with
   their exact float32 vectors read from SQLite, so scores are exact and RAM holds one compact
   copy. IVF-Flat scanning is memory-bandwidth bound: at 1M x 384 on 2 cores it needs ~10 ms for
   recall 0.95, IVF-SQ8 + re-rank ~1 ms (see ``benchmarks/bench_search.py``).
@@ -45,8 +45,10 @@ Index types (``index_type``):
 
 Filters: ``{"key": value}`` or ``{"key": [v1, v2]}`` (any of), several keys AND-ed, matched by
 JSON type and value (``1`` does not match ``"1"`` or ``true``). SQLite (``json_extract``) gives
-the matching row ids; the index is searched with an ``IDSelectorBatch`` of them (exact for flat),
-small candidate sets (<= :data:`EXACT_SUBSET_MAX`) are scored exactly with numpy, and a query
+the matching row ids (an expression index per filtered key is created on first use); the index
+is searched with an ``IDSelectorBatch`` of them (exact for flat; IVF probes up to 8x more lists
+for selective filters, since non-matching codes are skipped cheaply), small candidate sets
+(<= :data:`EXACT_SUBSET_MAX`) are scored exactly with numpy, and a query
 whose ANN search found fewer than ``k`` hits while enough rows match falls back to an exact
 search over the matching subset -- so a selective filter still returns ``k`` hits.
 
@@ -80,16 +82,17 @@ FORMAT_VERSION = 1
 
 AUTO_FLAT_MAX = 50_000  # auto: exact search below this many vectors
 MIN_IVF_TRAIN = 1_000  # fewer vectors than this: an "ivf" store stays flat
-DEFAULT_NPROBE = 32
+DEFAULT_NPROBE = 64  # upper bound of the automatic nprobe: clamp(nlist // 16, 16, 64)
 DEFAULT_HNSW_M = 32
 DEFAULT_EF_SEARCH = 128
 HNSW_EF_CONSTRUCTION = 40
 HNSW_DEAD_REBUILD = 0.2  # rebuild an HNSW graph at save once this fraction is tombstoned
-EXACT_SUBSET_MAX = 20_000  # filtered search: score up to this many candidates exactly
+EXACT_SUBSET_MAX = 2_000  # filtered ANN search: score up to this many candidates exactly
+FILTER_NPROBE_BOOST = 8  # filtered IVF search: nprobe * min(8, 1/selectivity)
 TRAIN_POINTS_PER_LIST = 32
 TRAIN_NITER = 12  # k-means iterations (faiss default 25; 12 halves 1M-scale training, same recall)
 CHUNK = 50_000
-REFINE_FACTOR = 4  # ivf_sq8: fetch k*4 candidates and re-rank them exactly from SQLite
+REFINE_FACTOR = 2  # ivf_sq8: fetch k*2 candidates and re-rank them exactly from SQLite
 AUTO_ANN = "ivf_sq8"  # what auto picks above flat_threshold (measured: benchmarks/bench_search.py)
 INDEX_TYPES = ("auto", "flat", "ivf", "ivf_sq8", "hnsw")
 IVF_KINDS = ("ivf", "ivf_sq8")
@@ -206,7 +209,7 @@ class FaissStore:
         self.index_type = index_type
         self.metric = metric
         self.nlist = nlist
-        self.nprobe = nprobe or DEFAULT_NPROBE
+        self.nprobe = nprobe  # None: automatic, see _nprobe()
         self.hnsw_m = hnsw_m
         self.ef_search = ef_search or DEFAULT_EF_SEARCH
         self.flat_threshold = int(flat_threshold)
@@ -238,6 +241,7 @@ class FaissStore:
         c.execute("PRAGMA journal_mode=WAL")
         c.execute("PRAGMA synchronous=FULL")
         c.execute("PRAGMA busy_timeout=10000")
+        c.execute("PRAGMA cache_size=-65536")  # 64 MiB of hot pages (re-rank and metadata reads)
         c.execute("BEGIN IMMEDIATE")
         try:
             c.execute(
@@ -695,9 +699,17 @@ class FaissStore:
                 raise
             return len(old)
 
-    def _search_params(self, sel=None):
+    def _nprobe(self, selectivity: float = 1.0) -> int:
+        nlist = self._index_nlist() or 1
+        nprobe = self.nprobe or min(DEFAULT_NPROBE, max(16, nlist // 16))
+        if selectivity < 1.0:  # a selector skips non-matching codes cheaply: probe more lists
+            nprobe *= min(FILTER_NPROBE_BOOST, math.ceil(1.0 / max(selectivity, 1e-9)))
+        return int(min(nprobe, nlist))
+
+    def _search_params(self, sel=None, selectivity: float = 1.0):
         if self._kind in IVF_KINDS:
-            return faiss.SearchParametersIVF(sel=sel, nprobe=int(self.nprobe)) if sel is not None else faiss.SearchParametersIVF(nprobe=int(self.nprobe))
+            nprobe = self._nprobe(selectivity)
+            return faiss.SearchParametersIVF(sel=sel, nprobe=nprobe) if sel is not None else faiss.SearchParametersIVF(nprobe=nprobe)
         if self._kind == "hnsw":
             if sel is None and len(self._dead):
                 if self._dead_sel is None:
@@ -760,7 +772,7 @@ class FaissStore:
                 sel = faiss.IDSelectorBatch(cand)
                 kf = min(kk * refine, len(cand))
                 with _one_thread_if(len(q) < SMALL_BATCH):
-                    D, I = self._index.search(q, kf, params=self._search_params(sel))
+                    D, I = self._index.search(q, kf, params=self._search_params(sel, len(cand) / self._count))
                 short = np.nonzero((I >= 0).sum(1) < kk)[0]
                 if len(short):  # the ANN probe missed matches: exact over the matching subset
                     Ds, Is = self._exact_subset(q[short], cand, kk)
@@ -902,7 +914,7 @@ class FaissStore:
                 "index_ntotal": int(self._index.ntotal) if self._index is not None else 0,
                 "tombstones": int(len(self._dead)),
                 "nlist": self._index_nlist(),
-                "nprobe": self.nprobe if self._kind in IVF_KINDS else None,
+                "nprobe": self._nprobe() if self._kind in IVF_KINDS else None,
                 "hnsw_m": self._index_hnsw_m(),
                 "ef_search": self.ef_search if self._kind == "hnsw" else None,
                 "generation": self._gen,
