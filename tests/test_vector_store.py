@@ -178,6 +178,10 @@ def test_filter_scalar_and_list_returns_k(store):
     assert store.search(q[:1], k=10, filter={"colour": "purple"})[0] == []
     assert store.search(q[:1], k=10, filter={"missing_key": "x"})[0] == []
     assert store.search(q[:1], k=10, filter={"colour": []})[0] == []
+    # JSON types are respected even where SQL would equate them (true == 1)
+    store.add(["t1", "t2"], unit(2, seed=91), [{"n": True}, {"n": True}])
+    assert sorted(h.id for h in store.search(q[:1], k=10, filter={"n": True})[0]) == ["t1", "t2"]
+    assert all(h.metadata["n"] == 1 and h.metadata["n"] is not True for h in store.search(q[:1], k=10, filter={"n": 1})[0])
 
 
 def test_empty_store_search(store):

@@ -28,4 +28,4 @@ def ranks_of_targets(scores: np.ndarray, targets: Sequence) -> np.ndarray:
 
 def recall_at_k(ranks: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
     """Percentage of queries whose target is within the top k."""
-    return {f"R@{k}": float(100.0 * (np.asarray(ranks) < k).mean()) for k in ks}
+    return {f"R@{k}": round(float(100.0 * (np.asarray(ranks) < k).mean()), 2) for k in ks}

@@ -26,8 +26,8 @@ Index types (``index_type``):
 
 * ``"flat"``  exact inner-product search (``IndexIDMap(IndexFlatIP)``); deletes by ``remove_ids``.
 * ``"ivf"``   ``IndexIVFFlat`` with the row ids stored in the inverted lists; ``nlist`` defaults
-  to ``4*sqrt(n)`` rounded to a power of two (at most n/32; 4096 at 1M), ``nprobe`` to
-  ``clamp(nlist // 16, 16, 64)``; deletes by ``remove_ids``. Below :data:`MIN_IVF_TRAIN` vectors there is
+  to ``4*sqrt(n)`` rounded to a power of two (at most n/32; 4096 at 1M), ``nprobe`` so that a query scans ~16k codes
+  (64 lists at 1M, 128 at 100k; at least 16, at most nlist/4); deletes by ``remove_ids``. Below :data:`MIN_IVF_TRAIN` vectors there is
   nothing to train on and the store stays flat. With an automatic ``nlist`` the quantizer is
   retrained at save/open once the store has grown (or shrunk) 4x since training.
 * ``"ivf_sq8"`` the same with 8-bit scalar-quantised codes (``IndexIVFScalarQuantizer``,
@@ -45,8 +45,9 @@ Index types (``index_type``):
 
 Filters: ``{"key": value}`` or ``{"key": [v1, v2]}`` (any of), several keys AND-ed, matched by
 JSON type and value (``1`` does not match ``"1"`` or ``true``). SQLite (``json_extract``) gives
-the matching row ids (an expression index per filtered key is created on first use); the index
-is searched with an ``IDSelectorBatch`` of them (exact for flat; IVF probes up to 8x more lists
+the matching row ids (an expression index per filtered key is created on first use). A broad
+filter (matching >= 1/64 of the store) over-fetches unfiltered hits and keeps the matching ones;
+otherwise, or when too few survive, the index is searched with an ``IDSelectorBatch`` of them (exact for flat; IVF probes up to 8x more lists
 for selective filters, since non-matching codes are skipped cheaply), small candidate sets
 (<= :data:`EXACT_SUBSET_MAX`) are scored exactly with numpy, and a query
 whose ANN search found fewer than ``k`` hits while enough rows match falls back to an exact
@@ -82,12 +83,14 @@ FORMAT_VERSION = 1
 
 AUTO_FLAT_MAX = 50_000  # auto: exact search below this many vectors
 MIN_IVF_TRAIN = 1_000  # fewer vectors than this: an "ivf" store stays flat
-DEFAULT_NPROBE = 64  # upper bound of the automatic nprobe: clamp(nlist // 16, 16, 64)
+IVF_SCAN_BUDGET = 16_384  # automatic nprobe: probe ~this many codes per query (>= 16, <= nlist/4 lists)
 DEFAULT_HNSW_M = 32
 DEFAULT_EF_SEARCH = 128
 HNSW_EF_CONSTRUCTION = 40
 HNSW_DEAD_REBUILD = 0.2  # rebuild an HNSW graph at save once this fraction is tombstoned
 EXACT_SUBSET_MAX = 2_000  # filtered ANN search: score up to this many candidates exactly
+OVERFETCH_MIN_FRACTION = 1 / 64  # filters matching at least this share: over-fetch, then filter
+OVERFETCH_MAX = 2048
 FILTER_NPROBE_BOOST = 8  # filtered IVF search: nprobe * min(8, 1/selectivity)
 TRAIN_POINTS_PER_LIST = 32
 TRAIN_NITER = 12  # k-means iterations (faiss default 25; 12 halves 1M-scale training, same recall)
@@ -153,26 +156,30 @@ def _key_expr(key: Any) -> str:
     return "json_extract(metadata, '" + path.replace("'", "''") + "')"
 
 
-def _filter_sql(filter: dict[str, Any]) -> tuple[str, list[Any]]:
-    """``{"key": value | [values]}`` -> a WHERE clause over ``items.metadata`` and its params."""
+def _filter_sql(filter: dict[str, Any], coarse: bool = False) -> tuple[str, list[Any]]:
+    """``{"key": value | [values]}`` -> a WHERE clause over ``items.metadata`` and its params.
+    ``coarse``: values only, no JSON type checks -- answered from the expression indexes alone
+    (a superset, used to estimate how selective a filter is)."""
     clauses: list[str] = []
     params: list[Any] = []
     for key, value in filter.items():
         ex = _key_expr(key)
         ty = ex.replace("json_extract(", "json_type(", 1)
+        if coarse:
+            ty = None
         values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
         alts: list[str] = []
         for v in values:
             if v is None:
-                alts.append(f"({ex} IS NULL AND {ty} = 'null')")
+                alts.append(f"({ex} IS NULL AND {ty} = 'null')" if ty else f"{ex} IS NULL")
             elif isinstance(v, (bool, np.bool_)):
-                alts.append(f"({ex} = ? AND {ty} = ?)")
-                params += [int(bool(v)), "true" if v else "false"]
+                alts.append(f"({ex} = ? AND {ty} = ?)" if ty else f"{ex} = ?")
+                params += [int(bool(v)), "true" if v else "false"] if ty else [int(bool(v))]
             elif isinstance(v, (int, float, np.integer, np.floating)):
-                alts.append(f"({ex} = ? AND {ty} IN ('integer', 'real'))")
+                alts.append(f"({ex} = ? AND {ty} IN ('integer', 'real'))" if ty else f"{ex} = ?")
                 params.append(v.item() if isinstance(v, np.generic) else v)
             elif isinstance(v, str):
-                alts.append(f"({ex} = ? AND {ty} = 'text')")
+                alts.append(f"({ex} = ? AND {ty} = 'text')" if ty else f"{ex} = ?")
                 params.append(v)
             else:
                 raise ValueError(
@@ -701,7 +708,11 @@ class FaissStore:
 
     def _nprobe(self, selectivity: float = 1.0) -> int:
         nlist = self._index_nlist() or 1
-        nprobe = self.nprobe or min(DEFAULT_NPROBE, max(16, nlist // 16))
+        if self.nprobe:
+            nprobe = self.nprobe
+        else:  # scan about IVF_SCAN_BUDGET codes per query: 64 of 4096 lists at 1M, 128 of 1024 at 100k
+            want = IVF_SCAN_BUDGET * nlist / max(self._count, 1)
+            nprobe = int(min(max(16, 2 ** round(math.log2(max(want, 1)))), max(16, nlist // 4)))
         if selectivity < 1.0:  # a selector skips non-matching codes cheaply: probe more lists
             nprobe *= min(FILTER_NPROBE_BOOST, math.ceil(1.0 / max(selectivity, 1e-9)))
         return int(min(nprobe, nlist))
@@ -757,33 +768,70 @@ class FaissStore:
                 self._reconcile()
             refine = REFINE_FACTOR if self._kind == "ivf_sq8" else 1
             if filter:
-                where, params = _filter_sql(filter)
-                self._index_metadata_keys(filter)
-                cand = np.fromiter(
-                    (r for (r,) in self._conn.execute(f"SELECT rid FROM items WHERE {where} ORDER BY rid", params)),
-                    np.int64,
-                )
-                if not len(cand):
+                D, I, kk = self._search_filtered(q, k, filter, refine)
+                if kk == 0:
                     return [[] for _ in range(len(q))]
-                kk = min(k, len(cand))
-                if self._kind != "flat" and len(cand) <= EXACT_SUBSET_MAX:
-                    D, I = self._exact_subset(q, cand, kk)
-                    return self._hits(q, D, I, kk, exact=True)
-                sel = faiss.IDSelectorBatch(cand)
-                kf = min(kk * refine, len(cand))
-                with _one_thread_if(len(q) < SMALL_BATCH):
-                    D, I = self._index.search(q, kf, params=self._search_params(sel, len(cand) / self._count))
-                short = np.nonzero((I >= 0).sum(1) < kk)[0]
-                if len(short):  # the ANN probe missed matches: exact over the matching subset
-                    Ds, Is = self._exact_subset(q[short], cand, kk)
-                    D, I = D.copy(), I.copy()
-                    D[short, :kk], I[short, :kk] = Ds, Is
-                    I[short, kk:] = -1
             else:
                 kk = min(k, self._count)
                 with _one_thread_if(len(q) < SMALL_BATCH):
                     D, I = self._index.search(q, min(kk * refine, self._count), params=self._search_params())
             return self._hits(q, D, I, kk, exact=refine == 1)
+
+    def _search_filtered(
+        self, q: np.ndarray, k: int, filter: dict[str, Any], refine: int
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        where, params = _filter_sql(filter)
+        self._index_metadata_keys(filter)
+        cw, cp = _filter_sql(filter, coarse=True)  # index-only estimate (a superset)
+        n_match = self._conn.execute(f"SELECT COUNT(*) FROM items WHERE {cw}", cp).fetchone()[0]
+        if n_match == 0:
+            return np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64), 0
+        kk = min(k, n_match)
+        width = kk * refine
+        D = np.full((len(q), width), np.nan, np.float32)
+        I = np.full((len(q), width), -1, np.int64)
+        todo = np.arange(len(q))
+        frac = n_match / self._count
+        if frac >= OVERFETCH_MIN_FRACTION:
+            # broad filter: over-fetch unfiltered hits, keep the matching ones (SQL decides)
+            kf = int(min(self._count, width * math.ceil(2.0 / frac), OVERFETCH_MAX))
+            with _one_thread_if(len(q) < SMALL_BATCH):
+                Do, Io = self._index.search(q, kf, params=self._search_params())
+            got = np.unique(Io[Io >= 0])
+            ok = np.fromiter((r for (r,) in self._conn.execute(
+                f"SELECT rid FROM items WHERE rid IN (SELECT value FROM json_each(?)) AND {where}",
+                [_json_list(got.tolist()), *params],
+            )), np.int64)
+            mask = np.isin(Io, ok) & (Io >= 0)
+            enough = mask.sum(1) >= kk
+            for row in np.nonzero(enough)[0]:
+                pos = np.nonzero(mask[row])[0][:width]
+                D[row, : len(pos)], I[row, : len(pos)] = Do[row, pos], Io[row, pos]
+            todo = np.nonzero(~enough)[0]
+        if not len(todo):
+            return D, I, kk
+        cand = np.fromiter(
+            (r for (r,) in self._conn.execute(f"SELECT rid FROM items WHERE {where} ORDER BY rid", params)),
+            np.int64,
+        )
+        if not len(cand):
+            return D, I, 0 if len(todo) == len(q) else kk
+        kk = min(kk, len(cand))
+        qt = q[todo]
+        if self._kind != "flat" and len(cand) <= EXACT_SUBSET_MAX:
+            Ds, Is = self._exact_subset(qt, cand, kk)
+            D[todo, :kk], I[todo, :kk] = Ds, Is
+            return D, I, kk
+        sel = faiss.IDSelectorBatch(cand)
+        with _one_thread_if(len(qt) < SMALL_BATCH):
+            Ds, Is = self._index.search(qt, min(width, len(cand)), params=self._search_params(sel, frac))
+        D[todo, : Ds.shape[1]], I[todo, : Is.shape[1]] = Ds, Is
+        short = todo[(Is >= 0).sum(1) < kk]
+        if len(short):  # the ANN probe missed matches: exact over the matching subset
+            Ds, Is = self._exact_subset(q[short], cand, kk)
+            I[short] = -1
+            D[short, :kk], I[short, :kk] = Ds, Is
+        return D, I, kk
 
     def _hits(self, q: np.ndarray, D: np.ndarray, I: np.ndarray, k: int, exact: bool = True) -> list[list[Hit]]:
         """Hits with ids and metadata from SQLite. ``exact=False``: the index scores are
