@@ -77,7 +77,7 @@ def main() -> None:
 
     grid = []
     for views, lam, wm, temp, power in itertools.product(
-        [["center"], ["center", "flip"], ["center", "flip", "full"]], [100, 1000, 3000, 10000], [0, 1, 2], [1.0], [0.5, 1.0]
+        [["center"], ["center", "flip"], ["center", "flip", "full"]], [300, 1000, 3000, 10000], [0, 1], [1.0], [0.5, 1.0]
     ):
         grid.append((FeatureRecipe(views=views, classmix_weight=wm, temperature=temp, pooled_power=power), lam))
     rows = []

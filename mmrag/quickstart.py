@@ -45,14 +45,14 @@ def run_quickstart(out_dir: Path | None = None, console: Console | None = None) 
     t = Table(title="5. image -> image and image -> caption", header_style="bold")
     t.add_column("query image")
     t.add_column("most similar other image")
-    t.add_column("nearest caption of another image")
+    t.add_column("best caption of another image (cosine)")
     for item in corpus.items[:4]:
         others = [h for h in searcher.search(image=item.path, k=3) if h.id != item.id]
         caps = [h for h in searcher.search(image=item.path, k=10, target="captions")
                 if h.metadata.get("image_id") != item.id]
         results["image"][item.id] = [h.id for h in others]
         t.add_row(item.id, f"{others[0].id} ({others[0].score:.2f})" if others else "-",
-                  f"{caps[0].metadata['text']} ({caps[0].score:.2f})" if caps else "-")
+                  f"{caps[0].metadata['text']} ({caps[0].metadata.get('cosine', caps[0].score):.2f})" if caps else "-")
     console.print(t)
     console.print(f"Next: `mmrag search --index {out_dir} --text \"...\"`, or index your own folder with "
                   "`mmrag index PATH --out DIR`.")

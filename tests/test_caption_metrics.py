@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 pytest.importorskip("pycocoevalcap", reason="pycocoevalcap is not installed")
@@ -13,11 +11,12 @@ from mmrag.eval.caption_metrics import (  # noqa: E402
     MeteorProcess,
     caption_scores,
     cider_d_per_image,
+    find_java,
     ptb_tokenize,
     simple_ptb_tokenize,
 )
 
-HAVE_JAVA = shutil.which("java") is not None
+HAVE_JAVA = find_java() is not None  # java on PATH, or $MMRAG_JAVA
 needs_java = pytest.mark.skipif(not HAVE_JAVA, reason="Java is not installed (METEOR/PTB need it)")
 
 # Six small images, five references each: enough images for CIDEr-D's idf to mean something.
@@ -190,7 +189,7 @@ def test_meteor_process_survives_awkward_input(meteor):
 
 @needs_java
 def test_meteor_dead_process_is_an_error_not_a_hang(meteor):
-    m = MeteorProcess(java="java", memory="1G", timeout=60)
+    m = MeteorProcess(memory="1G", timeout=60)
     m._proc.kill()
     m._proc.wait()
     with pytest.raises(CaptionMetricError, match="METEOR"):

