@@ -144,6 +144,23 @@ def info(index_dir: Path = typer.Option(..., "--index", "-i"), as_json: bool = t
 
 
 @app.command()
+def remove(
+    ids: list[str] = typer.Argument(..., help="Image ids to delete (as shown by search)."),
+    index_dir: Path = typer.Option(..., "--index", "-i"),
+):
+    """Delete images (and their captions) from an index, without a rebuild."""
+    from mmrag.index.collection import Collection
+
+    c = Collection.open(index_dir)
+    n_img, n_cap = c.remove(ids)
+    c.save()
+    c.close()
+    out.print(f"removed {n_img} images and {n_cap} captions")
+    if n_img < len(ids):
+        err.print(f"[yellow]{len(ids) - n_img} of the ids were not in the index[/]")
+
+
+@app.command()
 def encoders():
     """List the encoders that can be chosen by name."""
     from mmrag.encoders import ENCODERS

@@ -152,6 +152,13 @@ def test_cli_index_search_info(sample_corpus, tmp_path):
     assert hits[0]["id"] == "coffee.jpg" and len(hits) == 3
     r = run_cli("info", "--index", str(out), "--json")
     assert json.loads(r.stdout)["images"] == 14
+    r = run_cli("remove", "coffee.jpg", "--index", str(out))
+    assert "removed 1 images and 3 captions" in r.stdout
+    r = run_cli("search", "--index", str(out), "--text", "a cup of coffee", "-k", "13", "--json")
+    assert "coffee.jpg" not in [h["id"] for h in json.loads(r.stdout)]
+    r = run_cli("search", "--index", str(out), "--image", str(sample_corpus.root / "coffee.jpg"),
+                "--target", "captions", "-k", "50", "--json")
+    assert all(h["metadata"]["image_id"] != "coffee.jpg" for h in json.loads(r.stdout))
     r = run_cli("search", "--index", str(tmp_path / "nope"), "--text", "x", check=False)
     assert r.returncode == 2 and "not an mmrag index" in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "empty").mkdir()

@@ -107,6 +107,13 @@ class Collection:
                 continue  # a line cut by a crash mid-append
         return out
 
+    def remove(self, image_ids: list[str]) -> tuple[int, int]:
+        """Delete images and their captions (no rebuild). Returns (images, captions) removed."""
+        metas = self.images.get(image_ids)
+        cap_ids = [f"{i}#{k}" for i, m in zip(image_ids, metas) if m for k in range(len(m.get("captions") or []))]
+        n_caps = self.captions.delete(cap_ids) if cap_ids else 0
+        return self.images.delete(image_ids), n_caps
+
     def save(self) -> None:
         self.images.save()
         self.captions.save()
