@@ -294,6 +294,11 @@ class ClipOnnxEncoder:
         """NCHW float32 pixels exactly as fed to the vision graph."""
         return self.transform.batch([open_image(im) for im in images])
 
+    def spec(self) -> tuple[str, dict]:
+        """Registry name and options that rebuild this encoder (stored in an index's manifest)."""
+        local = Path(self.model).expanduser()
+        return "clip", {"model": str(local.resolve()) if local.is_dir() else self.model}
+
     def embed_images(self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         images = list(images)
         if not images:
