@@ -39,7 +39,7 @@ def plain_torch_loop(model, paths, batch_size=32, size=224):
             arrs.append(view_arrays(img, size, ["center"])[0])
         x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div(255).sub(MEAN).div(STD)
         with torch.no_grad():
-            p_, l_ = model(x)
+            p_, l_, _ = model(x)
         pooled.append(p_.numpy())
         logits.append(l_.numpy())
     return np.concatenate(pooled), np.concatenate(logits)

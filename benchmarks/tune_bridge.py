@@ -32,7 +32,7 @@ VIEWS = ["center", "flip", "full"]
 
 
 def features(split: str, data_dir: str, text: MiniLMTextEncoder, recipe_all: FeatureRecipe):
-    cache = cache_dir() / f"tune_flickr8k_{split}.npz"
+    cache = cache_dir() / f"tune_flickr8k_{split}_v2.npz"
     if cache.exists():
         z = np.load(cache)
         return {k: z[k] for k in z.files}
@@ -41,6 +41,7 @@ def features(split: str, data_dir: str, text: MiniLMTextEncoder, recipe_all: Fea
     f = raw.featurizer.features([it.path for it in c.items], progress=None)
     caps = text.embed([c_ for it in c.items for c_ in it.captions], progress=True)
     out = {"pooled": f.pooled.astype(np.float16), "logits": f.logits.astype(np.float16),
+           "mid": f.mid.astype(np.float16),
            "caps": caps.astype(np.float16), "n_caps": np.array([len(it.captions) for it in c.items]),
            "class_text": raw.class_text}
     np.savez(cache, **out)
@@ -53,7 +54,7 @@ def design(d, r: FeatureRecipe, class_text):
     z = d["logits"][:, idx].astype(np.float32) / r.temperature
     z = np.exp(z - z.max(-1, keepdims=True))
     mix = (z / z.sum(-1, keepdims=True)).mean(1) @ class_text
-    return pooled, mix
+    return pooled, mix, d["mid"][:, idx].astype(np.float32).mean(1)
 
 
 def main() -> None:
@@ -76,35 +77,35 @@ def main() -> None:
         Y[s] = (l2_normalize(m), caps, owner)
 
     grid = []
-    for views, lam, wm, temp, power in itertools.product(
-        [["center"], ["center", "flip"], ["center", "flip", "full"]], [300, 1000, 3000, 10000], [0, 1], [1.0], [0.5, 1.0]
+    for views, lam, wm, mw in itertools.product(
+        [["center"], ["center", "flip"], ["center", "flip", "full"]], [300, 1000, 3000, 10000], [0, 1], [0, 1]
     ):
-        grid.append((FeatureRecipe(views=views, classmix_weight=wm, temperature=temp, pooled_power=power), lam))
+        grid.append((FeatureRecipe(views=views, classmix_weight=wm, mid_weight=mw), lam))
     rows = []
-    print(f"{'views':<20}{'lam':>7}{'mix':>5}{'pow':>5} | {'t2i R@1/5/10':>18} | {'i2t R@1/5/10':>18} | {'i2t+hub R@1':>11}")
+    print(f"{'views':<20}{'lam':>7}{'mix':>5}{'mid':>5} | {'t2i R@1/5/10':>18} | {'i2t R@1/5/10':>18} | {'i2t+hub R@1':>11}")
     best = None
     for r, lam in grid:
-        pooled, mix = design(data["train"], r, class_text)
+        pooled, mix, mid = design(data["train"], r, class_text)
         rr = replace(r)
-        fill_standardisation(rr, pooled, mix)
-        X = design_matrix(pooled, mix, rr)
+        fill_standardisation(rr, pooled, mix, mid)
+        X = design_matrix(pooled, mix, rr, mid)
         b = Bridge.fit(X, Y["train"][0], BridgeConfig(lam=lam))
         bank = b.transform(X[np.sort(np.random.default_rng(0).choice(len(X), 1000, replace=False))])
         b.extras["hub_bank"] = bank
-        dp, dm = design(data["dev"], r, class_text)
-        G = b.transform(design_matrix(dp, dm, rr))
+        dp, dm, dd = design(data["dev"], r, class_text)
+        G = b.transform(design_matrix(dp, dm, rr, dd))
         T = b.center_text(Y["dev"][1])
         res = retrieval_scores(G, T, Y["dev"][2])
         hub = retrieval_scores(G, T, Y["dev"][2], b.caption_prior(T))
-        row = {"views": r.views, "lam": lam, "classmix_weight": r.classmix_weight, "pooled_power": r.pooled_power,
+        row = {"views": r.views, "lam": lam, "classmix_weight": r.classmix_weight, "mid_weight": r.mid_weight,
                "dev_t2i": res["t2i"], "dev_i2t": res["i2t"], "dev_i2t_hub": hub["i2t"]}
         rows.append(row)
         f = lambda d: "/".join(f"{d[k]:.1f}" for k in ("R@1", "R@5", "R@10"))  # noqa: E731
-        print(f"{'+'.join(r.views):<20}{lam:>7}{r.classmix_weight:>5}{r.pooled_power:>5} | {f(res['t2i']):>18} | {f(res['i2t']):>18} | {hub['i2t']['R@1']:>11.1f}", flush=True)
+        print(f"{'+'.join(r.views):<20}{lam:>7}{r.classmix_weight:>5}{r.mid_weight:>5} | {f(res['t2i']):>18} | {f(res['i2t']):>18} | {hub['i2t']['R@1']:>11.1f}", flush=True)
         score = res["t2i"]["R@1"] + res["t2i"]["R@5"] / 5
         if best is None or score > best[0]:
             best = (score, row, r, lam)
-    print("chosen on dev:", {k: best[1][k] for k in ("views", "lam", "classmix_weight", "pooled_power")})
+    print("chosen on dev:", {k: best[1][k] for k in ("views", "lam", "classmix_weight", "mid_weight")})
     out = {"grid": rows, "chosen": best[1]}
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(out, indent=2))

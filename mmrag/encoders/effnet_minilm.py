@@ -6,6 +6,7 @@ by a bridge (a closed-form linear map, see ``bridge.py``). The image design vect
 * the pooled 1280-d features (power-normalised: sqrt, then standardised), and
 * a "class mix": the ImageNet class probabilities times the MiniLM embeddings of the class
   names, i.e. what the classifier believes, already written in the text space,
+* mid-level features: pooled outputs of the last blocks of stages 5-7 (624-d),
 
 each weighted, averaged over the views listed in the recipe (centre crop, whole image, mirror).
 The recipe travels inside the bridge file so features always match the map they were fitted for.
@@ -37,6 +38,7 @@ class FeatureRecipe:
     pooled_power: float = 0.5  # 0.5 = sqrt; 1 = raw
     pooled_weight: float = 1.0
     classmix_weight: float = 1.0
+    mid_weight: float = 0.0  # mid-level features (efficientnet_lite.MID_BLOCKS); 0 = unused
     temperature: float = 1.0  # softmax temperature on the ImageNet logits
     class_template: str = "a photo of a {}."
     center_text: bool = True  # compare against text embeddings centred like the fit targets
@@ -45,12 +47,15 @@ class FeatureRecipe:
     pooled_std: list[float] | None = None
     mix_mean: list[float] | None = None
     mix_std: list[float] | None = None
+    mid_mean: list[float] | None = None
+    mid_std: list[float] | None = None
 
 
 def default_recipe() -> FeatureRecipe:
     """The recipe of the shipped bridge (chosen on Flickr8k dev, see docs/benchmarks.md):
-    centre crop + mirror, sqrt-pooled features and the class mix, equal weights."""
-    return FeatureRecipe(views=["center", "flip"])
+    centre crop + mirror; sqrt-pooled head features, the class mix and mid-level features,
+    equal weights."""
+    return FeatureRecipe(views=["center", "flip"], mid_weight=1.0)
 
 
 def imagenet_class_names() -> list[str]:
@@ -112,10 +117,10 @@ class RawImageFeatures:
         z = np.exp(z - z.max(-1, keepdims=True))
         probs = z / z.sum(-1, keepdims=True)
         mix = probs.mean(1) @ self.class_text  # [n, 384]
-        return pooled.mean(1), mix, f.errors
+        return pooled.mean(1), mix, f.mid.mean(1), f.errors
 
 
-def design_matrix(pooled: np.ndarray, mix: np.ndarray, r: FeatureRecipe) -> np.ndarray:
+def design_matrix(pooled: np.ndarray, mix: np.ndarray, r: FeatureRecipe, mid: np.ndarray | None = None) -> np.ndarray:
     """Standardise each part with the fit statistics and weight it; parts are scaled by
     1/sqrt(dim) so their weights are comparable whatever their sizes."""
     parts = []
@@ -125,12 +130,21 @@ def design_matrix(pooled: np.ndarray, mix: np.ndarray, r: FeatureRecipe) -> np.n
     if r.classmix_weight:
         m = (mix - np.asarray(r.mix_mean, np.float32)) / np.asarray(r.mix_std, np.float32)
         parts.append(m * (r.classmix_weight / np.sqrt(m.shape[1])))
+    if r.mid_weight:
+        if mid is None:
+            raise ValueError("recipe uses mid-level features but none were given")
+        d = (mid - np.asarray(r.mid_mean, np.float32)) / np.asarray(r.mid_std, np.float32)
+        parts.append(d * (r.mid_weight / np.sqrt(d.shape[1])))
     if not parts:
         raise ValueError("recipe uses no image feature (both weights are 0)")
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
-def fill_standardisation(recipe: FeatureRecipe, pooled: np.ndarray, mix: np.ndarray) -> None:
+def fill_standardisation(recipe: FeatureRecipe, pooled: np.ndarray, mix: np.ndarray,
+                         mid: np.ndarray | None = None) -> None:
+    if mid is not None:
+        recipe.mid_mean = mid.mean(0).tolist()
+        recipe.mid_std = (mid.std(0) + 1e-6).tolist()
     recipe.pooled_mean = pooled.mean(0).tolist()
     recipe.pooled_std = (pooled.std(0) + 1e-6).tolist()
     recipe.mix_mean = mix.mean(0).tolist()
@@ -181,8 +195,8 @@ class EffnetMinilmEncoder:
         return self.bridge.caption_prior(text_vectors) if self.bridge is not None else None
 
     def image_design(self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False):
-        pooled, mix, errors = self.raw(images, batch_size=batch_size, progress=progress)
-        return design_matrix(pooled, mix, self.recipe), errors
+        pooled, mix, mid, errors = self.raw(images, batch_size=batch_size, progress=progress)
+        return design_matrix(pooled, mix, self.recipe, mid), errors
 
     def embed_images_safe(self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False):
         """Like embed_images, but unreadable images give zero rows and an error by position."""
@@ -224,9 +238,9 @@ def fit_effnet_bridge(corpus, recipe: FeatureRecipe | None = None, method: str =
         raise CorpusError(f"corpus {corpus.name!r} has {len(items)} captioned images; a bridge needs at least 2")
     text = MiniLMTextEncoder()
     raw = RawImageFeatures(recipe, text, backend)
-    pooled, mix, errors = raw([it.path for it in items], progress=progress)
+    pooled, mix, mid, errors = raw([it.path for it in items], progress=progress)
     keep = np.array([i not in errors for i in range(len(items))])
-    pooled, mix = pooled[keep], mix[keep]
+    pooled, mix, mid = pooled[keep], mix[keep], mid[keep]
     kept = [it for it, k in zip(items, keep) if k]
     caps = [c for it in kept for c in it.captions]
     owner = np.repeat(np.arange(len(kept)), [len(it.captions) for it in kept])
@@ -234,8 +248,8 @@ def fit_effnet_bridge(corpus, recipe: FeatureRecipe | None = None, method: str =
     Y = np.zeros((len(kept), T.shape[1]), np.float64)
     np.add.at(Y, owner, T)
     Y = l2_normalize(Y / np.bincount(owner)[:, None])
-    fill_standardisation(recipe, pooled, mix)
-    X = design_matrix(pooled, mix, recipe)
+    fill_standardisation(recipe, pooled, mix, mid)
+    X = design_matrix(pooled, mix, recipe, mid)
     info = {"corpus": corpus.name, "root": str(corpus.root), "n_images": int(len(kept)),
             "n_captions": len(caps), "skipped_images": len(errors)}
     bridge = Bridge.fit(X, Y, BridgeConfig(method=method, lam=lam, recipe=asdict(recipe)), info=info,

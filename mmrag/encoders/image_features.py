@@ -20,7 +20,7 @@ from PIL import Image
 
 from mmrag.corpus.images import open_image
 from mmrag.encoders.base import ImageInput
-from mmrag.encoders.efficientnet_lite import load_efficientnet_lite0, weights_path
+from mmrag.encoders.efficientnet_lite import MID_DIM, load_efficientnet_lite0, weights_path
 from mmrag.paths import cache_dir
 from mmrag.errors import ImageError
 
@@ -81,6 +81,7 @@ def _load_views(src: ImageInput, size: int, views: Sequence[str]) -> list[np.nda
 class ImageFeatures:
     pooled: np.ndarray  # [n, views, 1280] float32
     logits: np.ndarray  # [n, views, 1000] float32
+    mid: np.ndarray  # [n, views, 624] float32 (see efficientnet_lite.MID_BLOCKS)
     errors: dict[int, str]  # input position -> reason, for inputs that could not be read
 
 
@@ -91,14 +92,14 @@ def onnx_model_path() -> Path:
     unfused batch norms dominate there), with the same float32 results (max abs diff ~1e-5).
     """
     src = Path(weights_path())
-    key = hashlib.sha256(f"{src.stat().st_size}:{src.stat().st_mtime_ns}:v1".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{src.stat().st_size}:{src.stat().st_mtime_ns}:v2".encode()).hexdigest()[:12]
     out = cache_dir() / f"efficientnet_lite0-{key}.onnx"
     if not out.exists():
         model = load_efficientnet_lite0()
         tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
         torch.onnx.export(
             model, torch.zeros(1, 3, 224, 224), str(tmp), input_names=["pixels"],
-            output_names=["pooled", "logits"],
+            output_names=["pooled", "logits", "mid"],
             dynamic_axes={"pixels": {0: "n", 2: "h", 3: "w"}}, opset_version=17, dynamo=False,
         )
         os.replace(tmp, out)  # atomic: concurrent first runs cannot see a half-written file
@@ -136,15 +137,15 @@ class EfficientNetFeaturizer:
             raise ValueError(f"unknown backend {backend!r}: onnx or torch")
         self.decode_workers = decode_workers or 4
 
-    def _forward(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _forward(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x = np.stack(arrays).astype(np.float32).transpose(0, 3, 1, 2)
         x = np.ascontiguousarray((x / 255.0 - MEAN) / STD, dtype=np.float32)
         if self.backend == "onnx":
-            pooled, logits = self.session.run(None, {"pixels": x})
-            return pooled, logits
+            pooled, logits, mid = self.session.run(None, {"pixels": x})
+            return pooled, logits, mid
         with torch.inference_mode():
-            pooled, logits = self.model(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
-        return pooled.numpy(), logits.numpy()
+            pooled, logits, mid = self.model(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
+        return pooled.numpy(), logits.numpy(), mid.numpy()
 
     def features(
         self,
@@ -155,6 +156,7 @@ class EfficientNetFeaturizer:
         n, nv = len(images), len(self.views)
         pooled = np.zeros((n, nv, 1280), np.float32)
         logits = np.zeros((n, nv, 1000), np.float32)
+        mid = np.zeros((n, nv, MID_DIM), np.float32)
         errors: dict[int, str] = {}
         load = lambda s: _load_views(s, self.size, self.views)  # noqa: E731
         with ThreadPoolExecutor(self.decode_workers) as pool:
@@ -171,12 +173,13 @@ class EfficientNetFeaturizer:
                     batch_imgs.extend(res)
                     batch_pos.append(i)
                 if len(batch_pos) >= batch_size or (i == n - 1 and batch_pos):
-                    p, lg = self._forward(batch_imgs)
+                    p, lg, md = self._forward(batch_imgs)
                     pooled[batch_pos] = p.reshape(len(batch_pos), nv, -1)
                     logits[batch_pos] = lg.reshape(len(batch_pos), nv, -1)
+                    mid[batch_pos] = md.reshape(len(batch_pos), nv, -1)
                     batch_imgs, batch_pos = [], []
                 if progress is not None:
                     done += 1
                     if done % batch_size == 0 or i == n - 1:
                         progress(done)
-        return ImageFeatures(pooled, logits, errors)
+        return ImageFeatures(pooled, logits, mid, errors)
