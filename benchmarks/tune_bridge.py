@@ -31,12 +31,12 @@ from mmrag.paths import cache_dir  # noqa: E402
 VIEWS = ["center", "flip", "full"]
 
 
-def features(split: str, data_dir: str, text: MiniLMTextEncoder, recipe_all: FeatureRecipe):
-    cache = cache_dir() / f"tune_flickr8k_{split}_v2.npz"
+def features(split: str, data_dir: str, text: MiniLMTextEncoder, recipe_all: FeatureRecipe, limit=None):
+    cache = cache_dir() / f"tune_flickr8k_{split}_v2{'_' + str(limit) if limit else ''}.npz"
     if cache.exists():
         z = np.load(cache)
         return {k: z[k] for k in z.files}
-    c = read_corpus("flickr8k", data_dir, split=split)
+    c = read_corpus("flickr8k", data_dir, split=split, limit=limit)
     raw = RawImageFeatures(recipe_all, text)
     f = raw.featurizer.features([it.path for it in c.items], progress=None)
     caps = text.embed([c_ for it in c.items for c_ in it.captions], progress=True)
@@ -62,11 +62,12 @@ def main() -> None:
     ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/flickr8k"))
     ap.add_argument("--json", default="benchmarks/results/tune_bridge.json")
     ap.add_argument("--test", action="store_true", help="also report the chosen setting on test")
+    ap.add_argument("--limit", type=int, default=None, help="images per split (smoke runs)")
     a = ap.parse_args()
     text = MiniLMTextEncoder()
     all_views = FeatureRecipe(views=VIEWS)
     splits = ["train", "dev"] + (["test"] if a.test else [])
-    data = {s: features(s, a.data_dir, text, all_views) for s in splits}
+    data = {s: features(s, a.data_dir, text, all_views, a.limit) for s in splits}
     class_text = data["train"]["class_text"]
     Y = {}
     for s, d in data.items():
@@ -90,7 +91,7 @@ def main() -> None:
         fill_standardisation(rr, pooled, mix, mid)
         X = design_matrix(pooled, mix, rr, mid)
         b = Bridge.fit(X, Y["train"][0], BridgeConfig(lam=lam))
-        bank = b.transform(X[np.sort(np.random.default_rng(0).choice(len(X), 1000, replace=False))])
+        bank = b.transform(X[np.sort(np.random.default_rng(0).choice(len(X), min(1000, len(X)), replace=False))])
         b.extras["hub_bank"] = bank
         dp, dm, dd = design(data["dev"], r, class_text)
         G = b.transform(design_matrix(dp, dm, rr, dd))

@@ -116,3 +116,22 @@ def test_retrieval_scores_on_hand_made_case():
     # i2t with a prior that penalises caption 1: image 1 still finds caption 2 (its own)
     r2 = retrieval_scores(images, captions, owner, caption_prior=np.array([0, 1.0, 0, 0], np.float32))
     assert r2["i2t"]["R@1"] == 100.0
+
+
+def test_text_whitening_evens_out_the_caption_space(tmp_path):
+    rng = np.random.default_rng(2)
+    T = rng.normal(size=(2000, 16)) * np.linspace(5, 0.2, 16)  # very anisotropic "captions"
+    X = rng.normal(size=(2000, 10))
+    b = Bridge.fit(X, T, BridgeConfig(lam=1.0))
+    b.whiten_text_space(T, 0.5)
+    before = (T - b.y_mean).var(0)
+    after = b._whiten(T - b.y_mean).var(0)
+    # power 0.5: each principal direction's variance goes from s_i^2 to s_i (ratio 625 -> ~25)
+    assert before.max() / before.min() > 400
+    assert 15 < after.max() / after.min() < 40
+    b.whiten_text_space(T, 1.0)  # power 1: full PCA whitening
+    full = b._whiten(T - b.y_mean).var(0)
+    assert full.max() / full.min() < 1.2
+    b.save(tmp_path / "w.npz")
+    c = Bridge.load(tmp_path / "w.npz")
+    np.testing.assert_allclose(c.center_text(T[:5]), b.center_text(T[:5]), atol=5e-3)

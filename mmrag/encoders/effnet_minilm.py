@@ -222,7 +222,8 @@ class EffnetMinilmEncoder:
 
 
 def fit_effnet_bridge(corpus, recipe: FeatureRecipe | None = None, method: str = "ridge", lam: float = 100.0,
-                      backend: str = "onnx", progress: bool = True, hub_bank_size: int = 1000) -> Bridge:
+                      backend: str = "onnx", progress: bool = True, hub_bank_size: int = 1000,
+                      text_whitening: float = 0.5) -> Bridge:
     """Fit the image->text bridge on a corpus with captions (the ``mmrag bridge fit`` job).
 
     Targets: the mean of each image's normalised caption embeddings. Unreadable images and
@@ -252,8 +253,11 @@ def fit_effnet_bridge(corpus, recipe: FeatureRecipe | None = None, method: str =
     X = design_matrix(pooled, mix, recipe, mid)
     info = {"corpus": corpus.name, "root": str(corpus.root), "n_images": int(len(kept)),
             "n_captions": len(caps), "skipped_images": len(errors)}
-    bridge = Bridge.fit(X, Y, BridgeConfig(method=method, lam=lam, recipe=asdict(recipe)), info=info,
-                        extras={"class_text": raw.class_text})
+    bridge = Bridge.fit(X, Y, BridgeConfig(method=method, lam=lam, recipe=asdict(recipe),
+                                           text_whitening=text_whitening),
+                        info=info, extras={"class_text": raw.class_text})
+    if text_whitening:
+        bridge.whiten_text_space(T, text_whitening)
     # A fixed random bank of mapped training images for the captions' hubness prior.
     rng = np.random.default_rng(0)
     pick = np.sort(rng.choice(len(X), size=min(hub_bank_size, len(X)), replace=False))
