@@ -178,6 +178,7 @@ def bridge_fit(
     method: str = typer.Option("ridge", help="ridge or procrustes."),
     lam: float = typer.Option(None, help="Ridge strength (default: the shipped recipe's)."),
     limit: Optional[int] = typer.Option(None, help="Fit on at most this many images."),
+    whiten: float = typer.Option(0.5, help="Caption-space whitening power (0 = off, 0.5 = half-way, 1 = full PCA whitening)."),
 ):
     """Fit the effnet-minilm image->text bridge on a captioned corpus and save it."""
     from mmrag.corpus.readers import read_corpus
@@ -186,7 +187,8 @@ def bridge_fit(
     if split == "test":
         err.print("[yellow]warning:[/] fitting on the test split makes test numbers meaningless")
     c = read_corpus(dataset, data_dir, split=split, limit=limit)
-    b = fit_effnet_bridge(c, default_recipe(), method=method, lam=DEFAULT_LAMBDA if lam is None else lam)
+    b = fit_effnet_bridge(c, default_recipe(), method=method, lam=DEFAULT_LAMBDA if lam is None else lam,
+                          text_whitening=whiten)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     b.save(out_path)
     out.print(f"bridge fitted on {b.info['n_images']} images / {b.info['n_captions']} captions -> {out_path}")
@@ -300,7 +302,7 @@ def caption_refine(
     rep = refine_datastore(cap, train, dev, max_iterations=max_iterations, save_to=out_path,
                            log=lambda m: err.print(m), progress=True)
     t = Table(title=f"refinement: dev CIDEr-D {rep.initial_dev:.2f} -> {rep.best_dev:.2f}")
-    for c in ("iteration", "threshold", "kept", "datastore", "dev CIDEr-D", "improved"):
+    for c in ("iteration", "threshold", "kept", "datastore (with kept)", "dev CIDEr-D", "improved"):
         t.add_column(c)
     for e in rep.iterations:
         t.add_row(str(e["iteration"]), f"{e['threshold']:.2f}", str(e["kept"]), str(e["datastore_size"]),

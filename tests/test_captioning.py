@@ -45,7 +45,7 @@ def test_small(flickr8k_dir):
 
 def test_datastore_cache_and_roundtrip(small_ds, train_small, effnet_minilm, tmp_path):
     ds, cache = small_ds
-    assert len(ds) == sum(len(it.captions) for it in train_small)
+    assert len(ds) == sum(len(it.captions) for it in train_small.items)
     assert ds.vectors.shape == (len(ds), 384) and ds.priors.shape == (len(ds),)
     assert np.any(ds.priors != 0)  # the shipped bridge has a hubness bank
     files = list(cache.glob("*.npz"))

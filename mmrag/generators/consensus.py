@@ -122,6 +122,35 @@ def _pairwise_clipped(a: np.ndarray, weight_by_ref: bool, chunk_elems: int = 4_0
     return out
 
 
+def _pairwise_min_counts(counts: np.ndarray, col_weight: np.ndarray | None = None,
+                         weight_by_ref: bool = False) -> np.ndarray:
+    """Like :func:`_pairwise_clipped` for non-negative integer ``counts`` scaled per column:
+    ``out[i, j] = sum_g w_g * min(c[i,g], c[j,g]) * (c[j,g] if weight_by_ref else 1)``.
+
+    ``min(x, y) = sum_t [x >= t][y >= t]`` for integers, so this is a few matrix products (one
+    per count level, usually <= 3) instead of a dense k x k x V minimum: same values, and fast
+    enough for consensus over 100+ candidates.
+    """
+    k = counts.shape[0]
+    out = np.zeros((k, k), dtype=np.float64)
+    if counts.size == 0:
+        return out
+    try:  # sparse products: no BLAS threads (which crawl on a busy 2-core machine), tiny nnz
+        from scipy import sparse
+    except ImportError:  # pragma: no cover - scipy comes with sentence-transformers
+        sparse = None
+    top = int(counts.max())
+    for t in range(1, top + 1):
+        b = (counts >= t).astype(np.float64)
+        left = b * col_weight[None, :] if col_weight is not None else b
+        right = b * counts if weight_by_ref else b
+        if sparse is not None:
+            out += (sparse.csr_matrix(left) @ sparse.csr_matrix(right).T).toarray()
+        else:
+            out += left @ right.T
+    return out
+
+
 def cider_d_matrix(
     texts: Sequence[str], document_frequency: DocumentFrequency | None = None,
     sigma: float = _SIGMA, tokenized: bool = False,
@@ -138,7 +167,9 @@ def cider_d_matrix(
     else:
         df = np.array([document_frequency.df.get(g, 0.0) for g in vocab], dtype=np.float64)
         log_n = math.log(float(document_frequency.n_docs))
-    vec = mat * (log_n - np.log(np.maximum(df, 1.0)))[None, :]
+    idf = log_n - np.log(np.maximum(df, 1.0))
+    vec = mat * idf[None, :]
+    fast = bool((idf >= 0).all())
     # pycocoevalcap's "length" counts bigrams (its n == 1 is the 2-gram index): words - 1.
     length = np.array([max(len(t) - 1, 0) for t in toks], dtype=np.float64)
     total = np.zeros((k, k), dtype=np.float64)
@@ -147,7 +178,10 @@ def cider_d_matrix(
         if not cols.any():
             continue
         a = vec[:, cols]
-        num = _pairwise_clipped(a, weight_by_ref=True)
+        if fast:  # vec = counts * idf with idf >= 0: min(c_i idf, c_j idf) c_j idf = idf^2 min(c_i, c_j) c_j
+            num = _pairwise_min_counts(mat[:, cols], idf[cols] ** 2, weight_by_ref=True)
+        else:
+            num = _pairwise_clipped(a, weight_by_ref=True)
         norm = np.sqrt((a * a).sum(1))
         den = norm[:, None] * norm[None, :]
         total += np.where(den != 0, num / np.where(den != 0, den, 1.0), num)
@@ -166,7 +200,7 @@ def bleu_matrix(texts: Sequence[str], tokenized: bool = False) -> np.ndarray:
     zero = np.zeros((k, k), dtype=bool)
     for n in range(1, _N + 1):
         cols = order == n
-        matches = _pairwise_clipped(mat[:, cols], weight_by_ref=False) if cols.any() else np.zeros((k, k))
+        matches = _pairwise_min_counts(mat[:, cols]) if cols.any() else np.zeros((k, k))
         guesses = np.maximum(hyp_len - n + 1, 0.0)[:, None] * np.ones((1, k))
         if n == 1:
             zero |= matches == 0

@@ -33,7 +33,7 @@ __all__ = ["CaptionResult", "MRagCaptioner", "build_prompt", "evaluate_captioner
            "DEFAULT_SIMILARITY"]
 
 # Chosen on Flickr8k dev (benchmarks/bench_caption.py, docs/benchmarks.md).
-DEFAULT_K = 30
+DEFAULT_K = 100
 DEFAULT_SIMILARITY = "cider"
 
 PROMPT_HEAD = "Similar images show:"
