@@ -38,7 +38,10 @@ def main() -> None:
     a = ap.parse_args()
     enc = create_encoder("effnet-minilm")
     corpus = read_corpus("flickr8k", a.data_dir)
-    cache = cache_dir() / "flickr8k_all_effnet_minilm.npy"
+    import hashlib
+
+    key = hashlib.sha256(enc.bridge.W.tobytes() + repr(enc.recipe.views).encode()).hexdigest()[:12]
+    cache = cache_dir() / f"flickr8k_all_effnet_minilm_{key}.npy"  # keyed by the bridge: never stale
     if cache.exists():
         base = np.load(cache)
     else:
