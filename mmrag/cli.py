@@ -359,6 +359,32 @@ def quickstart(
     run_quickstart(out_dir, out)
 
 
+# Tasks and services add their verbs from their own packages: each module has
+# ``register(app, eval_app)``. One line here per module keeps the verbs discoverable.
+_COMMAND_MODULES = (
+    "mmrag.tasks.chat.cli",      # chat, eval chat
+    "mmrag.tasks.rir.cli",       # ask, eval ask
+    "mmrag.tasks.imageref.cli",  # compose, eval imageref, eval judge
+    "mmrag.serve.cli",           # serve
+)
+
+
+def _register_commands() -> None:
+    import importlib
+
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is not None and name.startswith(e.name):
+                continue  # that task is not part of this build
+            raise
+        module.register(app, eval_app)
+
+
+_register_commands()
+
+
 def main() -> None:
     try:
         app()
