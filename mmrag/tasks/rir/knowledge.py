@@ -1,0 +1,106 @@
+"""The QA knowledge of an index: every stored (image, question, answer) with question vectors.
+
+Both answerers need to compare the user's question with known questions (by the encoder's text
+side): the ``knn`` answerer votes with the answers of similar questions, the cue block lists each
+neighbour's most relevant QA pairs first. Question vectors are cached on disk (keyed by the
+encoder and the questions), so opening an index for ``mmrag ask`` does not re-embed them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from mmrag.paths import cache_dir
+
+__all__ = ["QAPair", "QABank"]
+
+
+@dataclass(frozen=True)
+class QAPair:
+    image_id: str
+    question: str
+    answer: str
+    answer_type: str = "OPEN"
+    question_type: str = "OTHER"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image_id": self.image_id, "question": self.question, "answer": self.answer,
+                "answer_type": self.answer_type, "question_type": self.question_type}
+
+
+def _pairs_from(image_id: str, qa: Iterable[dict[str, Any]]) -> list[QAPair]:
+    out = []
+    for p in qa or []:
+        if not isinstance(p, dict):
+            continue
+        q, a = str(p.get("question") or "").strip(), str(p.get("answer") or "").strip()
+        if q and a:
+            out.append(QAPair(image_id, q, a, str(p.get("answer_type") or "OPEN"),
+                              str(p.get("question_type") or "OTHER")))
+    return out
+
+
+class QABank:
+    """All QA pairs of a set of images, their question vectors, and lookups by image."""
+
+    def __init__(self, pairs: Sequence[QAPair], vectors: np.ndarray):
+        if len(pairs) != len(vectors):
+            raise ValueError("one vector per pair")
+        self.pairs = list(pairs)
+        self.vectors = np.asarray(vectors, np.float32)
+        self.image_ids = np.array([p.image_id for p in self.pairs], dtype=object)
+        self._by_image: dict[str, list[int]] = {}
+        for i, p in enumerate(self.pairs):
+            self._by_image.setdefault(p.image_id, []).append(i)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def rows_of(self, image_id: str) -> list[int]:
+        return self._by_image.get(image_id, [])
+
+    @classmethod
+    def from_metadata(cls, items: Iterable[tuple[str, dict[str, Any]]], encoder, cache: bool = True) -> "QABank":
+        """From ``(image id, index metadata)`` rows (their ``qa`` lists), embedding the questions
+        with ``encoder.embed_texts`` (cached under the mmrag cache when ``cache``)."""
+        pairs = [p for image_id, meta in items for p in _pairs_from(image_id, (meta or {}).get("qa"))]
+        if not pairs:
+            dim = int(getattr(encoder, "dim", 0))
+            return cls([], np.zeros((0, dim), np.float32))
+        return cls(pairs, _question_vectors(encoder, [p.question for p in pairs], cache))
+
+    @classmethod
+    def from_provider(cls, provider, cache: bool = True) -> "QABank":
+        return cls.from_metadata(provider.all_metadata(), provider.encoder, cache=cache)
+
+
+def _fingerprint(encoder) -> str:
+    from mmrag.tasks.captioning.datastore import encoder_fingerprint
+
+    return encoder_fingerprint(encoder)
+
+
+def _question_vectors(encoder, questions: list[str], cache: bool) -> np.ndarray:
+    if not cache:
+        return encoder.embed_texts(questions)
+    h = hashlib.sha1(_fingerprint(encoder).encode())
+    h.update(json.dumps(questions, ensure_ascii=False).encode())
+    f = cache_dir() / "rir" / f"questions_{h.hexdigest()[:16]}.npy"
+    if f.exists():
+        v = np.load(f)
+        if v.shape[0] == len(questions):
+            return v
+    # Unique questions only: VQA sets repeat the same question over many images.
+    uniq = list(dict.fromkeys(questions))
+    pos = {q: i for i, q in enumerate(uniq)}
+    v = encoder.embed_texts(uniq, progress=len(uniq) > 2000)[[pos[q] for q in questions]]
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_name(f.stem + ".tmp.npy")
+    np.save(tmp, v)
+    tmp.replace(f)
+    return v
