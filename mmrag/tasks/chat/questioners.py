@@ -1,0 +1,274 @@
+"""Questioners: given the dialog so far and the current top candidates, the next question.
+
+Registry :data:`QUESTIONERS`, chosen by name (:func:`create_questioner`):
+
+``split``  asks about the word whose answer best separates the current top candidates: for each
+           word ``w`` of the candidates' nearest captions (:mod:`.features`, never the target's
+           own captions in evaluation), with candidate weights ``pi`` (softmax of scores /
+           ``temperature``) and ``f_i[w]`` the chance candidate ``i`` shows ``w``, the expected
+           information gain of the yes/no answer, ``H(sum_i pi_i f_i[w]) - sum_i pi_i H(f_i[w])``.
+           Words of the description, words already asked and generic words are skipped. The
+           question is a template by word class ("is there a dog?", "is anyone running?", ...).
+``bank``   picks from a bank of real questions (default: the VisDial questions of ChatIR's
+           ``VisDial_v1.0_queries_val.json``; or any file/list the user gives) the not-yet-asked
+           question most useful now: the highest information gain of its topic word over the
+           candidates (same measure as ``split``), ties and topic-less questions by frequency.
+``llm``    prompts a generator (``local`` SmolLM2 by default, or ``openai``) with the dialog and
+           what the top candidates show, and asks for one new short question.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from mmrag.errors import MmragError
+from mmrag.registry import Registry
+from mmrag.tasks.chat.dialog import Dialog
+from mmrag.tasks.chat.words import askable, content_set, question_topic, tokens, yes_no_question
+
+
+class QuestionerError(MmragError):
+    """A questioner cannot ask (no candidates' captions, empty bank, generator failure)."""
+
+
+@dataclass
+class Question:
+    text: str
+    topic: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "topic": self.topic, **({"info": self.info} if self.info else {})}
+
+
+@dataclass
+class Candidates:
+    """The current ranking's top images as a questioner sees them (never the target's identity).
+
+    ``words``: ``[n, V]`` caption-word fractions (CSR) of these images with ``vocab`` (word ->
+    column) and ``words_list`` (column -> word); ``texts``: a few nearest captions per image
+    (for ``llm``)."""
+
+    ids: list[str]
+    scores: np.ndarray
+    words: Any = None
+    vocab: dict[str, int] = field(default_factory=dict)
+    words_list: list[str] = field(default_factory=list)
+    texts: list[list[str]] = field(default_factory=list)
+
+
+@runtime_checkable
+class Questioner(Protocol):
+    name: str
+
+    def ask(self, dialog: Dialog, candidates: Candidates) -> Question | None: ...
+
+
+QUESTIONERS: Registry[Questioner] = Registry("questioner")
+
+
+def create_questioner(name: str = "split", **kwargs) -> Questioner:
+    """Build a questioner by registry name (see ``QUESTIONERS.names()``)."""
+    return QUESTIONERS.create(name, **kwargs)
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-9, 1 - 1e-9)
+    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+
+
+def information_gain(candidates: Candidates, top: int, temperature: float | None) -> np.ndarray:
+    """Expected information gain (bits) of a yes/no answer about each vocabulary word."""
+    if candidates.words is None:
+        raise QuestionerError("this questioner needs the candidates' caption words (a caption source)")
+    n = min(top, len(candidates.ids))
+    if n == 0:
+        return np.zeros(candidates.words.shape[1], np.float32)
+    s = np.asarray(candidates.scores[:n], np.float64)
+    if temperature:
+        pi = np.exp((s - s.max()) / temperature)
+    else:
+        pi = np.ones(n)
+    pi /= pi.sum()
+    F = candidates.words[:n].toarray().astype(np.float64)
+    return (_entropy(pi @ F) - pi @ _entropy(F)).astype(np.float32)
+
+
+def _excluded_words(dialog: Dialog) -> set[str]:
+    ex = content_set(dialog.description)
+    for r in dialog.rounds:
+        if r.topic:
+            ex.add(r.topic)
+        ex |= content_set(r.question)
+    return ex
+
+
+@QUESTIONERS.register("split")
+class SplitQuestioner:
+    """Asks about the word that best splits the top candidates (see module docstring)."""
+
+    name = "split"
+
+    def __init__(self, top: int = 20, temperature: float | None = 0.05, min_fraction: float = 0.0):
+        self.top = int(top)
+        self.temperature = temperature
+        self.min_fraction = float(min_fraction)
+
+    def ask(self, dialog: Dialog, candidates: Candidates) -> Question | None:
+        ig = information_gain(candidates, self.top, self.temperature)
+        excluded = _excluded_words(dialog)
+        for c in np.argsort(-ig, kind="stable"):
+            if ig[c] <= 0:
+                break
+            w = candidates.words_list[c]
+            if w in excluded or not askable(w):
+                continue
+            return Question(yes_no_question(w), topic=w, info={"gain_bits": round(float(ig[c]), 4)})
+        return None
+
+
+def _bank_questions(source) -> list[str]:
+    """Questions from a ChatIR dialog file (the text up to "?" of each round), a JSON list of
+    strings, or a text file with one question per line."""
+    if isinstance(source, (list, tuple)):
+        return [str(q).strip() for q in source if str(q).strip()]
+    p = Path(source)
+    try:
+        raw = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise QuestionerError(f"question bank {p} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise QuestionerError(f"question bank {p} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if p.suffix.lower() == ".json":
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise QuestionerError(f"question bank {p}: invalid JSON ({e})") from None
+        out = []
+        if isinstance(data, list):
+            for row in data:
+                if isinstance(row, str):
+                    out.append(row)
+                elif isinstance(row, dict) and isinstance(row.get("dialog"), list):
+                    for t in row["dialog"][1:]:
+                        q, sep, _ = str(t).rpartition("?")
+                        if sep and q.strip():
+                            out.append(q.strip() + "?")
+        if not out:
+            raise QuestionerError(f"question bank {p}: expected a list of questions or ChatIR dialogs")
+        return out
+    return [line.strip() for line in raw.splitlines() if line.strip()]
+
+
+def default_bank_path() -> Path | None:
+    from mmrag.paths import repo_data_dir
+
+    base = repo_data_dir()
+    p = base / "chatir" / "dialogues" / "VisDial_v1.0_queries_val.json" if base else None
+    return p if p is not None and p.exists() else None
+
+
+@QUESTIONERS.register("bank")
+class BankQuestioner:
+    """Picks the most useful not-yet-asked question of a bank (see module docstring)."""
+
+    name = "bank"
+
+    def __init__(self, bank: str | Path | Sequence[str] | None = None, top: int = 20,
+                 temperature: float | None = 0.05):
+        if bank is None:
+            bank = default_bank_path()
+            if bank is None:
+                raise QuestionerError("no question bank given and ../shared/data/chatir is absent; "
+                                      "pass bank=FILE (one question per line, a JSON list, or ChatIR dialogs)")
+        qs = _bank_questions(bank)
+        norm = Counter(" ".join(tokens(q)) for q in qs)
+        first: dict[str, str] = {}
+        for q in qs:
+            first.setdefault(" ".join(tokens(q)), q if q.endswith("?") else q + "?")
+        order = sorted(norm, key=lambda k: (-norm[k], k))
+        self.questions = [first[k] for k in order if k]
+        if not self.questions:
+            raise QuestionerError("the question bank is empty")
+        self.topics = [question_topic(q) for q in self.questions]
+        self.top = int(top)
+        self.temperature = temperature
+
+    def ask(self, dialog: Dialog, candidates: Candidates) -> Question | None:
+        asked = {" ".join(tokens(q)) for q in dialog.asked()}
+        excluded = _excluded_words(dialog)
+        ig = information_gain(candidates, self.top, self.temperature) if candidates.words is not None else None
+        best, best_gain = None, -1.0
+        for q, t in zip(self.questions, self.topics):
+            if " ".join(tokens(q)) in asked or (t is not None and t in excluded):
+                continue
+            g = 0.0
+            if ig is not None and t is not None and t in candidates.vocab and candidates.vocab[t] < len(ig):
+                g = float(ig[candidates.vocab[t]])
+            if g > best_gain:  # strict: among equal gains the more frequent question wins
+                best, best_gain = (q, t), g
+        if best is None:
+            return None
+        return Question(best[0], topic=best[1], info={"gain_bits": round(best_gain, 4)})
+
+
+LLM_SYSTEM = ("You help someone find one photo in a large collection. They described it; ask ONE short "
+              "new question about that photo whose answer would narrow the search. Reply with the question only.")
+
+
+def parse_llm_question(text: str) -> str:
+    """The first question in a model's reply (prefixes like "Question:" and quotes removed)."""
+    for line in text.strip().splitlines():
+        line = line.strip().strip('"').strip()
+        for pre in ("question:", "q:", "next question:", "assistant:"):
+            if line.lower().startswith(pre):
+                line = line[len(pre):].strip()
+        if not line:
+            continue
+        q, sep, _ = line.partition("?")
+        return (q.strip() + "?") if sep else line
+    return ""
+
+
+@QUESTIONERS.register("llm")
+class LLMQuestioner:
+    """A prompted generator asks the next question (``generator``: registry name or object)."""
+
+    name = "llm"
+
+    def __init__(self, generator: Any = "local", generator_options: dict | None = None, max_tokens: int = 40,
+                 show_candidates: int = 3):
+        if isinstance(generator, str):
+            from mmrag.generators import create_generator
+
+            generator = create_generator(generator, **(generator_options or {}))
+        self.generator = generator
+        self.max_tokens = int(max_tokens)
+        self.show_candidates = int(show_candidates)
+
+    def prompt(self, dialog: Dialog, candidates: Candidates) -> str:
+        lines = [f"Description: {dialog.description}"]
+        if dialog.rounds:
+            lines.append("Questions already asked:")
+            lines += [f"- {r.text()}" for r in dialog.rounds]
+        shown = [t[0] for t in candidates.texts[: self.show_candidates] if t]
+        if shown:
+            lines.append("The best matches so far show: " + "; ".join(shown))
+        lines.append("Ask one new short question about the photo.")
+        return "\n".join(lines)
+
+    def ask(self, dialog: Dialog, candidates: Candidates) -> Question | None:
+        from mmrag.generators import GenerationRequest
+
+        req = GenerationRequest.from_prompt(self.prompt(dialog, candidates), system=LLM_SYSTEM,
+                                            max_tokens=self.max_tokens, temperature=0.0)
+        text = parse_llm_question(self.generator.generate(req).text)
+        if not text:
+            raise QuestionerError("the language model returned no question")
+        return Question(text, topic=question_topic(text), info={"generator": getattr(self.generator, "name", "")})

@@ -1,0 +1,103 @@
+"""How a dialog ranks images: its query vector, then (optionally) answer-aware re-scoring.
+
+``query`` (how the dialog becomes one vector):
+
+``chatir``  ChatIR's text, description + ``", "`` + ``"question? answer"`` per round, embedded once.
+``mean``    the mean of the unit embeddings of the description and of each round's text, the
+            description weighted ``description_weight`` times a round (then normalized).
+``chatir-yes`` ChatIR's text without the rounds answered "no" (a text encoder reads
+            "is there a dog? no" much like "dog"); the "no" rounds act through re-scoring only.
+
+Re-scoring (``rescore_weight`` = beta > 0): the ``pool`` best images by cosine are re-scored as
+``cos + beta * sum_r polarity_r * f_i[topic_r]`` where ``polarity_r`` is +1 for a yes, -1 for a
+no (0 for other answers), ``topic_r`` the word the yes/no question was about and ``f_i[w]`` the
+fraction of image ``i``'s nearest captions containing ``w`` (:mod:`.features`). Images outside the
+pool keep their cosine order after the pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+from mmrag.encoders.base import l2_normalize
+from mmrag.tasks.chat.dialog import Dialog
+from mmrag.tasks.chat.words import answer_polarity, question_topic
+
+QUERY_MODES = ("chatir", "mean", "chatir-yes")
+
+
+@dataclass
+class RankingConfig:
+    """How dialogs rank images (defaults chosen on Flickr8k dev, see docs/benchmarks.md)."""
+
+    query: str = "chatir"
+    rescore_weight: float = 0.0
+    pool: int = 200
+    description_weight: float = 2.0
+
+    def __post_init__(self):
+        if self.query not in QUERY_MODES:
+            raise ValueError(f"query must be one of {', '.join(QUERY_MODES)}, got {self.query!r}")
+        if self.pool < 1:
+            raise ValueError("pool must be >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def round_constraints(dialog: Dialog) -> list[tuple[str, int]]:
+    """(topic word, +1/-1) for every round answered yes or no about a known topic."""
+    out = []
+    for r in dialog.rounds:
+        topic = r.topic or question_topic(r.question)
+        pol = answer_polarity(r.answer)
+        if topic and pol:
+            out.append((topic, pol))
+    return out
+
+
+def query_texts(dialog: Dialog, mode: str) -> list[str]:
+    """The texts whose embeddings make the query (one for chatir modes, one per part for mean)."""
+    if mode == "chatir":
+        return [dialog.query_text()]
+    if mode == "chatir-yes":
+        kept = [r.text() for r in dialog.rounds if answer_polarity(r.answer) >= 0]
+        return [", ".join([dialog.description] + kept)]
+    return [dialog.description] + [r.text() for r in dialog.rounds]
+
+
+def query_vectors(encoder, dialogs: Sequence[Dialog], config: RankingConfig, cache: dict | None = None) -> np.ndarray:
+    """One unit query vector per dialog; all texts embedded in one batch (``cache``: text ->
+    vector, reused across rounds in ``mean`` mode)."""
+    parts = [query_texts(d, config.query) for d in dialogs]
+    cache = {} if cache is None else cache
+    new = sorted({t for p in parts for t in p if t not in cache})
+    if new:
+        for t, v in zip(new, encoder.embed_texts(new)):
+            cache[t] = v
+    out = np.zeros((len(dialogs), encoder.dim), np.float32)
+    for i, p in enumerate(parts):
+        if len(p) == 1:
+            out[i] = cache[p[0]]
+        else:
+            w = np.ones(len(p), np.float32)
+            w[0] = config.description_weight
+            out[i] = (w[:, None] * np.stack([cache[t] for t in p])).sum(0)
+    return l2_normalize(out)
+
+
+def rescore(scores: np.ndarray, words, vocab: dict[str, int], constraints: Sequence[tuple[str, int]],
+            weight: float) -> np.ndarray:
+    """``scores`` of a pool plus the answer terms; ``words``: the pool's caption-word matrix."""
+    s = np.asarray(scores, np.float32).copy()
+    if weight <= 0 or not constraints:
+        return s
+    for topic, pol in constraints:
+        c = vocab.get(topic)
+        if c is None or c >= words.shape[1]:
+            continue  # no candidate's captions know the word: no evidence either way
+        s += weight * pol * np.asarray(words[:, c].todense()).ravel()
+    return s
