@@ -1,0 +1,542 @@
+"""The Milvus vector store: ``pymilvus.MilvusClient`` against Milvus Lite or a Milvus server.
+
+Where the data lives is the ``uri`` option:
+
+* none (default): Milvus Lite in ``<store dir>/milvus.db`` -- embedded, one local file, nothing
+  to run (the ``milvus-lite`` package starts its engine in a child process on first use);
+* a file path (``/data/mmrag.db``): Milvus Lite in that file; several stores may share one file
+  (each is its own collection);
+* ``http(s)://host:19530``: a Milvus standalone or cluster deployment. Credentials come from
+  the ``token`` option or ``$MILVUS_TOKEN`` (``user:password`` or an API key) and are never
+  written to disk.
+
+The store directory always holds ``milvus.json`` (uri, collection name, dim, metric, index),
+so a store reopens the same collection even if the directory is moved.
+
+Schema: ``pk`` INT64 primary key = the first 8 bytes of BLAKE2b(id) (ids are arbitrary strings,
+and a hash keeps quotes and backslashes out of Milvus expressions; a collision among 10^6 ids
+has probability ~3e-8), ``item_id`` VARCHAR (the caller's id), ``seq`` INT64 (insertion order,
+so ``ids()`` lists like the FAISS store), ``vector`` FLOAT_VECTOR, ``metadata`` JSON.
+Collections use Strong consistency: a search sees every add/delete that returned before it.
+
+Semantics match :mod:`mmrag.index.faiss_store` (the shared contract tests run on both):
+``add`` replaces ids that exist (upsert; a repeated id within one call: the last wins),
+``delete`` returns how many existed, scores are inner products (``metric="l2"``: minus the
+squared distance), ``search`` filters ``{"key": value | [values]}`` by JSON type and value.
+Filters are translated to a Milvus expression that selects a superset of the matches (JSON
+``null`` and odd keys cannot be expressed portably, and engines differ on ``1 == true``), and
+every hit is then checked exactly in Python; when too few survive, the search is repeated with
+a larger limit, so a filtered search still returns ``k`` hits when ``k`` rows match.
+
+Index types (``index_type``): ``FLAT`` (exact; the default for Milvus Lite), ``IVF_FLAT``
+(``nlist``/``nprobe``), ``HNSW`` (``hnsw_m``/``ef_search``; servers only), ``AUTOINDEX``, or
+any other type the server knows with ``index_params``/``search_params``. Milvus Lite 2.5
+supports FLAT, IVF_FLAT and AUTOINDEX. Milvus answers at most 16,384 hits per query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mmrag.errors import IndexError_
+from mmrag.index.base import VECTOR_STORES, Hit
+
+MARKER_NAME = "milvus.json"
+LITE_FILE = "milvus.db"
+MAX_TOPK = 16_384  # Milvus' limit on hits per query (and on query offset+limit)
+WRITE_CHUNK = 2_000  # rows per upsert call (gRPC messages stay well under 64 MiB)
+READ_CHUNK = 4_096  # primary keys per `pk in [...]` query
+ITEM_ID_MAX = 8_192  # bytes of an id (VARCHAR max_length is in bytes)
+METRICS = {"ip": "IP", "l2": "L2"}
+DEFAULT_INDEX = "FLAT"
+
+
+class MilvusStoreError(IndexError_, ValueError):
+    """The Milvus store cannot be opened as asked (dimension or metric mismatch, bad option)."""
+
+
+def _pk(item_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+
+
+def _is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
+
+
+def _collection_name(path: Path) -> str:
+    """A valid, stable Milvus collection name for a store directory (letters, digits, _)."""
+    stem = re.sub(r"[^0-9A-Za-z_]+", "_", f"{path.parent.name}_{path.name}").strip("_")[:120] or "store"
+    digest = hashlib.sha1(str(path.resolve()).encode("utf-8")).hexdigest()[:10]
+    return f"mmrag_{stem}_{digest}"
+
+
+def _matches(meta: dict[str, Any], filter: dict[str, Any]) -> bool:
+    """Exact JSON-typed filter semantics (as the FAISS store's SQL): 1 matches 1.0 but not true or "1"."""
+    for key, value in filter.items():
+        values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
+        if key not in meta:
+            return False
+        got = meta[key]
+        if not any(_json_equal(got, v) for v in values):
+            return False
+    return True
+
+
+def _json_equal(got: Any, want: Any) -> bool:
+    if want is None:
+        return got is None
+    if isinstance(want, (bool, np.bool_)):
+        return isinstance(got, bool) and got == bool(want)
+    if isinstance(want, (int, float, np.integer, np.floating)):
+        return isinstance(got, (int, float)) and not isinstance(got, bool) and got == want
+    if isinstance(want, str):
+        return isinstance(got, str) and got == want
+    return False
+
+
+def _check_filter(filter: dict[str, Any]) -> None:
+    for key, value in filter.items():
+        if not isinstance(key, str) or not key or any(c in key for c in "\"\\\x00"):
+            raise ValueError(f"filter keys must be non-empty strings without double quotes or backslashes, got {key!r}")
+        values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
+        for v in values:
+            if v is not None and not isinstance(v, (str, bool, int, float, np.bool_, np.integer, np.floating)):
+                raise ValueError(
+                    f"filter value for {key!r} must be a str, number, bool, None or a list of them; got {type(v).__name__}"
+                )
+
+
+def _literal(v: Any) -> str | None:
+    """A Milvus expression literal for a filter value, or None where none is portable."""
+    if isinstance(v, (bool, np.bool_)):
+        return "true" if v else "false"
+    if isinstance(v, (int, np.integer)):
+        v = int(v)
+        return str(v) if -(2**63) <= v < 2**63 else None
+    if isinstance(v, (float, np.floating)):
+        return repr(float(v)) if np.isfinite(v) else None
+    if isinstance(v, str) and v.isprintable():
+        return json.dumps(v, ensure_ascii=False)  # "..." with \" and \\ escaped
+    return None
+
+
+def filter_expression(filter: dict[str, Any]) -> str:
+    """The Milvus boolean expression selecting a superset of ``filter``'s matches ("" = all)."""
+    clauses = []
+    for key, value in filter.items():
+        values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
+        lits = [_literal(v) for v in values]
+        if not key.isprintable() or any(lit is None for lit in lits):
+            continue  # not expressible: no server-side clause, the exact check decides
+        ref = f'metadata["{key}"]'
+        alts = [f"{ref} == {lit}" for lit in lits]
+        clauses.append(alts[0] if len(alts) == 1 else "(" + " or ".join(alts) + ")")
+    return " and ".join(clauses)
+
+
+@VECTOR_STORES.register("milvus")
+class MilvusStore:
+    """A Milvus collection behind the VectorStore protocol. See the module docstring."""
+
+    def __init__(
+        self,
+        path: Path,
+        dim: int,
+        uri: str | None = None,
+        collection: str | None = None,
+        index_type: str | None = None,
+        metric: str = "ip",
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        hnsw_m: int | None = None,
+        ef_search: int | None = None,
+        index_params: dict[str, Any] | None = None,
+        search_params: dict[str, Any] | None = None,
+        token: str | None = None,
+        db_name: str | None = None,
+        timeout: float | None = None,
+    ):
+        try:
+            from pymilvus import MilvusClient
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise IndexError_(
+                f"the milvus store needs pymilvus (and milvus-lite for local files): {e}. "
+                "Install with: pip install 'pymilvus==2.6.17' 'milvus-lite==2.5.1'"
+            ) from None
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {tuple(METRICS)}, got {metric!r}")
+        if int(dim) <= 0:
+            raise ValueError(f"dim must be positive, got {dim!r}")
+        self.path = Path(path)
+        self.dim = int(dim)
+        self.metric = metric
+        self.path.mkdir(parents=True, exist_ok=True)
+        marker = self._read_marker()
+        if uri is None:
+            uri = marker.get("uri") if marker else None
+        self.uri = str(uri) if uri is not None else str((self.path / LITE_FILE).resolve())
+        if not _is_remote(self.uri):
+            self.uri = str(Path(self.uri).expanduser().resolve())
+            Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+        self.collection = collection or (marker or {}).get("collection") or (
+            "items" if self.uri == str((self.path / LITE_FILE).resolve()) else _collection_name(self.path)
+        )
+        self.index_type = (index_type or (marker or {}).get("index_type") or DEFAULT_INDEX).upper()
+        if self.index_type == "AUTO":  # the CLI's --index-type default means "the backend's default"
+            self.index_type = (marker or {}).get("index_type") or DEFAULT_INDEX
+        self.nlist, self.nprobe, self.hnsw_m, self.ef_search = nlist, nprobe, hnsw_m, ef_search
+        self._index_params = dict(index_params or {})
+        self._search_params = dict(search_params or {})
+        self._timeout = timeout
+        self._lock = threading.RLock()
+        self._closed = False
+        self._last_seq = 0
+        token = token if token is not None else os.environ.get("MILVUS_TOKEN", "")
+        kwargs: dict[str, Any] = {"uri": self.uri, "token": token}
+        if db_name:
+            kwargs["db_name"] = db_name
+        try:
+            self._client = MilvusClient(**kwargs)
+        except Exception as e:
+            raise IndexError_(f"cannot connect to Milvus at {self.uri}: {e}") from None
+        try:
+            self._open_or_create()
+        except BaseException:
+            self._client.close()
+            raise
+        if marker is None or marker.get("uri") != self.uri or marker.get("collection") != self.collection:
+            self._write_marker()
+
+    # ---------------------------------------------------------------- setup
+    def _read_marker(self) -> dict[str, Any] | None:
+        p = self.path / MARKER_NAME
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def _write_marker(self) -> None:
+        data = {"uri": self.uri, "collection": self.collection, "dim": self.dim, "metric": self.metric,
+                "index_type": self.index_type}
+        tmp = self.path / (MARKER_NAME + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        os.replace(tmp, self.path / MARKER_NAME)
+
+    def _build_index_params(self) -> dict[str, Any]:
+        params = dict(self._index_params)
+        if self.index_type.startswith("IVF") and self.nlist:
+            params.setdefault("nlist", int(self.nlist))
+        if self.index_type == "HNSW":
+            params.setdefault("M", int(self.hnsw_m or 32))
+            params.setdefault("efConstruction", 200)
+        return params
+
+    def _open_or_create(self) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        c = self._client
+        if c.has_collection(self.collection):
+            desc = c.describe_collection(self.collection)
+            fields = {f["name"]: f for f in desc.get("fields", [])}
+            if not {"pk", "item_id", "seq", "vector", "metadata"} <= set(fields):
+                raise MilvusStoreError(
+                    f"Milvus collection {self.collection!r} at {self.uri} was not created by mmrag "
+                    f"(fields: {sorted(fields)}); pass another collection name"
+                )
+            have = int(fields["vector"].get("params", {}).get("dim", -1))
+            if have != self.dim:
+                raise MilvusStoreError(
+                    f"store {self.path} (Milvus collection {self.collection!r}) holds {have}-dimensional vectors, "
+                    f"opened with dim={self.dim}; use the encoder the store was built with, or a new directory"
+                )
+            idx = self._describe_vector_index()
+            if idx and idx.get("metric_type") and idx["metric_type"] != METRICS[self.metric]:
+                raise MilvusStoreError(
+                    f"store {self.path} uses metric {idx['metric_type']}, opened with metric={self.metric!r}"
+                )
+            if idx and idx.get("index_type"):
+                self.index_type = str(idx["index_type"])
+            c.load_collection(self.collection)
+            return
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("pk", DataType.INT64, is_primary=True)
+        schema.add_field("item_id", DataType.VARCHAR, max_length=ITEM_ID_MAX)
+        schema.add_field("seq", DataType.INT64)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+        schema.add_field("metadata", DataType.JSON)
+        ip = c.prepare_index_params()
+        ip.add_index("vector", index_type=self.index_type, metric_type=METRICS[self.metric],
+                     params=self._build_index_params())
+        try:
+            c.create_collection(self.collection, schema=schema, index_params=ip, consistency_level="Strong")
+        except Exception as e:
+            raise MilvusStoreError(
+                f"cannot create Milvus collection {self.collection!r} at {self.uri} with index {self.index_type}: {e}"
+            ) from None
+
+    def _describe_vector_index(self) -> dict[str, Any]:
+        try:
+            names = self._client.list_indexes(self.collection, field_name="vector")
+            return self._client.describe_index(self.collection, names[0]) if names else {}
+        except Exception:
+            return {}
+
+    # ---------------------------------------------------------------- validation
+    def _check_open(self) -> None:
+        if self._closed:
+            raise IndexError_(f"store {self.path} is closed")
+
+    def _as_matrix(self, vectors: Any, what: str) -> np.ndarray:
+        x = np.asarray(vectors)
+        if x.ndim == 1:
+            x = x.reshape(1, -1)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(
+                f"{what} must have shape (n, {self.dim}) for this {self.dim}-dimensional store, got {x.shape}"
+            )
+        if not np.issubdtype(x.dtype, np.number):
+            raise ValueError(f"{what} must be numeric, got dtype {x.dtype}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not np.isfinite(x).all():
+            raise ValueError(f"{what} contain NaN or infinite values")
+        return x
+
+    @staticmethod
+    def _check_ids(ids: Sequence[str]) -> list[str]:
+        if isinstance(ids, str):
+            raise ValueError("ids must be a sequence of strings, not a single string")
+        ids = list(ids)
+        for i in ids:
+            if not isinstance(i, str) or not i:
+                raise ValueError(f"ids must be non-empty strings, got {i!r}")
+            if len(i.encode("utf-8")) > ITEM_ID_MAX:
+                raise ValueError(f"ids are limited to {ITEM_ID_MAX} bytes in the milvus store, got {len(i.encode())}")
+        return ids
+
+    def _next_seqs(self, n: int) -> np.ndarray:
+        # Insertion order that survives reopening: nanoseconds since the epoch, strictly increasing.
+        start = max(time.time_ns(), self._last_seq + 1)
+        self._last_seq = start + n - 1
+        return np.arange(start, start + n, dtype=np.int64)
+
+    def _rows_by_pk(self, pks: Sequence[int], fields: list[str]) -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        pks = list(pks)
+        for a in range(0, len(pks), READ_CHUNK):
+            chunk = pks[a : a + READ_CHUNK]
+            rows = self._client.query(self.collection, filter=f"pk in [{','.join(map(str, chunk))}]",
+                                      output_fields=["pk", *fields], limit=len(chunk), timeout=self._timeout)
+            for r in rows:
+                out[int(r["pk"])] = r
+        return out
+
+    # ---------------------------------------------------------------- protocol
+    def add(
+        self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]] | None = None
+    ) -> int:
+        ids = self._check_ids(ids)
+        x = self._as_matrix(vectors, "vectors")
+        if len(ids) != len(x):
+            raise ValueError(f"{len(ids)} ids but {len(x)} vectors")
+        if metadata is None:
+            metas: list[dict[str, Any]] = [{} for _ in ids]
+        else:
+            metadata = list(metadata)
+            if len(metadata) != len(ids):
+                raise ValueError(f"{len(ids)} ids but {len(metadata)} metadata entries")
+            metas = []
+            for m in metadata:
+                m = {} if m is None else m
+                if not isinstance(m, dict):
+                    raise ValueError(f"metadata entries must be dicts, got {type(m).__name__}")
+                try:  # JSON round trip: what Milvus stores is exactly what get() returns
+                    metas.append(json.loads(json.dumps(m, ensure_ascii=False, allow_nan=False)))
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"metadata is not JSON-serialisable: {e}") from None
+        if not ids:
+            return 0
+        last = {i: n for n, i in enumerate(ids)}  # a repeated id in one batch: the last one wins
+        keep = sorted(last.values())
+        with self._lock:
+            self._check_open()
+            seqs = self._next_seqs(len(keep))
+            rows = [
+                {"pk": _pk(ids[n]), "item_id": ids[n], "seq": int(s), "vector": x[n], "metadata": metas[n]}
+                for n, s in zip(keep, seqs)
+            ]
+            for a in range(0, len(rows), WRITE_CHUNK):
+                self._client.upsert(self.collection, rows[a : a + WRITE_CHUNK], timeout=self._timeout)
+        return len(keep)
+
+    def delete(self, ids: Sequence[str]) -> int:
+        ids = self._check_ids(ids)
+        if not ids:
+            return 0
+        with self._lock:
+            self._check_open()
+            pks = list(dict.fromkeys(_pk(i) for i in ids))
+            existing = list(self._rows_by_pk(pks, []))
+            for a in range(0, len(existing), READ_CHUNK):
+                self._client.delete(self.collection, ids=existing[a : a + READ_CHUNK], timeout=self._timeout)
+            return len(existing)
+
+    def _search_param_dict(self) -> dict[str, Any]:
+        params = dict(self._search_params)
+        if self.index_type.startswith("IVF"):
+            params.setdefault("nprobe", int(self.nprobe or 16))
+        if self.index_type == "HNSW":
+            params.setdefault("ef", int(self.ef_search or 128))
+        return {"metric_type": METRICS[self.metric], "params": params}
+
+    def _raw_search(self, q: np.ndarray, limit: int, expr: str) -> list[list[tuple[float, str, dict]]]:
+        res = self._client.search(
+            self.collection, data=[row for row in q], anns_field="vector", limit=int(limit), filter=expr,
+            output_fields=["item_id", "metadata"], search_params=self._search_param_dict(), timeout=self._timeout,
+        )
+        sign = -1.0 if self.metric == "l2" else 1.0
+        out = []
+        for hits in res:
+            row = []
+            for h in hits:
+                ent = h["entity"]
+                row.append((sign * float(h["distance"]), ent["item_id"], ent.get("metadata") or {}))
+            row.sort(key=lambda t: -t[0])
+            out.append(row)
+        return out
+
+    def search(
+        self, vectors: np.ndarray, k: int = 10, filter: dict[str, Any] | None = None
+    ) -> list[list[Hit]]:
+        q = self._as_matrix(vectors, "query vectors")
+        k = int(k)
+        if k <= 0 or len(q) == 0:
+            return [[] for _ in range(len(q))]
+        if filter:
+            _check_filter(filter)
+            if any(isinstance(v, (list, tuple, set, frozenset)) and not v for v in filter.values()):
+                return [[] for _ in range(len(q))]  # "any of nothing" matches nothing
+        with self._lock:
+            self._check_open()
+            if not filter:
+                rows = self._raw_search(q, min(k, MAX_TOPK), "")
+                return [[Hit(id=i, score=s, metadata=m) for s, i, m in row[:k]] for row in rows]
+            expr = filter_expression(filter)
+            out: list[list[Hit]] = [[] for _ in range(len(q))]
+            todo = np.arange(len(q))
+            limit = min(k, MAX_TOPK)
+            while len(todo):
+                rows = self._raw_search(q[todo], limit, expr)
+                again = []
+                for qi, row in zip(todo.tolist(), rows):
+                    good = [Hit(id=i, score=s, metadata=m) for s, i, m in row if _matches(m, filter)]
+                    out[qi] = good[:k]
+                    # a full page with too few exact matches: the server filter was a superset
+                    if len(good) < k and len(row) >= limit and limit < MAX_TOPK:
+                        again.append(qi)
+                todo = np.asarray(again, np.int64)
+                limit = min(limit * 4, MAX_TOPK)
+            return out
+
+    def get(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        ids = self._check_ids(ids)
+        with self._lock:
+            self._check_open()
+            rows = self._rows_by_pk(list(dict.fromkeys(_pk(i) for i in ids)), ["item_id", "metadata"])
+        out: list[dict[str, Any] | None] = []
+        for i in ids:
+            r = rows.get(_pk(i))
+            out.append(dict(r.get("metadata") or {}) if r is not None and r["item_id"] == i else None)
+        return out
+
+    def vectors(self, ids: Sequence[str]) -> np.ndarray:
+        ids = self._check_ids(ids)
+        with self._lock:
+            self._check_open()
+            rows = self._rows_by_pk(list(dict.fromkeys(_pk(i) for i in ids)), ["item_id", "vector"])
+        missing = [i for i in ids if _pk(i) not in rows or rows[_pk(i)]["item_id"] != i]
+        if missing:
+            raise KeyError(f"{len(missing)} ids not in the store, e.g. {missing[0]!r}")
+        if not ids:
+            return np.empty((0, self.dim), np.float32)
+        return np.asarray([rows[_pk(i)]["vector"] for i in ids], dtype=np.float32)
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            self._check_open()
+            it = self._client.query_iterator(self.collection, batch_size=MAX_TOPK // 2, filter="",
+                                             output_fields=["item_id", "seq"], timeout=self._timeout)
+            got: list[tuple[int, str]] = []
+            try:
+                while True:
+                    page = it.next()
+                    if not page:
+                        break
+                    got.extend((int(r["seq"]), r["item_id"]) for r in page)
+            finally:
+                it.close()
+        got.sort()
+        return [i for _, i in got]
+
+    def count(self) -> int:
+        with self._lock:
+            self._check_open()
+            res = self._client.query(self.collection, filter="", output_fields=["count(*)"], timeout=self._timeout)
+            return int(res[0]["count(*)"]) if res else 0
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def __contains__(self, id: str) -> bool:
+        if not isinstance(id, str) or not id:
+            return False
+        return self.get([id])[0] is not None
+
+    def save(self) -> None:
+        """Seal the growing segments (Milvus makes every write durable when it returns; a flush
+        turns them into indexed segments, so it is worth doing after a bulk load)."""
+        with self._lock:
+            self._check_open()
+            self._client.flush(self.collection, timeout=self._timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._client.flush(self.collection, timeout=self._timeout)
+            except Exception:
+                pass  # writes are durable already; a failed flush only delays sealing
+            finally:
+                self._client.close()
+
+    def __enter__(self) -> "MilvusStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def info(self) -> dict[str, Any]:
+        idx = self._describe_vector_index()
+        return {
+            "backend": "milvus",
+            "path": str(self.path),
+            "uri": self.uri,
+            "mode": "server" if _is_remote(self.uri) else "lite",
+            "collection": self.collection,
+            "count": self.count(),
+            "dim": self.dim,
+            "metric": self.metric,
+            "index_type": idx.get("index_type", self.index_type),
+            "index": {k: v for k, v in idx.items() if k not in ("field_name", "index_name")},
+            "search_params": self._search_param_dict(),
+        }
