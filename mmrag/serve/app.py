@@ -1,0 +1,225 @@
+"""The FastAPI app: ``create_app(index_dir)`` -> an ASGI app serving one index.
+
+Areas, one router module each: search and clip-retrieval's ``/knn-service``
+(:mod:`~mmrag.serve.routes_search`), images by id (:mod:`~mmrag.serve.routes_images`), captions
+(:mod:`~mmrag.serve.routes_caption`), the OpenAI-compatible ``/v1/chat/completions`` facade
+(:mod:`~mmrag.serve.routes_openai`), and the tasks built by their own packages -- chat-retrieval
+sessions, ask (RIR), compose (ImageRef) -- in :mod:`~mmrag.serve.routes_tasks`, mounted when
+their packages import. Plus ``/healthz``, ``/metrics`` (Prometheus), the web page at ``/`` and
+the OpenAPI schema at ``/openapi.json`` (``/docs`` for a browser).
+
+Errors are JSON ``{"detail": message}``: 400 unreadable input (bad image, bad base64, decompression
+bomb), 404 unknown ids, 413 bodies over ``max_upload_bytes``, 422 malformed JSON or invalid
+fields, 502 an upstream generator failed, 503 a model or task is not available here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mmrag import __version__
+from mmrag.encoders.base import Encoder
+from mmrag.errors import ImageError, MmragError, ModelUnavailableError
+from mmrag.serve.config import ServeConfig
+from mmrag.serve.metrics import CONTENT_TYPE_LATEST, MetricsMiddleware, ServeMetrics
+from mmrag.serve.service import BadRequestError, NotFoundError, SearchService, UnavailableError
+
+__all__ = ["create_app", "ServeState", "get_state"]
+
+log = logging.getLogger("mmrag.serve")
+
+
+@dataclass
+class ServeState:
+    """Everything a request handler needs; one per app (``app.state.mmrag``)."""
+
+    config: ServeConfig
+    service: SearchService
+    metrics: ServeMetrics
+    extras: dict[str, Any] = field(default_factory=dict)  # lazily built parts (captioner, generators)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def lazy(self, key: str, build):
+        """``extras[key]``, built once by ``build()`` (thread-safe; a failed build is retried)."""
+        if key in self.extras:
+            return self.extras[key]
+        with self.lock:
+            if key not in self.extras:
+                self.extras[key] = build()
+            return self.extras[key]
+
+
+def get_state(request: Request) -> ServeState:
+    return request.app.state.mmrag
+
+
+class BodyLimitMiddleware:
+    """413 for request bodies over ``max_bytes``: at once from Content-Length, or as soon as a
+    streamed (chunked) body passes the limit -- before anything is parsed or spooled to disk."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = int(max_bytes)
+
+    def _message(self) -> str:
+        mib = self.max_bytes / (1024 * 1024)
+        return f"request body larger than the server's limit of {mib:g} MiB (max_upload_bytes)"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await JSONResponse({"detail": self._message()}, status_code=413)(scope, receive, send)
+                    return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # FastAPI re-raises HTTPExceptions from body parsing: the client gets this 413.
+                    raise HTTPException(status_code=413, detail=self._message())
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    from mmrag.generators.base import EndpointError, GeneratorError
+
+    @app.exception_handler(NotFoundError)
+    async def _not_found(_: Request, e: NotFoundError):
+        return _error(404, str(e))
+
+    @app.exception_handler(ImageError)
+    async def _bad_image(_: Request, e: ImageError):
+        return _error(400, f"unreadable image: {e}")
+
+    @app.exception_handler(BadRequestError)
+    async def _bad_request(_: Request, e: BadRequestError):
+        return _error(400, str(e))
+
+    @app.exception_handler(UnavailableError)
+    async def _unavailable(_: Request, e: UnavailableError):
+        return _error(503, str(e))
+
+    @app.exception_handler(ModelUnavailableError)
+    async def _no_model(_: Request, e: ModelUnavailableError):
+        return _error(503, f"model unavailable: {e}")
+
+    @app.exception_handler(EndpointError)
+    async def _upstream(_: Request, e: EndpointError):
+        return _error(502, f"upstream generator failed: {e}")
+
+    @app.exception_handler(GeneratorError)
+    async def _generator(_: Request, e: GeneratorError):
+        return _error(400, f"generation failed: {e}")
+
+    @app.exception_handler(MmragError)
+    async def _mmrag(_: Request, e: MmragError):
+        return _error(400, str(e))
+
+
+def static_dir() -> Path:
+    return Path(str(resources.files("mmrag.serve").joinpath("static")))
+
+
+def create_app(index_dir: str | Path, config: ServeConfig | None = None, encoder: Encoder | None = None) -> FastAPI:
+    """The app serving ``index_dir``. Loads the index and its encoder now (seconds), so a bad
+    index fails here and not on the first request. ``encoder`` shares an already-loaded model."""
+    config = config or ServeConfig()
+    metrics = ServeMetrics()
+    service = SearchService(index_dir, config, encoder=encoder, on_batch=metrics.observe_batch)
+    state = ServeState(config=config, service=service, metrics=metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        try:
+            yield
+        finally:
+            closers = [v for v in state.extras.values() if hasattr(v, "close")]
+            for c in closers:
+                try:
+                    c.close()
+                except Exception:  # pragma: no cover - best effort at shutdown
+                    log.exception("closing %r", c)
+            service.close()
+
+    app = FastAPI(
+        title="mmrag",
+        version=__version__,
+        description="Multimodal retrieval-augmented generation over an image collection: search, "
+                    "captions, chat retrieval, ask, compose; OpenAI-compatible chat completions.",
+        lifespan=lifespan,
+    )
+    app.state.mmrag = state
+    _install_error_handlers(app)
+
+    from mmrag.serve import routes_caption, routes_images, routes_openai, routes_search, routes_tasks
+
+    app.include_router(routes_search.router)
+    app.include_router(routes_images.router)
+    app.include_router(routes_caption.router)
+    app.include_router(routes_openai.router)
+    state.extras["task_features"] = routes_tasks.mount(app, state)
+
+    @app.get("/healthz", tags=["service"], summary="Liveness and what this server offers")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, **service.info(),
+                "features": features(state)}
+
+    @app.get("/metrics", tags=["service"], summary="Prometheus metrics", include_in_schema=True)
+    def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    if config.page:
+        static = static_dir()
+        app.mount("/static", StaticFiles(directory=static), name="static")
+
+        @app.get("/", include_in_schema=False)
+        def page() -> FileResponse:
+            return FileResponse(static / "index.html", headers={"Cache-Control": "no-cache"})
+
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"])
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_upload_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def features(state: ServeState) -> dict[str, Any]:
+    """What the web page may show: search always; the rest when available on this server."""
+    svc = state.service
+    f = {"search": True, "image_search": True, "caption": svc.collection.captions.count() > 0
+         or state.config.caption_datastore is not None, "chat_completions": True,
+         "url_fetch": state.config.allow_url_fetch, "max_upload_bytes": state.config.max_upload_bytes,
+         "max_k": state.config.max_k, "default_k": state.config.default_k}
+    f.update(state.extras.get("task_features", {}))
+    return f

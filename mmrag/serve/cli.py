@@ -1,0 +1,81 @@
+"""``mmrag serve``: the HTTP service and web page for one index (registered by ``mmrag.cli``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mmrag.errors import MmragError
+
+
+class ServeOptionError(MmragError):
+    """A ``mmrag serve`` option is malformed."""
+
+
+def parse_generator_options(items: list[str]) -> dict[str, dict]:
+    """``["openai.base_url=http://h:8080/v1", "openai.timeout=30"]`` ->
+    ``{"openai": {"base_url": "http://h:8080/v1", "timeout": 30}}`` (values parsed as JSON when
+    they are JSON, else kept as strings)."""
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        name, dot, opt = key.partition(".")
+        if not sep or not dot or not name or not opt:
+            raise ServeOptionError(f"--generator-opt takes GENERATOR.KEY=VALUE, got {item!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.setdefault(name, {})[opt] = parsed
+    return out
+
+
+def serve(
+    index_dir: Path = typer.Option(..., "--index", "-i", help="Index directory to serve (from `mmrag index`)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    batching: bool = typer.Option(True, help="Micro-batch concurrent queries into one model call."),
+    max_batch: int = typer.Option(64, help="Most queries per micro-batch."),
+    max_wait_ms: float = typer.Option(2.0, help="How long a query waits for company before its batch runs."),
+    max_upload_mb: float = typer.Option(10.0, help="Largest request body (uploads) in MiB; larger get 413."),
+    max_k: int = typer.Option(200, help="Largest number of results a query may ask for."),
+    allow_url_fetch: bool = typer.Option(False, help="Let clients name http(s) image URLs for the server to "
+                                                     "download (off: the server never fetches URLs)."),
+    generator: str = typer.Option("consensus", help="Default generator for captions and /v1/chat/completions: "
+                                                    "consensus, local or openai."),
+    generator_opt: list[str] = typer.Option([], "--generator-opt",
+                                            help="Generator option GENERATOR.KEY=VALUE (repeatable), e.g. "
+                                                 "openai.base_url=http://127.0.0.1:8080/v1"),
+    caption_datastore: Optional[str] = typer.Option(
+        None, help="Captions to caption with: the index's own (default), 'flickr8k', or a saved datastore file."),
+    cors_origin: list[str] = typer.Option([], "--cors-origin", help="Allow browser pages from this origin "
+                                                                    "(repeatable), e.g. a clip-retrieval front end."),
+    log_level: str = typer.Option("info", help="uvicorn log level: critical, error, warning, info, debug."),
+    access_log: bool = typer.Option(False, help="Log every request (costs throughput under load)."),
+):
+    """Serve an index over HTTP: search API, clip-retrieval /knn-service, captions, chat
+    sessions, OpenAI-compatible /v1/chat/completions, Prometheus /metrics and a web page at /."""
+    import uvicorn
+    from rich.console import Console
+
+    from mmrag.serve.app import create_app
+    from mmrag.serve.config import MIB, ServeConfig
+
+    err = Console(stderr=True)
+    config = ServeConfig(batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                         max_upload_bytes=int(max_upload_mb * MIB), max_k=max_k, allow_url_fetch=allow_url_fetch,
+                         generator=generator, generator_options=parse_generator_options(generator_opt),
+                         caption_datastore=caption_datastore, cors_origins=list(cors_origin))
+    err.print(f"loading {index_dir} ...")
+    app = create_app(index_dir, config)
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
+    err.print(f"[bold]mmrag[/] serving {index_dir} at http://{shown}:{port}/  (API docs: /docs)")
+    # one worker: the model and index are loaded once; concurrency comes from micro-batching
+    uvicorn.run(app, host=host, port=port, workers=1, log_level=log_level, access_log=access_log)
+
+
+def register(app: typer.Typer, eval_app: typer.Typer) -> None:
+    app.command("serve")(serve)

@@ -1,0 +1,55 @@
+"""Server settings as one plain dataclass (the CLI's options map onto its fields)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MIB = 1024 * 1024
+
+
+@dataclass
+class ServeConfig:
+    """How ``mmrag serve`` behaves. Defaults suit one user on a laptop and a small team server.
+
+    Batching: ``batching`` groups concurrent queries into one model call and one FAISS call
+    (see :mod:`mmrag.serve.batching`); ``max_batch``/``max_wait_ms`` bound a batch.
+    Limits: request bodies above ``max_upload_bytes`` get 413; images above
+    ``max_image_pixels`` (decompression bombs) get 400 before they are decoded; ``k`` is capped
+    at ``max_k``. ``allow_url_fetch``: whether ``/knn-service`` and ``/v1/chat/completions`` may
+    download ``http(s)`` image URLs (off: the server never makes outbound requests for a client).
+    Generation: ``generator`` is the default for ``/v1/chat/completions`` and captions;
+    ``generator_options`` holds per-generator keyword arguments, e.g.
+    ``{"openai": {"base_url": "http://127.0.0.1:8080/v1"}}``. ``caption_datastore``: ``None``
+    uses the index's own captions (no embedding needed), ``"flickr8k"`` the Flickr8k train
+    captions, or a path to a saved :class:`~mmrag.tasks.captioning.CaptionDatastore`.
+    """
+
+    batching: bool = True
+    max_batch: int = 64
+    max_wait_ms: float = 2.0
+    max_upload_bytes: int = 10 * MIB
+    max_image_pixels: int = 40_000_000
+    max_k: int = 200
+    default_k: int = 20
+    allow_url_fetch: bool = False
+    url_fetch_timeout_s: float = 10.0
+    generator: str = "consensus"
+    generator_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    caption_datastore: str | None = None
+    caption_k: int | None = None
+    rag_k: int = 10
+    thumbnail_px: int = 256
+    thumbnail_cache: int = 2048
+    chat_max_sessions: int = 200
+    chat_session_ttl_s: float = 1800.0
+    cors_origins: list[str] = field(default_factory=list)
+    page: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        if self.max_upload_bytes < 1024:
+            raise ValueError("max_upload_bytes must be at least 1 KiB")
+        if not 1 <= self.default_k <= self.max_k:
+            raise ValueError("default_k must be within [1, max_k]")

@@ -1,0 +1,119 @@
+"""Request and response bodies of the HTTP API (pydantic models; they make the OpenAPI schema)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mmrag.index.base import Hit
+from mmrag.serve.service import BadRequestError, public_metadata
+
+Scalar = Union[str, int, float, bool, None]
+FilterSpec = dict[str, Union[Scalar, list[Scalar]]]
+
+FILTER_HELP = ('Metadata filter: {"key": value} or {"key": [v1, v2]} (any of); several keys must all '
+               'match. Values match by JSON type: 1 does not match "1".')
+
+
+class SearchRequest(BaseModel):
+    """Search by text, by image (base64 or an indexed image's id), or both (weighted)."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: Optional[str] = Field(None, max_length=2000, description="Text query.")
+    image: Optional[str] = Field(None, description="Image query: base64 bytes or a data: URL.")
+    image_id: Optional[str] = Field(None, max_length=1000, description="Use an indexed image as the query.")
+    weight: float = Field(0.5, ge=0.0, le=1.0, description="With text and image: the text's weight.")
+    k: Optional[int] = Field(None, ge=1, description="Number of results (default: the server's default_k).")
+    target: Literal["images", "captions"] = Field("images", description="Search images or captions.")
+    filter: Optional[FilterSpec] = Field(None, description=FILTER_HELP)
+
+
+class SearchHit(BaseModel):
+    id: str
+    score: float
+    caption: Optional[str] = Field(None, description="Images: the first caption; captions: the text.")
+    captions: list[str] = Field(default_factory=list)
+    image_id: str = Field(..., description="The image this hit shows (for captions: the owning image).")
+    image_url: str
+    thumbnail_url: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit]
+    k: int
+    target: str
+    took_ms: float
+
+
+class CaptionEvidence(BaseModel):
+    text: str
+    score: float
+    image_id: str
+
+
+class CaptionResponse(BaseModel):
+    caption: str
+    generator: str
+    image_id: Optional[str] = None
+    evidence: list[CaptionEvidence]
+    took_ms: float
+
+
+class KnnRequest(BaseModel):
+    """clip-retrieval's ``/knn-service`` body (extra keys such as ``use_safety_model`` are
+    accepted and ignored)."""
+
+    model_config = ConfigDict(extra="allow")
+    text: Optional[str] = None
+    image: Optional[str] = None
+    image_url: Optional[str] = None
+    embedding_input: Optional[list[float]] = None
+    modality: Literal["image", "text"] = "image"
+    num_images: int = Field(40, ge=1)
+    num_result_ids: Optional[int] = Field(None, ge=1)
+    indice_name: Optional[str] = None
+    deduplicate: bool = False
+
+
+class MetadataRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    ids: list[str] = Field(..., max_length=1000)
+    indice_name: Optional[str] = None
+
+
+def decode_base64_image(data: str) -> bytes:
+    """Bytes of a base64 string or a ``data:image/...;base64,`` URL."""
+    s = data.strip()
+    if s.startswith("data:"):
+        head, _, s = s.partition(",")
+        if ";base64" not in head:
+            raise BadRequestError("data: URLs must be base64-encoded (data:image/...;base64,...)")
+    try:
+        return base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequestError("the image is not valid base64") from None
+
+
+def image_links(image_id: str) -> tuple[str, str]:
+    from urllib.parse import quote
+
+    q = quote(image_id, safe="")
+    return f"/images/{q}", f"/thumbnails/{q}"
+
+
+def hit_to_dict(h: Hit, target: str) -> dict[str, Any]:
+    meta = public_metadata(h.metadata)
+    if target == "captions":
+        image_id = str(meta.get("image_id") or h.id.split("#", 1)[0])
+        caption, captions = meta.get("text"), [meta["text"]] if meta.get("text") else []
+    else:
+        image_id = h.id
+        captions = [c for c in (meta.get("captions") or []) if isinstance(c, str)]
+        caption = captions[0] if captions else None
+    url, thumb = image_links(image_id)
+    return {"id": h.id, "score": round(float(h.score), 6), "caption": caption, "captions": captions,
+            "image_id": image_id, "image_url": url, "thumbnail_url": thumb, "metadata": meta}

@@ -1,0 +1,246 @@
+"""What the HTTP layer calls: one loaded index + encoder, queries served through micro-batchers.
+
+:class:`SearchService` owns a :class:`~mmrag.search.Searcher` and three
+:class:`~mmrag.serve.batching.MicroBatcher` s, each with its own thread:
+
+* texts  -> ``encoder.embed_texts`` (one call per batch),
+* images -> ``encoder.embed_images_safe`` (decoded PIL images; one call per batch),
+* vectors -> ``store.search`` (one FAISS call per batch and (target, filter) group).
+
+A query with both text and image embeds them concurrently and combines them exactly like
+:meth:`mmrag.search.Searcher.query_vector` (``weight`` on the text side). With batching off every
+batcher takes one item at a time, so the two modes run the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from mmrag.corpus.images import open_image
+from mmrag.encoders.base import Encoder, l2_normalize
+from mmrag.errors import ImageError, MmragError
+from mmrag.index.base import Hit
+from mmrag.search import Searcher
+from mmrag.serve.batching import MicroBatcher
+from mmrag.serve.config import ServeConfig
+
+__all__ = ["SearchService", "Query", "NotFoundError", "BadRequestError", "UnavailableError",
+           "TARGETS", "public_metadata"]
+
+TARGETS = ("images", "captions")
+# Metadata never sent to clients: server file paths and content hashes.
+PRIVATE_KEYS = frozenset({"path", "sha256"})
+
+
+class NotFoundError(MmragError):
+    """No such image, session or resource (HTTP 404)."""
+
+
+class BadRequestError(MmragError):
+    """The request is well-formed JSON but cannot be served as asked (HTTP 400)."""
+
+
+class UnavailableError(MmragError):
+    """A part the request needs is not available on this server (HTTP 503)."""
+
+
+@dataclass
+class Query:
+    """One search: any of text, image (decoded), stored vector of ``image_id``; ``weight`` is the
+    text's share when text and an image are both given."""
+
+    text: str | None = None
+    image: Image.Image | None = None
+    image_id: str | None = None
+    weight: float = 0.5
+    k: int = 20
+    target: str = "images"
+    filter: dict[str, Any] | None = None
+    vector: np.ndarray | None = None  # a ready query vector (clip-retrieval ``embedding_input``)
+
+
+@dataclass
+class _SearchJob:
+    vector: np.ndarray
+    k: int
+    target: str
+    filter: dict[str, Any] | None
+    image_only: bool = False
+
+
+def public_metadata(meta: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (meta or {}).items() if k not in PRIVATE_KEYS}
+
+
+class SearchService:
+    """Loaded index + encoder + batchers. ``on_batch(kind, size, wait_s, run_s)`` feeds metrics."""
+
+    def __init__(self, index_dir: str | Path, config: ServeConfig | None = None, encoder: Encoder | None = None,
+                 on_batch: Callable[[str, int, float, float], None] | None = None):
+        self.config = config or ServeConfig()
+        self.index_dir = Path(index_dir)
+        self.searcher = Searcher(self.index_dir, encoder=encoder)
+        self.encoder = self.searcher.encoder
+        self.collection = self.searcher.collection
+        size = self.config.max_batch if self.config.batching else 1
+        wait = self.config.max_wait_ms if self.config.batching else 0.0
+
+        def hook(kind: str):
+            return (lambda n, w, r: on_batch(kind, n, w, r)) if on_batch else None
+
+        self.text_batcher = MicroBatcher(self._embed_texts, size, wait, "embed-texts", hook("embed_texts"))
+        self.image_batcher = MicroBatcher(self._embed_images, min(size, 16), wait, "embed-images",
+                                          hook("embed_images"))
+        # Searching is quick: no waiting for company, just take what queued up meanwhile.
+        self.search_batcher = MicroBatcher(self._search, size, 0.0, "search", hook("search"))
+        self._thumbs: OrderedDict[str, bytes] = OrderedDict()
+        self._thumbs_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ batch functions (worker threads)
+    def _embed_texts(self, texts: list[str]) -> list[np.ndarray]:
+        return list(self.encoder.embed_texts(texts))
+
+    def _embed_images(self, images: list[Image.Image]) -> list[np.ndarray | Exception]:
+        safe = getattr(self.encoder, "embed_images_safe", None)
+        if callable(safe):
+            vecs, errors = safe(images)
+            return [ImageError(errors[i]) if i in errors else vecs[i] for i in range(len(images))]
+        return list(self.encoder.embed_images(images))
+
+    def _search(self, jobs: list[_SearchJob]) -> list[list[Hit] | Exception]:
+        out: list[list[Hit] | Exception] = [[] for _ in jobs]
+        groups: dict[tuple, list[int]] = {}
+        for i, j in enumerate(jobs):
+            if j.target == "captions" and j.image_only:
+                # image -> caption re-ranks with the hubness prior: one query at a time
+                try:
+                    out[i] = self.searcher._captions_for_image(j.vector, j.k, j.filter)
+                except (ValueError, MmragError) as e:
+                    out[i] = e
+                continue
+            key = (j.target, json.dumps(j.filter, sort_keys=True) if j.filter else "")
+            groups.setdefault(key, []).append(i)
+        for (target, _), rows in groups.items():
+            store = self.collection.images if target == "images" else self.collection.captions
+            k = max(jobs[i].k for i in rows)
+            try:
+                hits = store.search(np.stack([jobs[i].vector for i in rows]), k=k, filter=jobs[rows[0]].filter)
+            except (ValueError, MmragError) as e:  # a bad filter key fails only its group
+                for i in rows:
+                    out[i] = BadRequestError(str(e))
+                continue
+            for i, h in zip(rows, hits):
+                out[i] = h[: jobs[i].k]
+        return out
+
+    # ------------------------------------------------------------------ async API (event loop)
+    async def text_vector(self, text: str) -> np.ndarray:
+        return await self.text_batcher.submit(text)
+
+    async def image_vector(self, image: Image.Image) -> np.ndarray:
+        return await self.image_batcher.submit(image)
+
+    def stored_vector(self, image_id: str) -> np.ndarray:
+        if image_id not in self.collection.images:
+            raise NotFoundError(f"no image with id {image_id!r} in this index")
+        return self.collection.images.vectors([image_id])[0]
+
+    async def query_vector(self, q: Query) -> np.ndarray:
+        """The unit query vector of ``q`` (text and image embedded concurrently)."""
+        if q.vector is not None:
+            return l2_normalize(np.asarray(q.vector, np.float32)[None])[0]
+        if q.text is not None and not q.text.strip():
+            q.text = None
+        has_image = q.image is not None or q.image_id is not None
+        if q.text is None and not has_image:
+            raise BadRequestError("give a text, an image (upload or image_id), or both")
+        if q.image is not None and q.image_id is not None:
+            raise BadRequestError("give either an uploaded image or an image_id, not both")
+        if not 0.0 <= q.weight <= 1.0:
+            raise BadRequestError("weight must be within [0, 1]")
+        tasks = []
+        if q.text is not None:
+            tasks.append(self.text_vector(q.text))
+        if q.image is not None:
+            tasks.append(self.image_vector(q.image))
+        vecs = list(await asyncio.gather(*tasks)) if tasks else []
+        if q.image_id is not None:
+            vecs.append(await asyncio.to_thread(self.stored_vector, q.image_id))
+        if len(vecs) == 1:
+            return vecs[0]
+        return l2_normalize((q.weight * vecs[0] + (1.0 - q.weight) * vecs[1])[None])[0]
+
+    async def search(self, q: Query) -> list[Hit]:
+        if q.target not in TARGETS:
+            raise BadRequestError(f"target must be one of {TARGETS}, got {q.target!r}")
+        if not 1 <= q.k <= self.config.max_k:
+            raise BadRequestError(f"k must be within [1, {self.config.max_k}], got {q.k}")
+        vec = await self.query_vector(q)
+        image_only = q.text is None and q.vector is None
+        return await self.search_batcher.submit(_SearchJob(vec, q.k, q.target, q.filter or None, image_only))
+
+    # ------------------------------------------------------------------ images
+    def decode_upload(self, data: bytes) -> Image.Image:
+        """Decode uploaded bytes with the server's pixel limit (raises ImageError)."""
+        if not data:
+            raise ImageError("the uploaded image is empty")
+        return open_image(bytes(data), max_pixels=self.config.max_image_pixels)
+
+    def image_path(self, image_id: str) -> Path:
+        """The file of an indexed image, looked up by id (never a client-given path)."""
+        meta = self.collection.images.get([image_id])[0] if isinstance(image_id, str) else None
+        if not meta or not meta.get("path"):
+            raise NotFoundError(f"no image with id {image_id!r} in this index")
+        p = Path(meta["path"])
+        if not p.is_file():
+            raise NotFoundError(f"the file of image {image_id!r} is no longer on the server")
+        return p
+
+    def image_metadata(self, image_id: str) -> dict[str, Any]:
+        meta = self.collection.images.get([image_id])[0]
+        if meta is None:
+            raise NotFoundError(f"no image with id {image_id!r} in this index")
+        return public_metadata(meta)
+
+    def thumbnail(self, image_id: str) -> bytes:
+        """A JPEG at most ``thumbnail_px`` on its long side (kept in a bounded LRU)."""
+        with self._thumbs_lock:
+            if image_id in self._thumbs:
+                self._thumbs.move_to_end(image_id)
+                return self._thumbs[image_id]
+        path = self.image_path(image_id)
+        img = open_image(path, draft=(self.config.thumbnail_px, self.config.thumbnail_px))
+        img.thumbnail((self.config.thumbnail_px, self.config.thumbnail_px))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=85)
+        data = buf.getvalue()
+        with self._thumbs_lock:
+            self._thumbs[image_id] = data
+            while len(self._thumbs) > self.config.thumbnail_cache:
+                self._thumbs.popitem(last=False)
+        return data
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "index": self.index_dir.name,
+            "encoder": self.collection.manifest.encoder,
+            "dim": self.collection.manifest.dim,
+            "images": self.collection.images.count(),
+            "captions": self.collection.captions.count(),
+            "batching": self.config.batching,
+        }
+
+    def close(self) -> None:
+        for b in (self.text_batcher, self.image_batcher, self.search_batcher):
+            b.close()
+        self.searcher.close()
