@@ -1,0 +1,346 @@
+"""The three-stage ImageRef pipeline: answer, caption the candidate images, insert them.
+
+1. **Answer** from retrieved text chunks. ``generator="extractive"`` (default, offline): the
+   chunks most similar to the query, grouped by the section they come from, under those sections'
+   headings. Any registry generator (``local``, ``openai``, ...) instead writes the answer from
+   the numbered chunks, as Markdown with a title and sections.
+2. **Captions** for every candidate image (the images of the documents the answer drew on):
+   context-aware, i.e. the image's own caption (alt text, figcaption, JSONL caption) plus the text
+   around it in its document; an image with neither is captioned by the mRAG-gim captioner
+   (:mod:`mmrag.tasks.captioning`) when one is given, else left out (reported in ``skipped``).
+3. **Insertion**: one candidate position after each section; images chosen by
+   :func:`~mmrag.tasks.imageref.insertion.assign_images` (optimal assignment with "Not Insert",
+   at most one image per position, each image once, header image at position 1).
+
+The output is the paper's format: Markdown whose images are ``![short caption](IMAGE_k)``, k
+indexing :attr:`Composition.images`; :meth:`Composition.render` resolves them to files. Every
+reference is checked before the composition is returned.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mmrag.errors import MmragError
+from mmrag.tasks.imageref.documents import Chunk, DocImage, Document, Section, chunk_document, parse_markdown
+from mmrag.tasks.imageref.insertion import (
+    DEFAULT_LEXICAL_WEIGHT,
+    DEFAULT_POOL,
+    DEFAULT_THRESHOLD,
+    Relevance,
+    assign_images,
+    default_text_embedder,
+)
+from mmrag.tasks.imageref.render import IMAGE_REF, InvalidReferenceError, invalid_references, render
+
+__all__ = [
+    "AnswerSection",
+    "ComposeConfig",
+    "ComposeError",
+    "Composition",
+    "ImageCandidate",
+    "PositionChoice",
+    "build_markdown",
+    "compose",
+    "short_caption",
+]
+
+EXTRACTIVE = "extractive"
+SHORT_CAPTION_WORDS = 16
+
+
+class ComposeError(MmragError):
+    """Composing an answer failed (no documents, empty query, generator failure)."""
+
+
+@dataclass
+class ComposeConfig:
+    """Options of :func:`compose` (defaults chosen on the d2l dev chapters where they matter).
+
+    ``top_chunks``: chunks retrieved for the answer; ``max_sections``: sections of an extractive
+    answer; ``max_images``: candidate images given to the insertion stage; ``threshold``,
+    ``lexical_weight``, ``pool``: insertion relevance (see :mod:`.insertion`); ``header_image``:
+    let position 1 take an image that suits the whole answer; ``use_context``: add the text around
+    an image to its caption for matching; ``chunk_words``: chunk size; ``generator_options``:
+    passed to a registry generator (e.g. ``base_url``, ``model``); ``max_tokens`` for it."""
+
+    generator: str = EXTRACTIVE
+    generator_options: dict[str, Any] = field(default_factory=dict)
+    top_chunks: int = 8
+    max_sections: int = 4
+    max_images: int = 12
+    threshold: float = DEFAULT_THRESHOLD
+    lexical_weight: float = DEFAULT_LEXICAL_WEIGHT
+    pool: float = DEFAULT_POOL
+    header_image: bool = True
+    use_context: bool = True
+    context_words: int = 40
+    chunk_words: int = 120
+    max_tokens: int = 512
+
+
+@dataclass
+class ImageCandidate:
+    """Candidate image ``key`` (``IMAGE_k``): where it comes from and the caption used to place it."""
+
+    key: str
+    id: str
+    path: str
+    caption: str
+    doc_id: str = ""
+    caption_source: str = "alt"
+    matching_text: str = ""
+
+
+@dataclass
+class AnswerSection:
+    heading: str
+    level: int
+    text: str
+
+
+@dataclass
+class PositionChoice:
+    """Position ``index`` (1-based, after section ``index``): the image put there or None."""
+
+    index: int
+    heading: str
+    image: str | None
+    relevance: float | None = None
+
+
+@dataclass
+class Composition:
+    query: str
+    title: str
+    markdown: str
+    sections: list[AnswerSection]
+    images: list[ImageCandidate]
+    positions: list[PositionChoice]
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    generator: str = EXTRACTIVE
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def image_map(self) -> dict[str, ImageCandidate]:
+        return {im.key: im for im in self.images}
+
+    def inserted(self) -> dict[int, str]:
+        """position index -> image key, for the positions that got one."""
+        return {p.index: p.image for p in self.positions if p.image}
+
+    def render(self, mode: str = "path", base_dir: str | Path | None = None) -> str:
+        """The Markdown with ``IMAGE_k`` resolved (see :func:`mmrag.tasks.imageref.render.render`)."""
+        return render(self.markdown, self.images, mode=mode, base_dir=base_dir)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly: query, title, markdown, images (key/id/path/caption...), positions, sources."""
+        return asdict(self)
+
+
+def short_caption(text: str, max_words: int = SHORT_CAPTION_WORDS) -> str:
+    """A one-line caption safe inside ``![...]``: no brackets or newlines, at most ``max_words``."""
+    text = re.sub(r"[\[\]]", "", re.sub(r"\s+", " ", text)).strip()
+    first = re.match(r"(.+?[.!?])(\s|$)", text)
+    if first and len(first.group(1).split()) >= 3:
+        text = first.group(1)
+    words = text.split()
+    out = " ".join(words[:max_words]) + (" ..." if len(words) > max_words else "")
+    return out.rstrip(".") or "image"
+
+
+def build_markdown(title: str, sections: Sequence[AnswerSection], placed: dict[int, ImageCandidate]) -> str:
+    """Title, then each section; after section i (0-based) the image placed at position i+1."""
+    parts = [f"# {title}".rstrip()] if title else []
+    for i, s in enumerate(sections):
+        block = []
+        if s.heading and not (s.level == 1 and s.heading == title):
+            block.append(f"{'#' * max(2, s.level)} {s.heading}")
+        if s.text.strip():
+            block.append(s.text.strip())
+        if i + 1 in placed:
+            im = placed[i + 1]
+            block.append(f"![{short_caption(im.caption)}]({im.key})")
+        if block:
+            parts.append("\n\n".join(block))
+    return "\n\n".join(parts) + "\n"
+
+
+# ----------------------------------------------------------------------------- stage 1
+
+def _rank_chunks(query: str, chunks: Sequence[Chunk], embedder, k: int) -> list[tuple[Chunk, float]]:
+    if not chunks:
+        return []
+    texts = [f"{c.heading}: {c.text}" if c.heading else c.text for c in chunks]
+    v = embedder.embed(texts)
+    q = embedder.embed([query])[0]
+    sims = v @ q
+    order = np.argsort(-sims, kind="stable")[:k]
+    return [(chunks[i], float(sims[i])) for i in order]
+
+
+def _extractive_answer(query: str, ranked: list[tuple[Chunk, float]], max_sections: int) -> tuple[str, list[AnswerSection]]:
+    groups: dict[tuple[str, int], list[tuple[Chunk, float]]] = {}
+    for c, s in ranked:
+        groups.setdefault((c.doc_id, c.section), []).append((c, s))
+    sections: list[AnswerSection] = []
+    for (_, _), items in list(groups.items())[:max_sections]:
+        items.sort(key=lambda cs: cs[0].id)  # document order inside a section
+        heading = items[0][0].heading or "Details"
+        sections.append(AnswerSection(heading, 2, "\n\n".join(c.text for c, _ in items)))
+    title = query.strip().rstrip("?.! ")
+    return title[:1].upper() + title[1:], sections
+
+
+_ANSWER_SYSTEM = ("You answer questions from the given passages only. Write Markdown: a title line "
+                  "starting with '# ', then two to four sections, each starting with '## ' and a short "
+                  "heading, followed by a paragraph. Do not include images or links.")
+
+
+def _generated_answer(query: str, ranked: list[tuple[Chunk, float]], config: ComposeConfig) -> tuple[str, list[AnswerSection]]:
+    from mmrag.generators import GenerationRequest, create_generator
+
+    gen = create_generator(config.generator, **config.generator_options)
+    passages = "\n\n".join(f"[{i}] ({c.heading}) {c.text}" for i, (c, _) in enumerate(ranked, 1))
+    req = GenerationRequest.from_prompt(f"Passages:\n{passages}\n\nQuestion: {query}\n\nAnswer in Markdown:",
+                                        system=_ANSWER_SYSTEM, max_tokens=config.max_tokens)
+    text = gen.generate(req).text
+    text = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", text)  # the generator must not invent image references
+    text = re.sub(r"IMAGE_\d+", "", text)
+    text = re.sub(r"^```(?:markdown)?\s*|```\s*$", "", text.strip())
+    doc = parse_markdown(text, "answer")
+    title = next((s.heading for s in doc.sections if s.level == 1 and s.heading), "") or query.strip().rstrip("?")
+    sections = [AnswerSection(s.heading, s.level, s.text) for s in doc.sections if s.text.strip() or s.level > 1]
+    if not sections:
+        raise ComposeError(f"generator {config.generator!r} returned no usable text")
+    return title, sections
+
+
+# ----------------------------------------------------------------------------- stage 2
+
+def _matching_text(im: DocImage, config: ComposeConfig) -> str:
+    text = im.caption.strip()
+    if config.use_context and im.context.strip() and im.caption_source != "context":
+        text = f"{text} {' '.join(im.context.split()[: config.context_words])}".strip()
+    return text
+
+
+def _candidates(docs: Sequence[Document], used_docs: Sequence[str], query_vec: np.ndarray, embedder,
+                config: ComposeConfig, captioner=None) -> tuple[list[ImageCandidate], list[dict[str, str]]]:
+    by_id = {d.id: d for d in docs}
+    pool: list[tuple[str, DocImage]] = []
+    skipped: list[dict[str, str]] = []
+    for doc_id in used_docs:
+        for im in by_id[doc_id].images:
+            if not im.is_remote and not im.exists:
+                skipped.append({"image": im.path, "reason": "file not found"})
+                continue
+            if not im.caption.strip():
+                if captioner is None:
+                    skipped.append({"image": im.path, "reason": "no caption or surrounding text, and no captioner"})
+                    continue
+                try:
+                    res = captioner.caption_batch([im.path])[0]
+                except MmragError as e:
+                    skipped.append({"image": im.path, "reason": f"captioner failed: {e}"})
+                    continue
+                if getattr(res, "error", None) or not res.caption:
+                    skipped.append({"image": im.path, "reason": f"captioner failed: {res.error}"})
+                    continue
+                im = DocImage(**{**asdict(im), "caption": res.caption, "caption_source": "captioner"})
+            pool.append((doc_id, im))
+    if not pool:
+        return [], skipped
+    texts = [_matching_text(im, config) for _, im in pool]
+    if len(pool) > config.max_images:
+        sims = embedder.embed(texts) @ query_vec
+        keep = sorted(np.argsort(-sims, kind="stable")[: config.max_images])
+        pool, texts = [pool[i] for i in keep], [texts[i] for i in keep]
+    out = [ImageCandidate(key=f"IMAGE_{k}", id=im.id, path=im.path, caption=im.caption, doc_id=doc_id,
+                          caption_source=im.caption_source, matching_text=t)
+           for k, ((doc_id, im), t) in enumerate(zip(pool, texts), 1)]
+    return out, skipped
+
+
+# ----------------------------------------------------------------------------- stage 3
+
+def place_images(title: str, sections: Sequence[AnswerSection], images: Sequence[ImageCandidate],
+                 relevance: Relevance, threshold: float, header_image: bool = True,
+                 chunk_words: int = 120) -> list[PositionChoice]:
+    """Positions (one after each section) and the image chosen for each."""
+    if not sections:
+        return []
+    doc = Document("answer", title, [Section(s.heading, s.level, s.text) for s in sections])
+    chunks = chunk_document(doc, chunk_words)
+    sec_chunks = []
+    for i, s in enumerate(sections):
+        pieces = [c.text for c in chunks if c.section == i] or [s.heading or title]
+        sec_chunks.append([f"{s.heading}: {p}" if s.heading else p for p in pieces])
+    captions = [im.matching_text or im.caption for im in images]
+    R = relevance.matrix(sec_chunks, captions) if images else np.zeros((len(sections), 0))
+    header = None
+    if header_image and images:
+        whole = f"{title}: " + " ".join(s.text for s in sections)
+        header = relevance.matrix([[" ".join(whole.split()[:chunk_words])]], captions)[0]
+    choice = assign_images(R, threshold, header=header)
+    out = []
+    for p, (s, c) in enumerate(zip(sections, choice)):
+        out.append(PositionChoice(p + 1, s.heading, images[c].key if c is not None else None,
+                                  float(R[p, c]) if c is not None else None))
+    return out
+
+
+def compose(query: str, documents: Sequence[Document] | None = None, index: str | Path | None = None,
+            generator: str | None = None, config: ComposeConfig | None = None,
+            text_embedder=None, captioner=None) -> Composition:
+    """Answer ``query`` from ``documents`` (see :func:`read_documents`) or a document index built by
+    :func:`mmrag.tasks.imageref.ingest_documents` (``index``), with images in place.
+
+    ``generator`` overrides ``config.generator`` ("extractive" or a registry name)."""
+    config = config or ComposeConfig()
+    if generator:
+        config = ComposeConfig(**{**asdict(config), "generator": generator})
+    if not query or not query.strip():
+        raise ComposeError("empty query")
+    if (documents is None) == (index is None):
+        raise ComposeError("give documents or an index (one of them)")
+    embedder = text_embedder or default_text_embedder()
+    if index is not None:
+        from mmrag.tasks.imageref.ingest import DocumentIndex
+
+        with DocumentIndex.open(index) as di:
+            ranked, docs = di.retrieve(query, config.top_chunks)
+    else:
+        docs = list(documents)
+        if not docs:
+            raise ComposeError("no documents to answer from")
+        chunks = [c for d in docs for c in chunk_document(d, config.chunk_words)]
+        ranked = _rank_chunks(query, chunks, embedder, config.top_chunks)
+    if not ranked:
+        raise ComposeError("the documents hold no text to answer from")
+    if config.generator == EXTRACTIVE:
+        title, sections = _extractive_answer(query, ranked, config.max_sections)
+    else:
+        title, sections = _generated_answer(query, ranked, config)
+    used_docs = list(dict.fromkeys(c.doc_id for c, _ in ranked))
+    qv = embedder.embed([query])[0]
+    images, skipped = _candidates(docs, used_docs, qv, embedder, config, captioner)
+    rel = Relevance(lexical_weight=config.lexical_weight, pool=config.pool, embedder=embedder)
+    positions = place_images(title, sections, images, rel, config.threshold, config.header_image, config.chunk_words)
+    by_key = {im.key: im for im in images}
+    placed = {p.index: by_key[p.image] for p in positions if p.image}
+    markdown = build_markdown(title, sections, placed)
+    bad = invalid_references(markdown, len(images))
+    if bad:  # cannot happen by construction; never hand out a broken reference
+        raise InvalidReferenceError(f"internal error: invalid references {bad}")
+    sources = [{"chunk": c.id, "doc_id": c.doc_id, "heading": c.heading, "score": round(s, 4)} for c, s in ranked]
+    return Composition(query=query, title=title, markdown=markdown, sections=list(sections), images=images,
+                       positions=positions, sources=sources, generator=config.generator, skipped=skipped)
+
+
+def references_in_order(markdown: str) -> list[str]:
+    return [m.group(2) for m in IMAGE_REF.finditer(markdown)]

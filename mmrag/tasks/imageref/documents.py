@@ -1,0 +1,571 @@
+"""Documents with images: readers (Markdown, HTML, JSONL), sections and text chunks.
+
+A :class:`Document` is a title, a list of :class:`Section` (heading + plain text, code left out)
+and the :class:`DocImage` it contains, each knowing its section and its surrounding text. Readers:
+
+``markdown`` (``.md``, ``.markdown``)
+    ATX headings (``#`` .. ``######``) outside fenced code; images ``![alt](path "title")``.
+    Sphinx/d2lbook roles are made readable: ``:label:`x``` lines are dropped, ``:numref:`fig_x```
+    becomes "Figure" (``sec_`` "Section", ``tab_`` "Table", ``eq_`` "Equation"), ``:eqref:`` becomes
+    "Equation", citations (``:cite:``, ``:citet:``, ``:citep:``) are removed. Labels are never
+    kept, so a figure's label cannot leak where the figure belongs.
+``html`` (``.html``, ``.htm``)
+    The standard library's ``html.parser``: ``h1``-``h6`` start sections; ``img`` gives ``alt`` and
+    ``src``; a ``figcaption`` captions the images of its ``figure``; ``script``/``style``/``pre``
+    text is left out.
+``jsonl`` (``.jsonl``)
+    One document per line: ``{"id", "text", "images": [{"id", "path", "caption"}], "title"?}``.
+    ``text`` is read as Markdown; an image referenced in it as ``![..](<image id or path>)`` lands
+    in that section, the others belong to the document with no section.
+
+Image paths are resolved against the file that names them (URLs are kept as they are). An image's
+``caption`` is its alt text (or figcaption / title); without one it is taken from the surrounding
+text (``caption_source="context"``), and without that it stays empty for the captioner
+(``caption_source="none"``).
+
+Bad input: a file that is not UTF-8 or cannot be read is a :class:`DocumentError` naming it
+when read on its own; when a folder is read it is skipped with the reason in
+:attr:`DocumentSet.skipped`, and the other files are kept. A JSONL line that is not valid JSON
+(or lacks ``text``) is skipped with its line number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, Iterable
+
+from mmrag.errors import MmragError
+
+__all__ = [
+    "DOCUMENT_SUFFIXES",
+    "Chunk",
+    "DocImage",
+    "Document",
+    "DocumentError",
+    "DocumentSet",
+    "Section",
+    "chunk_document",
+    "parse_html",
+    "parse_markdown",
+    "read_document_file",
+    "read_documents",
+    "split_paragraphs",
+]
+
+DOCUMENT_SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html", ".jsonl": "jsonl"}
+CONTEXT_WORDS = 60  # words of surrounding text kept on each side of an image
+CAPTION_FROM_CONTEXT_WORDS = 30
+
+
+class DocumentError(MmragError):
+    """A document could not be read (missing, not UTF-8, wrong format, empty)."""
+
+
+@dataclass
+class DocImage:
+    """An image of a document. ``section``: index into :attr:`Document.sections` (None = unplaced);
+    ``context``: the text around it; ``caption_source``: alt, figcaption, title, given, context or none."""
+
+    id: str
+    path: str
+    caption: str = ""
+    alt: str = ""
+    context: str = ""
+    section: int | None = None
+    caption_source: str = "alt"
+
+    @property
+    def is_remote(self) -> bool:
+        return bool(re.match(r"^[a-z][a-z0-9+.-]*://", self.path, re.I)) or self.path.startswith("data:")
+
+    @property
+    def exists(self) -> bool:
+        return not self.is_remote and Path(self.path).is_file()
+
+
+@dataclass
+class Section:
+    """A heading and its plain text (paragraphs separated by blank lines)."""
+
+    heading: str
+    level: int
+    text: str
+
+    def paragraphs(self) -> list[str]:
+        return split_paragraphs(self.text)
+
+
+@dataclass
+class Document:
+    id: str
+    title: str
+    sections: list[Section]
+    images: list[DocImage] = field(default_factory=list)
+    source: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def images_in(self, section: int) -> list[DocImage]:
+        return [im for im in self.images if im.section == section]
+
+    def without_images(self) -> "Document":
+        """The same text with no images (what the figure-position benchmark gives the system)."""
+        return Document(self.id, self.title, list(self.sections), [], self.source, dict(self.metadata))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Chunk:
+    """A piece of a section's text, the unit of retrieval."""
+
+    id: str
+    doc_id: str
+    section: int
+    heading: str
+    text: str
+
+
+@dataclass
+class DocumentSet:
+    documents: list[Document]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+
+# ----------------------------------------------------------------------------- text helpers
+
+_ROLE_NAMES = {"fig": "Figure", "sec": "Section", "chap": "Chapter", "tab": "Table", "eq": "Equation"}
+
+
+def _numref(m: re.Match) -> str:
+    target = m.group(1).strip()
+    return _ROLE_NAMES.get(re.split(r"[_:-]", target, 1)[0].lower(), "this")
+
+
+def clean_inline(text: str) -> str:
+    """Sphinx/d2lbook roles -> readable words; nothing of a label survives."""
+    text = re.sub(r":numref:`([^`]*)`", _numref, text)
+    text = re.sub(r":eqref:`[^`]*`", "Equation", text)
+    text = re.sub(r":cite[tp]?:`[^`]*`", "", text)
+    text = re.sub(r":ref:`([^`<]*)(?:<[^`]*>)?`", lambda m: m.group(1).strip() or "this", text)
+    text = re.sub(r":[a-z]+:`([^`]*)`", r"\1", text)  # any other role: keep its text
+    return re.sub(r"[ \t]+", " ", text)
+
+
+def split_paragraphs(text: str) -> list[str]:
+    return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+def _tail(text: str, n: int) -> str:
+    w = _words(text)
+    return " ".join(w[-n:])
+
+
+def _head(text: str, n: int) -> str:
+    w = _words(text)
+    return " ".join(w[:n])
+
+
+def _first_sentence(text: str, max_words: int = CAPTION_FROM_CONTEXT_WORDS) -> str:
+    m = re.match(r"(.+?[.!?])(\s|$)", text.strip(), re.S)
+    s = m.group(1) if m else text.strip()
+    return _head(s, max_words)
+
+
+def _unique_id(base: str, taken: set[str]) -> str:
+    out, k = base, 2
+    while out in taken:
+        out, k = f"{base}#{k}", k + 1
+    taken.add(out)
+    return out
+
+
+def _resolve(path: str, base_dir: Path | None) -> str:
+    path = path.strip()
+    if re.match(r"^[a-z][a-z0-9+.-]*://", path, re.I) or path.startswith("data:") or base_dir is None:
+        return path
+    p = Path(path)
+    return str(p if p.is_absolute() else (base_dir / p).resolve())
+
+
+def _fill_caption(im: DocImage) -> None:
+    if im.caption.strip():
+        return
+    if im.context.strip():
+        im.caption = _first_sentence(im.context)
+        im.caption_source = "context"
+    else:
+        im.caption = ""
+        im.caption_source = "none"
+
+
+# ----------------------------------------------------------------------------- Markdown
+
+_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+_FENCE = re.compile(r"^\s*(```+|~~~+)")
+# alt may hold one level of brackets (d2l alt texts contain "[...]" and "$...$")
+_MD_IMAGE = re.compile(r"!\[((?:[^\[\]]|\[[^\]]*\])*)\]\(\s*<?([^)\s>]+)>?(?:\s+[\"']([^\"']*)[\"'])?\s*\)")
+_MAX_IMAGE_LINES = 12  # an image's alt text may wrap over a few lines
+_LABEL_LINE = re.compile(r"^\s*:(label|width|height|alt):`[^`]*`\s*$")
+
+
+def parse_markdown(text: str, doc_id: str, base_dir: Path | None = None, title: str | None = None,
+                   keep_code: bool = False, image_lookup: dict[str, DocImage] | None = None) -> Document:
+    """Parse Markdown into a :class:`Document`.
+
+    ``image_lookup`` (JSONL documents): images named in the text by id or path take their
+    record from there instead of being created from the markup."""
+    sections: list[Section] = []
+    images: list[DocImage] = []
+    taken: set[str] = set()
+    heading, level, buf = "", 0, []  # current section
+    pending: list[tuple[DocImage, int]] = []  # images of the current section with their paragraph slot
+
+    def close() -> None:
+        body = "\n".join(buf)
+        body = re.sub(r"\n{3,}", "\n\n", body).strip()
+        if body or heading or pending:
+            idx = len(sections)
+            sections.append(Section(heading=heading, level=level, text=body))
+            for im, at in pending:
+                before = "\n".join(buf[:at])
+                after = "\n".join(buf[at:])
+                im.context = (_tail(before, CONTEXT_WORDS) + " " + _head(after, CONTEXT_WORDS)).strip()
+                im.section = idx
+                _fill_caption(im)
+        pending.clear()
+
+    in_fence = None
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        raw = lines[i]
+        i += 1
+        fence = _FENCE.match(raw)
+        if in_fence:
+            if fence and fence.group(1)[0] == in_fence[0] and len(fence.group(1)) >= len(in_fence):
+                in_fence = None
+            elif keep_code:
+                buf.append(raw)
+            continue
+        if fence:
+            in_fence = fence.group(1)
+            continue
+        h = _HEADING.match(raw)
+        if h:
+            close()
+            heading, level, buf = clean_inline(h.group(2)).strip(), len(h.group(1)), []
+            continue
+        if _LABEL_LINE.match(raw):
+            continue
+        start = raw.rfind("![")
+        j = i
+        while start >= 0 and not _MD_IMAGE.search(raw, start) and j < len(lines) and j - i < _MAX_IMAGE_LINES:
+            if not lines[j].strip() or _FENCE.match(lines[j]):
+                break  # an image never spans a blank line
+            raw = raw + " " + lines[j].strip()
+            j += 1
+        if start >= 0 and _MD_IMAGE.search(raw, start):
+            i = j
+        else:
+            raw = lines[i - 1]
+        line = raw
+        for m in list(_MD_IMAGE.finditer(raw)):
+            alt, src, img_title = re.sub(r"\s+", " ", clean_inline(m.group(1))).strip(), m.group(2), (m.group(3) or "").strip()
+            record = (image_lookup or {}).get(src)
+            if record is not None:
+                im = DocImage(**{**asdict(record), "id": _unique_id(record.id, taken)})
+                if alt and not im.caption:
+                    im.caption, im.caption_source = alt, "alt"
+                (image_lookup or {}).pop(src, None)
+            else:
+                cap = alt or img_title
+                im = DocImage(id=_unique_id(src, taken), path=_resolve(src, base_dir), caption=cap, alt=alt,
+                              caption_source="alt" if alt else ("title" if img_title else "none"))
+            images.append(im)
+            pending.append((im, len(buf)))
+            line = line.replace(m.group(0), " ")
+        line = clean_inline(line)
+        buf.append(line.rstrip() if line.strip() else "")
+    close()
+    doc_title = title or next((s.heading for s in sections if s.level == 1 and s.heading), "") or doc_id
+    return Document(id=doc_id, title=doc_title, sections=sections, images=images)
+
+
+# ----------------------------------------------------------------------------- HTML
+
+class _HTMLDoc(HTMLParser):
+    _SKIP = {"script", "style", "pre", "noscript", "template"}
+    _BLOCK = {"p", "div", "li", "br", "tr", "blockquote", "section", "article", "table", "ul", "ol", "dd", "dt"}
+
+    def __init__(self, base_dir: Path | None):
+        super().__init__(convert_charrefs=True)
+        self.base_dir = base_dir
+        self.sections: list[Section] = []
+        self.images: list[DocImage] = []
+        self.taken: set[str] = set()
+        self.heading, self.level, self.buf = "", 0, [""]
+        self.pending: list[tuple[DocImage, int]] = []
+        self.in_heading: int | None = None
+        self.heading_buf: list[str] = []
+        self.skip = 0
+        self.title_buf: list[str] = []
+        self.in_title = False
+        self.figure_images: list[DocImage] | None = None
+        self.in_figcaption = False
+        self.figcaption_buf: list[str] = []
+
+    def _close(self) -> None:
+        body = "\n\n".join(re.sub(r"\s+", " ", b).strip() for b in self.buf if b.strip())
+        if body or self.heading or self.pending:
+            idx = len(self.sections)
+            self.sections.append(Section(self.heading, self.level, body))
+            for im, at in self.pending:
+                before = " ".join(self.buf[:at])
+                after = " ".join(self.buf[at:])
+                im.context = (_tail(before, CONTEXT_WORDS) + " " + _head(after, CONTEXT_WORDS)).strip()
+                im.section = idx
+        self.pending = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag in self._SKIP:
+            self.skip += 1
+        elif tag == "title":
+            self.in_title = True
+        elif re.fullmatch(r"h[1-6]", tag):
+            self._close()
+            self.in_heading, self.heading_buf, self.buf = int(tag[1]), [], [""]
+        elif tag == "img" and a.get("src"):
+            alt = (a.get("alt") or "").strip()
+            ttl = (a.get("title") or "").strip()
+            src = a["src"]
+            im = DocImage(id=_unique_id(src, self.taken), path=_resolve(src, self.base_dir), caption=alt or ttl,
+                          alt=alt, caption_source="alt" if alt else ("title" if ttl else "none"))
+            self.images.append(im)
+            self.pending.append((im, len(self.buf)))
+            self.buf.append("")
+            if self.figure_images is not None:
+                self.figure_images.append(im)
+        elif tag == "figure":
+            self.figure_images = []
+        elif tag == "figcaption":
+            self.in_figcaption, self.figcaption_buf = True, []
+        elif tag in self._BLOCK:
+            self.buf.append("")
+
+    def handle_endtag(self, tag):
+        if tag in self._SKIP:
+            self.skip = max(0, self.skip - 1)
+        elif tag == "title":
+            self.in_title = False
+        elif re.fullmatch(r"h[1-6]", tag) and self.in_heading is not None:
+            self.heading = re.sub(r"\s+", " ", "".join(self.heading_buf)).strip()
+            self.level, self.in_heading = self.in_heading, None
+        elif tag == "figcaption":
+            self.in_figcaption = False
+            cap = re.sub(r"\s+", " ", "".join(self.figcaption_buf)).strip()
+            for im in self.figure_images or []:
+                if cap and im.caption_source in ("none", "title"):
+                    im.caption, im.caption_source = cap, "figcaption"
+        elif tag == "figure":
+            self.figure_images = None
+        elif tag in self._BLOCK:
+            self.buf.append("")
+
+    def handle_data(self, data):
+        if self.skip:
+            return
+        if self.in_title:
+            self.title_buf.append(data)
+        elif self.in_heading is not None:
+            self.heading_buf.append(data)
+        elif self.in_figcaption:
+            self.figcaption_buf.append(data)  # a caption is not body text
+        else:
+            self.buf[-1] += data
+
+
+def parse_html(text: str, doc_id: str, base_dir: Path | None = None) -> Document:
+    p = _HTMLDoc(base_dir)
+    p.feed(text)
+    p.close()
+    p._close()
+    for im in p.images:
+        _fill_caption(im)
+    title = re.sub(r"\s+", " ", "".join(p.title_buf)).strip()
+    title = title or next((s.heading for s in p.sections if s.level == 1 and s.heading), "") or doc_id
+    return Document(id=doc_id, title=title, sections=p.sections, images=p.images)
+
+
+# ----------------------------------------------------------------------------- JSONL
+
+def _jsonl_documents(path: Path, text: str, root: Path) -> DocumentSet:
+    docs: list[Document] = []
+    skipped: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        src = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            skipped.append((src, f"not valid JSON ({e.msg})"))
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            skipped.append((src, "a row needs a 'text' string"))
+            continue
+        doc_id = str(row.get("id") or f"{path.stem}:{n}")
+        if doc_id in seen:
+            skipped.append((src, f"duplicate id {doc_id!r}"))
+            continue
+        seen.add(doc_id)
+        lookup: dict[str, DocImage] = {}
+        records: list[DocImage] = []
+        bad = None
+        for k, img in enumerate(row.get("images") or []):
+            if not isinstance(img, dict) or not img.get("path"):
+                bad = f"image {k} needs a 'path'"
+                break
+            cap = str(img.get("caption") or "").strip()
+            rec = DocImage(id=str(img.get("id") or img["path"]), path=_resolve(str(img["path"]), path.parent),
+                           caption=cap, caption_source="given" if cap else "none")
+            records.append(rec)
+            lookup[rec.id] = rec
+            lookup.setdefault(str(img["path"]), rec)
+        if bad:
+            skipped.append((src, bad))
+            continue
+        doc = parse_markdown(row["text"], doc_id, base_dir=path.parent, title=row.get("title"), image_lookup=lookup)
+        placed = {im.id.split("#")[0] for im in doc.images}
+        taken = {im.id for im in doc.images}
+        for rec in records:  # images the text does not mention: the document's, no section
+            if rec.id not in placed:
+                rec.id = _unique_id(rec.id, taken)
+                _fill_caption(rec)
+                doc.images.append(rec)
+        doc.source = src
+        doc.metadata = {k: v for k, v in row.items() if k not in ("id", "text", "images", "title")}
+        docs.append(doc)
+    return DocumentSet(docs, skipped)
+
+
+# ----------------------------------------------------------------------------- files and folders
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DocumentError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DocumentError(f"{path}: not UTF-8 (byte {e.start}, line {line}); convert it to UTF-8") from None
+
+
+def read_document_file(path: str | Path, root: str | Path | None = None, kind: str | None = None) -> DocumentSet:
+    """Read one file (Markdown, HTML or JSONL, by suffix unless ``kind`` is given)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DocumentError(f"{path}: no such file")
+    kind = kind or DOCUMENT_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise DocumentError(f"{path}: unknown document format (use {', '.join(sorted(DOCUMENT_SUFFIXES))})")
+    root = Path(root) if root else path.parent
+    text = _read_text(path)
+    try:
+        doc_id = path.relative_to(root).as_posix()
+    except ValueError:
+        doc_id = path.name
+    if kind == "jsonl":
+        return _jsonl_documents(path, text, root)
+    if kind == "markdown":
+        doc = parse_markdown(text, doc_id, base_dir=path.parent)
+    elif kind == "html":
+        doc = parse_html(text, doc_id, base_dir=path.parent)
+    else:
+        raise DocumentError(f"unknown document kind {kind!r}")
+    doc.source = str(path)
+    return DocumentSet([doc])
+
+
+def read_documents(path: str | Path, kind: str | None = None, limit: int | None = None) -> DocumentSet:
+    """Read a document file, or every document file under a folder (recursively, sorted; hidden
+    files ignored). Files that cannot be read are skipped with the reason; no document at all is a
+    :class:`DocumentError`."""
+    path = Path(path)
+    if not path.exists():
+        raise DocumentError(f"{path}: no such file or folder")
+    if path.is_file():
+        out = read_document_file(path, kind=kind)
+    else:
+        out = DocumentSet([])
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DOCUMENT_SUFFIXES
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        for f in files:
+            try:
+                got = read_document_file(f, root=path, kind=kind)
+            except DocumentError as e:
+                out.skipped.append((str(f), str(e).split(": ", 1)[-1]))
+                continue
+            out.documents.extend(got.documents)
+            out.skipped.extend(got.skipped)
+            if limit is not None and len(out.documents) >= limit:
+                break
+    if limit is not None:
+        out.documents = out.documents[:limit]
+    if not out.documents:
+        why = "; ".join(f"{s}: {r}" for s, r in out.skipped[:3])
+        raise DocumentError(f"{path}: no readable documents (.md, .html, .jsonl){' — ' + why if why else ''}")
+    return out
+
+
+def chunk_document(doc: Document, max_words: int = 120) -> list[Chunk]:
+    """Split each section into chunks of whole paragraphs, at most ``max_words`` words each
+    (a longer paragraph is cut at word boundaries). The heading is not repeated in the text."""
+    chunks: list[Chunk] = []
+    for s_idx, sec in enumerate(doc.sections):
+        pieces: list[str] = []
+        for para in sec.paragraphs():
+            w = para.split()
+            for i in range(0, len(w), max_words):
+                pieces.append(" ".join(w[i : i + max_words]))
+        cur: list[str] = []
+        n = 0
+
+        def flush() -> None:
+            if cur:
+                chunks.append(Chunk(f"{doc.id}#s{s_idx}c{len([c for c in chunks if c.section == s_idx])}",
+                                    doc.id, s_idx, sec.heading, "\n\n".join(cur)))
+
+        for piece in pieces:
+            k = len(piece.split())
+            if cur and n + k > max_words:
+                flush()
+                cur, n = [], 0
+            cur.append(piece)
+            n += k
+        flush()
+    return chunks
+
+
+def text_fingerprint(texts: Iterable[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]

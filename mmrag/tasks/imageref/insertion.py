@@ -1,0 +1,156 @@
+"""Stage 3: which image goes to which position, as one optimal assignment.
+
+The paper's rules (ImageRef-VL three-stage baseline, insertion prompt):
+
+1. insert at each position the image that best matches the section there;
+2. at most one image per position; none when nothing is relevant ("Not Insert");
+3. each image at most once;
+4. position 1 may also take a header image: one that suits the whole answer.
+
+Given relevance ``R[p, i]`` (position p, image i), the choice maximises the total relevance of the
+inserted pairs plus ``threshold`` for every position left empty, subject to rules 2 and 3. That is
+a rectangular assignment problem: the images' columns plus one "Not Insert" column per position
+(worth ``threshold`` anywhere), solved exactly by ``scipy.optimize.linear_sum_assignment``. So
+the threshold is part of the optimisation: an image goes to a position only if it beats leaving
+that position empty, and a weaker image never displaces a stronger assignment elsewhere, unlike a
+greedy pass.
+
+Relevance is a weighted sum of a semantic similarity (MiniLM sentence embeddings of the section's
+chunks against the image's caption) and a lexical one (tf-idf cosine), see :class:`Relevance`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+__all__ = [
+    "DEFAULT_LEXICAL_WEIGHT",
+    "DEFAULT_POOL",
+    "DEFAULT_THRESHOLD",
+    "Relevance",
+    "TextEmbedder",
+    "assign_images",
+    "default_text_embedder",
+]
+
+# Chosen on the d2l dev chapters (benchmarks/bench_imageref.py, docs/benchmarks.md).
+DEFAULT_THRESHOLD = 0.15
+DEFAULT_LEXICAL_WEIGHT = 0.5
+DEFAULT_POOL = 0.5
+
+
+def assign_images(relevance: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
+                  header: np.ndarray | None = None, header_weight: float = 1.0) -> list[int | None]:
+    """Optimal placement: for each position (row of ``relevance``), the index of its image or None.
+
+    ``header``: optional relevance of each image to the whole answer; position 0's relevance for
+    image i becomes ``max(R[0, i], header_weight * header[i])`` (rule 4)."""
+    r = np.asarray(relevance, dtype=np.float64)
+    if r.ndim != 2:
+        raise ValueError("relevance must be a [positions, images] matrix")
+    n_pos, n_img = r.shape
+    if n_pos == 0:
+        return []
+    if n_img == 0:
+        return [None] * n_pos
+    if not np.all(np.isfinite(r)):
+        raise ValueError("relevance has NaN or infinite entries")
+    r = r.copy()
+    if header is not None:
+        h = np.asarray(header, dtype=np.float64).reshape(-1)
+        if h.shape[0] != n_img:
+            raise ValueError("header must have one entry per image")
+        r[0] = np.maximum(r[0], header_weight * h)
+    gain = np.concatenate([r, np.full((n_pos, n_pos), float(threshold))], axis=1)
+    rows, cols = linear_sum_assignment(gain, maximize=True)
+    out: list[int | None] = [None] * n_pos
+    for p, c in zip(rows, cols):
+        if c < n_img and r[p, c] > threshold:  # ties go to "Not Insert"
+            out[p] = int(c)
+    return out
+
+
+class TextEmbedder(Protocol):
+    def embed(self, texts: Sequence[str], batch_size: int = 128, progress: bool = False) -> np.ndarray: ...
+
+
+_TEXT_EMBEDDER: TextEmbedder | None = None
+
+
+def default_text_embedder() -> TextEmbedder:
+    """all-MiniLM-L6-v2 (loaded once per process), with vectors cached on disk by text
+    (:class:`~mmrag.tasks.imageref.textcache.CachedTextEmbedder`)."""
+    global _TEXT_EMBEDDER
+    if _TEXT_EMBEDDER is None:
+        from mmrag.encoders.minilm import MiniLMTextEncoder
+        from mmrag.tasks.imageref.textcache import CachedTextEmbedder
+
+        _TEXT_EMBEDDER = CachedTextEmbedder(MiniLMTextEncoder())
+    return _TEXT_EMBEDDER
+
+
+@dataclass
+class Relevance:
+    """Section <-> image relevance in [about -1, 1].
+
+    ``semantic``: for each section, the similarity of its best-matching chunk to the image
+    caption, mixed with the similarity of the section's mean chunk vector (``pool`` in [0, 1]:
+    1 = max only); ``lexical``: tf-idf cosine (sublinear tf, English stop words, idf fitted on
+    the sections and captions of the one document); combined as
+    ``(1 - lexical_weight) * semantic + lexical_weight * lexical``."""
+
+    lexical_weight: float = DEFAULT_LEXICAL_WEIGHT
+    pool: float = DEFAULT_POOL
+    embedder: TextEmbedder | None = None
+
+    def matrix(self, sections: Sequence[Sequence[str]], captions: Sequence[str],
+               section_vectors: Sequence[np.ndarray] | None = None,
+               caption_vectors: np.ndarray | None = None) -> np.ndarray:
+        """``sections``: each section's chunk texts; ``captions``: one text per image.
+        Precomputed unit vectors may be passed to avoid re-embedding (benchmarks)."""
+        n_s, n_i = len(sections), len(captions)
+        if n_s == 0 or n_i == 0:
+            return np.zeros((n_s, n_i), np.float32)
+        sem = np.zeros((n_s, n_i))
+        if self.lexical_weight < 1.0:
+            emb = self.embedder or default_text_embedder()
+            if caption_vectors is None:
+                caption_vectors = emb.embed(list(captions))
+            if section_vectors is None:
+                flat = [c for chunks in sections for c in chunks]
+                vecs = emb.embed(flat) if flat else np.zeros((0, caption_vectors.shape[1]), np.float32)
+                section_vectors, k = [], 0
+                for chunks in sections:
+                    section_vectors.append(vecs[k : k + len(chunks)])
+                    k += len(chunks)
+            for s, v in enumerate(section_vectors):
+                if len(v) == 0:
+                    continue
+                sims = v @ caption_vectors.T
+                mean = v.mean(axis=0)
+                mean = mean / max(np.linalg.norm(mean), 1e-12)
+                sem[s] = self.pool * sims.max(axis=0) + (1 - self.pool) * (mean @ caption_vectors.T)
+        lex = np.zeros((n_s, n_i))
+        if self.lexical_weight > 0.0:
+            lex = lexical_similarity([" ".join(c) for c in sections], list(captions))
+        return ((1 - self.lexical_weight) * sem + self.lexical_weight * lex).astype(np.float32)
+
+
+def lexical_similarity(section_texts: Sequence[str], captions: Sequence[str]) -> np.ndarray:
+    """tf-idf cosine between sections and captions (idf over both, so it adapts to the document)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    docs = list(section_texts) + list(captions)
+    if not any(d.strip() for d in docs):
+        return np.zeros((len(section_texts), len(captions)))
+    vec = TfidfVectorizer(sublinear_tf=True, stop_words="english", token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z0-9]+\b")
+    try:
+        m = vec.fit_transform(docs)
+    except ValueError:  # only stop words
+        return np.zeros((len(section_texts), len(captions)))
+    s, c = m[: len(section_texts)], m[len(section_texts):]
+    return np.asarray((s @ c.T).todense())
