@@ -66,6 +66,20 @@ class Collection:
         opts = manifest.backend_options
         self.images: VectorStore = open_store(manifest.backend, self.root / "images", manifest.dim, **opts)
         self.captions: VectorStore = open_store(manifest.backend, self.root / "captions", manifest.dim, **opts)
+        self._extra: dict[str, VectorStore] = {}
+
+    def store(self, name: str) -> VectorStore:
+        """An extra store beside images/ and captions/ (e.g. "chunks": document text chunks),
+        opened -- and created -- on first use; indexes without it are unchanged."""
+        if name in ("images", "captions"):
+            return getattr(self, name)
+        if name not in self._extra:
+            m = self.manifest
+            self._extra[name] = open_store(m.backend, self.root / name, m.dim, **m.backend_options)
+        return self._extra[name]
+
+    def has_store(self, name: str) -> bool:
+        return name in ("images", "captions") or name in self._extra or (self.root / name).exists()
 
     @classmethod
     def create_or_open(cls, root: str | Path, manifest: IndexManifest) -> "Collection":
@@ -117,10 +131,14 @@ class Collection:
     def save(self) -> None:
         self.images.save()
         self.captions.save()
+        for s in self._extra.values():
+            s.save()
 
     def close(self) -> None:
         self.images.close()
         self.captions.close()
+        for s in self._extra.values():
+            s.close()
 
     def info(self) -> dict[str, Any]:
         d = {

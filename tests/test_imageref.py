@@ -1,0 +1,358 @@
+"""ImageRef task: position metrics on hand-made cases, documents, insertion, rendering, the judge,
+and the pipeline on real d2l chapters with the real MiniLM model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmrag.errors import MmragError, ModelUnavailableError
+from mmrag.eval.image_position import (
+    evaluate_positions,
+    max_matching_size,
+    position_score,
+    precision,
+    recall_lenient,
+    recall_strict,
+    results_from_predictions,
+)
+from mmrag.tasks.imageref import (
+    DocumentError,
+    InvalidReferenceError,
+    assign_images,
+    compose,
+    evaluate_figure_positions,
+    figure_tasks,
+    find_references,
+    parse_html,
+    parse_markdown,
+    read_documents,
+    render,
+    strip_image_markup,
+)
+
+
+def L(g3=(), g2=(), g1=()):
+    return {"3": list(g3), "2": list(g2), "1": list(g1)}
+
+
+# --------------------------------------------------------------------------- metrics (ipp_eval.py)
+
+
+def test_recall_denominator_is_a_maximum_matching():
+    # Both positions accept only x: at most one of them can hold it, so the denominator is 1.
+    labels = {1: L(["x"]), 2: L(["x"]), 3: L()}
+    assert max_matching_size([["x"], ["x"], []]) == 1
+    assert recall_strict(labels, {1: "x"}) == 1.0
+    assert recall_strict(labels, {3: "x"}) == 0.0
+    # x at 1 or 2, y only at 1: matching {1: y, 2: x} has size 2.
+    labels = {1: L(["x", "y"]), 2: L(["x"])}
+    assert max_matching_size([["x", "y"], ["x"]]) == 2
+    assert recall_strict(labels, {1: "x"}) == 0.5
+    assert recall_strict(labels, {1: "y", 2: "x"}) == 1.0
+
+
+def test_lenient_and_strict_recall_and_precision():
+    labels = {1: L(["a"], ["b"]), 2: L([], [], ["c"]), 3: L()}
+    res = {1: "b", 2: "c", 3: "a"}
+    assert recall_strict(labels, res) == 0.0          # no grade-3 hit; grade-3 matching size 1
+    assert recall_lenient(labels, res) == 1.0         # b (grade 2) and c (grade 1) hit; matching size 2
+    assert precision(labels, res) == pytest.approx(2 / 3)  # a at position 3 is ungraded there
+    assert precision(labels, {}) == 1.0               # no predictions
+    assert precision(labels, {9: "a"}) == 1.0         # unlabelled positions are ignored
+    assert recall_strict({1: L(), 2: L()}, {}) == 1.0  # nothing acceptable anywhere
+
+
+def test_score_and_the_reference_denominator():
+    labels = {1: L(["a"], ["b"]), 2: L([], [], ["c"])}
+    # max: a at 1 (3) + c at 2 (1) = 4; b at 1 (2) + a ungraded at 2 (-1) = 1
+    assert position_score(labels, {1: "a", 2: "c"}) == 1.0
+    assert position_score(labels, {1: "b", 2: "a"}) == pytest.approx(1 / 4)
+    # The reference's maxBPM_score keeps a position's best grade after it is re-matched: here it
+    # counts 3 (A first took x) + 1 (B took x) = 4, while the best real assignment scores 3.
+    quirk = {"A": L(["x"], [], ["y"]), "B": L([], [], ["x"])}
+    assert position_score(quirk, {"A": "x"}) == pytest.approx(3 / 4)
+    assert position_score(quirk, {"A": "x"}, score_denominator="optimal") == 1.0
+    assert position_score({1: L()}, {}) == 1.0
+
+
+def test_dataset_f1_from_mean_precision_and_recall():
+    s1 = ({1: L(["a"]), 2: L(["b"])}, {1: "a", 2: "a"})  # R3 = 1/2, P = 1/2 (a is wrong at 2)
+    s2 = ({1: L(["c"])}, {})                              # R3 = 0, P = 1
+    r = evaluate_positions([s1, s2])
+    assert r["R_strict"] == pytest.approx(0.25) and r["P"] == pytest.approx(0.75)
+    assert r["F1"] == pytest.approx(2 * 0.75 * 0.25 / 1.0)
+    with pytest.raises(ValueError):
+        evaluate_positions([])
+
+
+def test_results_from_predictions_follows_load_result():
+    preds = [{"position": "<Position 1>", "image": "IMAGE_2"}, {"position": "<Position 2>", "image": "IMAGE_2"},
+             {"position": "<Position 3>", "image": "Not Insert"}, {"position": "<Position 4>", "image": "IMAGE_1"}]
+    assert results_from_predictions(preds, ["a.jpg", "b.jpg"]) == {"<Position 1>": "b.jpg", "<Position 4>": "a.jpg"}
+    with pytest.raises(ValueError):
+        results_from_predictions([{"position": "p", "image": "IMAGE_3"}], ["a.jpg", "b.jpg"])
+
+
+# --------------------------------------------------------------------------- insertion
+
+
+def test_assignment_is_optimal_not_greedy():
+    # Greedy would give image 0 to position 0 (0.9) and leave position 1 with nothing good (0.1);
+    # the optimum is 0.8 + 0.85.
+    r = np.array([[0.9, 0.8], [0.85, 0.1]])
+    assert assign_images(r, threshold=0.2) == [1, 0]
+
+
+def test_threshold_one_image_per_position_and_each_image_once():
+    r = np.array([[0.5, 0.1, 0.4], [0.45, 0.05, 0.1], [0.1, 0.1, 0.1]])
+    got = assign_images(r, threshold=0.3)
+    assert got == [2, 0, None]                     # position 2 below threshold -> Not Insert
+    assert assign_images(r, threshold=0.6) == [None, None, None]
+    picked = [g for g in assign_images(np.ones((4, 2)), threshold=0.0) if g is not None]
+    assert sorted(picked) == [0, 1]                # two images, four positions: each image once
+    assert assign_images(np.zeros((3, 0))) == [None, None, None]
+    with pytest.raises(ValueError):
+        assign_images(np.array([[np.nan]]))
+
+
+def test_header_image_rule_at_position_one():
+    r = np.array([[0.1, 0.1], [0.1, 0.6]])
+    assert assign_images(r, threshold=0.3) == [None, 1]
+    assert assign_images(r, threshold=0.3, header=np.array([0.7, 0.2])) == [0, 1]
+
+
+# --------------------------------------------------------------------------- documents
+
+
+MD = """```{.python .input}
+import torch
+![not an image in code](x.png)
+```
+
+# Attention
+:label:`sec_attn`
+
+Queries meet keys, see :numref:`fig_qkv` and :cite:`Bahdanau.2014`.
+
+![The attention mechanism computes a combination of values,
+weighted by query-key compatibility.](../img/qkv.svg)
+:label:`fig_qkv`
+
+## Scoring
+
+Dot products score pairs.
+
+![](plot.png)
+
+Scaled dot products keep the variance at one.
+"""
+
+
+def test_markdown_sections_images_and_no_label_leak(tmp_path):
+    doc = parse_markdown(MD, "a.md", base_dir=tmp_path / "ch")
+    assert [s.heading for s in doc.sections] == ["Attention", "Scoring"]
+    assert "import torch" not in doc.sections[0].text      # code is left out
+    assert "fig_qkv" not in doc.sections[0].text and "Figure" in doc.sections[0].text
+    assert "Bahdanau" not in doc.sections[0].text
+    a, b = doc.images
+    assert a.section == 0 and a.caption.startswith("The attention mechanism") and "compatibility" in a.caption
+    assert a.path == str((tmp_path / "img" / "qkv.svg").resolve())
+    assert b.section == 1 and b.caption_source == "context" and "Dot products" in b.context
+
+
+def test_html_reader():
+    page = """<html><head><title>Cats</title><script>var x = "<h1>no</h1>";</script></head><body>
+    <h1>Cats</h1><p>Cats sleep a lot.</p>
+    <h2>Food</h2><p>They eat fish.</p><figure><img src="fish.jpg"><figcaption>A cat eating fish</figcaption></figure>
+    <p>And mice.</p><img src="m.png" alt="a mouse"></body></html>"""
+    doc = parse_html(page, "cats.html")
+    assert doc.title == "Cats"
+    assert [s.heading for s in doc.sections] == ["Cats", "Food"]
+    assert "var x" not in " ".join(s.text for s in doc.sections)
+    fish, mouse = doc.images
+    assert (fish.caption, fish.caption_source, fish.section) == ("A cat eating fish", "figcaption", 1)
+    assert (mouse.caption, mouse.section) == ("a mouse", 1)
+    assert "A cat eating fish" not in doc.sections[1].text
+
+
+def test_jsonl_reader_and_bad_input(tmp_path):
+    p = tmp_path / "docs.jsonl"
+    rows = [
+        {"id": "d1", "text": "# T\n\nIntro.\n\n## Part\n\nText ![pic](i1) here.", "images": [
+            {"id": "i1", "path": "a.png", "caption": "given caption"}, {"id": "i2", "path": "b.png"}]},
+        "not json",
+        {"id": "d2"},
+    ]
+    p.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    ds = read_documents(p)
+    assert [d.id for d in ds.documents] == ["d1"]
+    assert [s for s, _ in ds.skipped] == [f"{p}:2", f"{p}:3"]
+    d = ds.documents[0]
+    i1 = next(im for im in d.images if im.id == "i1")
+    i2 = next(im for im in d.images if im.id == "i2")
+    assert (i1.section, i1.caption) == (1, "given caption")
+    assert i2.section is None and i2.caption_source == "none"
+    (tmp_path / "bad.md").write_bytes(b"# T\n\xff\xfe caf\xe9\n")
+    with pytest.raises(DocumentError, match="not UTF-8"):
+        read_documents(tmp_path / "bad.md")
+    folder = read_documents(tmp_path)  # the bad file is skipped, the JSONL kept
+    assert any("bad.md" in s for s, _ in folder.skipped) and len(folder.documents) == 1
+    with pytest.raises(DocumentError):
+        read_documents(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DocumentError, match="no readable documents"):
+        read_documents(tmp_path / "empty")
+
+
+# --------------------------------------------------------------------------- render
+
+
+def test_render_resolves_and_rejects_invalid_references(tmp_path):
+    img = tmp_path / "a.png"
+    img.write_bytes(b"\x89PNG\r\n\x1a\n0000")
+    md = "# T\n\ntext\n\n![a pic](IMAGE_1)\n"
+    assert render(md, [str(img)]) == f"# T\n\ntext\n\n![a pic]({img})\n"
+    assert render(md, [{"path": str(img)}], base_dir=tmp_path) == "# T\n\ntext\n\n![a pic](a.png)\n"
+    assert "data:image/png;base64," in render(md, [str(img)], mode="data")
+    assert '<img src="a.png" alt="a pic">' in render(md, [str(img)], mode="html", base_dir=tmp_path)
+    with pytest.raises(InvalidReferenceError):
+        render("![x](IMAGE_2)", [str(img)])
+    assert find_references(md) == [("a pic", "IMAGE_1")]
+    assert strip_image_markup(md) == "# T\n\ntext"
+
+
+# --------------------------------------------------------------------------- judge
+
+
+class _JudgeHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.bodies.append(body)
+        prompt = body["messages"][-1]["content"]
+        reply = "Fine answer. Rating: [[7]]" if "Reference Answer" in prompt else "No verdict."
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_judge_over_an_openai_compatible_endpoint():
+    from mmrag.tasks.imageref.judge import judge_many, parse_rating
+
+    assert parse_rating("x [[3]] then [[9]]") == 3 and parse_rating("[[11]]") is None and parse_rating("8/10") is None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _JudgeHandler)
+    server.bodies = []
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        rows = [{"question": "q?", "answer": "A.\n\n![cat](IMAGE_1)\n\nB.", "reference": "R ![x](IMAGE_2)"},
+                {"question": "q2?", "answer": "C."}]
+        res = judge_many(rows, "openai", base_url=url, model="judge")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [r["rating"] for r in res["results"]] == [7, None]
+    assert res["mean_rating"] == 7 and res["n_rated"] == 1
+    sent = server.bodies[0]["messages"][-1]["content"]
+    assert "IMAGE_" not in sent and "![" not in sent and "A.\n\nB." in sent
+
+
+# --------------------------------------------------------------------------- real d2l chapters
+
+CHAPTERS = [
+    "chapter_appendix-tools-for-deep-learning/sagemaker.md",
+    "chapter_recurrent-modern/gru.md",
+    "chapter_computer-vision/transposed-conv.md",
+    "chapter_attention-mechanisms-and-transformers/bahdanau-attention.md",
+]
+
+
+@pytest.fixture(scope="module")
+def d2l_docs(data_dir):
+    root = data_dir / "d2l"
+    if not root.exists():
+        pytest.skip("d2l chapters not in the shared data")
+    docs = []
+    for c in CHAPTERS:
+        docs.extend(read_documents(root / c).documents)
+    return docs
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from mmrag.tasks.imageref.insertion import default_text_embedder
+
+    try:
+        return default_text_embedder()
+    except ModelUnavailableError as e:
+        pytest.skip(str(e))
+
+
+@pytest.mark.slow
+def test_figure_position_recovery_on_d2l(d2l_docs, minilm):
+    tasks = figure_tasks(d2l_docs)
+    assert len(tasks) == 4 and sum(len(t.images) for t in tasks) == 14
+    res = evaluate_figure_positions(tasks, embedder=minilm, keep_outputs=True)
+    assert res["valid_refs"] == 1.0 and res["n_references"] > 0
+    assert res["R_strict"] >= 0.6 and res["P"] >= 0.5, res
+    assert res["F1"] >= 0.6, res
+    for d in res["per_doc"]:  # the Markdown holds exactly the placements, each image once
+        refs = [k for _, k in find_references(d["markdown"])]
+        assert sorted(refs) == sorted(d["placed"].values()) and len(set(refs)) == len(refs)
+
+
+@pytest.mark.slow
+def test_compose_answers_with_images_in_place(d2l_docs, minilm):
+    c = compose("How do the reset gate and update gate of a GRU work?", documents=d2l_docs, text_embedder=minilm)
+    assert c.markdown.startswith("# How do the reset gate")
+    assert c.sources[0]["doc_id"].endswith("gru.md")
+    keys = {im.key for im in c.images}
+    refs = [k for _, k in find_references(c.markdown)]
+    assert refs and set(refs) <= keys and len(set(refs)) == len(refs)
+    inserted = [c.image_map()[k] for k in refs]
+    assert any("gate" in im.caption.lower() for im in inserted)
+    assert all(im.doc_id.endswith("gru.md") for im in inserted)
+    rendered = c.render()
+    assert "IMAGE_" not in rendered and all(Path(im.path).name in rendered for im in inserted)
+    d = json.loads(json.dumps(c.to_dict()))
+    assert d["images"][0]["key"] == "IMAGE_1" and len(d["positions"]) == len(c.sections)
+    with pytest.raises(MmragError):
+        compose("   ", documents=d2l_docs, text_embedder=minilm)
+
+
+@pytest.mark.slow
+def test_cli_eval_imageref_and_compose(d2l_docs, minilm, tmp_path, data_dir):
+    from typer.testing import CliRunner
+
+    from mmrag.cli import app
+
+    docs = tmp_path / "docs"
+    for c in CHAPTERS[:2]:
+        (docs / Path(c).parent).mkdir(parents=True, exist_ok=True)
+        shutil.copy(data_dir / "d2l" / c, docs / c)
+    out = tmp_path / "r.json"
+    r = CliRunner().invoke(app, ["eval", "imageref", "--docs", str(docs), "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    for key in ("n_docs", "n_images", "R_lenient", "R_strict", "P", "F1", "score", "valid_refs"):
+        assert key in res
+    assert res["n_docs"] == 2 and res["valid_refs"] == 1.0
+    r = CliRunner().invoke(app, ["compose", "gated recurrent unit reset gate", "--docs",
+                                 str(data_dir / "d2l" / CHAPTERS[1]), "--json", "--render", "none"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout[r.stdout.index("{"):])
+    assert set(k for _, k in find_references(d["markdown"])) <= {im["key"] for im in d["images"]}
+    r = CliRunner().invoke(app, ["compose", "q", "--docs", str(tmp_path / "missing")])
+    assert r.exit_code != 0
