@@ -62,8 +62,11 @@ def index(
     encoder: str = typer.Option("effnet-minilm", help="Encoder registry name (see `mmrag encoders`)."),
     encoder_model: Optional[str] = typer.Option(None, help="clip: local ONNX export directory or hub id."),
     bridge: Optional[str] = typer.Option(None, help="effnet-minilm: bridge file (default: shipped flickr8k-train)."),
-    store: str = typer.Option("faiss", help="Vector store backend."),
-    index_type: str = typer.Option("auto", help="faiss: auto, flat, ivf, hnsw."),
+    store: str = typer.Option("faiss", help="Vector store backend: faiss or milvus."),
+    index_type: str = typer.Option("auto", help="faiss: auto, flat, ivf, ivf_sq8, hnsw. milvus: FLAT, IVF_FLAT, HNSW, AUTOINDEX (auto = FLAT)."),
+    store_uri: Optional[str] = typer.Option(None, "--store-uri", help="milvus: a .db file (Milvus Lite) or http://host:19530 (server; token from $MILVUS_TOKEN). Default: Milvus Lite inside the index directory."),
+    engine: str = typer.Option("sequential", help="Embedding engine: sequential (this process) or ray (Ray Data actors, shards under <out>/embeddings)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="ray: cluster address ('auto', 'ray://head:10001'); default: a local Ray runtime."),
     batch_size: int = typer.Option(256, help="Images per committed batch (the unit of resume)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ):
@@ -73,8 +76,15 @@ def index(
 
     c = read_corpus(kind, corpus, split=split, limit=limit)
     enc = _encoder(encoder, encoder_model, bridge)
-    opts = {"index_type": index_type} if store == "faiss" else {}
-    rep = build_index(c, out_dir, enc, IndexConfig(batch_size=batch_size, backend=store, backend_options=opts))
+    if engine not in ("sequential", "ray"):
+        _fail(f"--engine must be sequential or ray, got {engine!r}")
+    if store_uri and store != "milvus":
+        _fail("--store-uri applies to --store milvus")
+    opts = {"index_type": index_type} if store == "faiss" or index_type != "auto" else {}
+    if store_uri:
+        opts["uri"] = store_uri if "://" in store_uri else str(Path(store_uri).expanduser().resolve())
+    rep = build_index(c, out_dir, enc, IndexConfig(batch_size=batch_size, backend=store, backend_options=opts,
+                                                   engine=engine, ray_address=ray_address))
     d = rep.as_dict()
     if as_json:
         print(json.dumps(d, indent=2, ensure_ascii=False))

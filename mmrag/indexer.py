@@ -30,6 +30,13 @@ class IndexConfig:
     backend: str = "faiss"
     backend_options: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    # "sequential": embed here, batch by batch; "ray": embed with Ray Data into embedding shards
+    # (clip-retrieval layout, see mmrag.inference), then index from them -- the same index.
+    engine: str = "sequential"
+    ray_address: str | None = None  # ray: None = local runtime, "auto", "ray://head:10001"
+    num_workers: int = 2            # ray: encoder actors
+    shard_size: int = 1000          # ray: images per embedding shard
+    embeddings_dir: str | None = None  # ray: where shards go (default <index>/embeddings)
 
 
 @dataclass
@@ -105,6 +112,18 @@ def build_index(
 
     todo = [it for it in corpus.items if it.id not in existing]
     report.already_indexed = len(corpus.items) - len(todo)
+    if config.engine != "sequential":
+        from mmrag.inference.runner import index_with_engine
+
+        try:
+            if todo:
+                index_with_engine(col, encoder, corpus.items, todo, known_hashes, report, config)
+        finally:
+            col.save()
+            report.total_images = col.images.count()
+            report.total_captions = col.captions.count()
+            col.close()
+        return report
     bar = None
     if config.progress and todo:
         from tqdm.auto import tqdm

@@ -1,0 +1,156 @@
+"""distributor: who runs the shard runner over the rows -- this process, or a Ray cluster.
+
+``sequential`` (default) runs :class:`~mmrag.inference.runner.ShardRunner` here, one shard after
+another. ``ray`` hands the rows to Ray Data and maps them with ``map_batches`` over a pool of
+actors (a callable class, so each actor loads the encoder once); each actor writes its shards
+itself, so on a cluster the output folder (and the images) must be on storage every node sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from typing import Any, Protocol, Sequence
+
+from mmrag.registry import Registry
+
+
+class Distributor(Protocol):
+    name: str
+
+    def run(self, records: Sequence[dict], runner_kwargs: dict[str, Any], shard_size: int,
+            encoder=None, progress: bool = True) -> list[dict]:
+        """Embed ``records`` in shards of at most ``shard_size`` rows with
+        ``ShardRunner(**runner_kwargs)``; return one summary per shard written."""
+
+
+DISTRIBUTORS: Registry[Distributor] = Registry("distributor")
+
+
+def create_distributor(name: str = "sequential", **options) -> Distributor:
+    return DISTRIBUTORS.create(name, **options)
+
+
+@DISTRIBUTORS.register("sequential")
+class SequentialDistributor:
+    """In-process: one runner (reusing an already loaded encoder when given), shard by shard."""
+
+    name = "sequential"
+
+    def __init__(self, **_ignored):
+        pass
+
+    def run(self, records, runner_kwargs, shard_size, encoder=None, progress=True) -> list[dict]:
+        from mmrag.inference.reader import rows_batch
+        from mmrag.inference.runner import ShardRunner
+
+        if not records:
+            return []
+        runner = ShardRunner(**runner_kwargs, encoder=encoder)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(records), desc="embedding", unit="img", file=sys.stderr)
+        out = []
+        try:
+            for a in range(0, len(records), shard_size):
+                part = records[a : a + shard_size]
+                res = runner(rows_batch(part))
+                out.extend(dict(zip(res, vals)) for vals in zip(*(v.tolist() for v in res.values())))
+                if bar is not None:
+                    bar.update(len(part))
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
+
+
+def _probe(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast on an unreachable ``host:port`` (ray.init would retry for minutes)."""
+    import socket
+
+    from mmrag.errors import MmragError
+
+    if not address or address == "auto":
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise MmragError(f"--ray-address must be 'auto', HOST:PORT or ray://HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise MmragError(f"cannot start or reach Ray at {address}: {e}") from None
+
+
+@DISTRIBUTORS.register("ray")
+class RayDistributor:
+    """Ray Data: ``from_items`` -> ``map_batches(ShardRunner, concurrency=num_workers)``.
+
+    ``address``: None starts a local Ray runtime with ``num_workers`` CPUs (and stops it after);
+    ``"auto"`` joins the cluster this machine belongs to; ``"ray://head:10001"`` connects
+    through Ray Client. When Ray is already initialised (e.g. by the caller) it is used as is.
+    ``runtime_env`` is passed to ``ray.init`` (e.g. ``{"pip": ["mmrag"]}`` or ``py_modules``).
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_workers: int = 2, cpus_per_worker: float = 1.0,
+                 runtime_env: dict[str, Any] | None = None, object_store_memory: int | None = None):
+        if int(num_workers) < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        self.address = address
+        self.num_workers = int(num_workers)
+        self.cpus_per_worker = float(cpus_per_worker)
+        self.runtime_env = runtime_env
+        self.object_store_memory = object_store_memory
+
+    def run(self, records, runner_kwargs, shard_size, encoder=None, progress=True) -> list[dict]:
+        from mmrag.errors import MmragError
+
+        try:
+            import ray
+            import ray.data  # noqa: F401
+        except ImportError as e:
+            raise MmragError(f"--engine ray needs Ray Data: pip install 'ray[data]==2.60.0' ({e})") from None
+        from mmrag.inference.runner import ShardRunner
+
+        if not records:
+            return []
+        started = False
+        if not ray.is_initialized():
+            _probe(self.address)
+            kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                  "runtime_env": self.runtime_env, "logging_level": logging.WARNING,
+                                  "configure_logging": True}
+            if self.address is None:  # a local runtime sized for the pool
+                kw["num_cpus"] = max(1, math.ceil(self.num_workers * self.cpus_per_worker))
+                if self.object_store_memory:
+                    kw["object_store_memory"] = int(self.object_store_memory)
+            try:
+                ray.init(address=self.address, **kw)
+            except Exception as e:  # ConnectionError, bad address, ...
+                raise MmragError(f"cannot start or reach Ray at {self.address or 'a local runtime'}: {e}") from None
+            started = True
+        try:
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = progress
+            ctx.print_on_execution_start = False
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
+            # at least two shards per worker when there is enough work, so no actor sits idle
+            size = max(1, min(shard_size, math.ceil(len(records) / (2 * self.num_workers))))
+            ds = ray.data.from_items(list(records), override_num_blocks=math.ceil(len(records) / size))
+            out = ds.map_batches(
+                ShardRunner,
+                fn_constructor_kwargs=runner_kwargs,
+                batch_size=size,
+                batch_format="numpy",
+                concurrency=self.num_workers,
+                num_cpus=self.cpus_per_worker,
+            )
+            return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in out.take_all()]
+        finally:
+            if started:
+                ray.shutdown()
