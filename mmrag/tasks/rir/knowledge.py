@@ -16,6 +16,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from mmrag.paths import cache_dir
+from mmrag.tasks.rir.normalize import normalize_answer
 
 __all__ = ["QAPair", "QABank"]
 
@@ -54,6 +55,7 @@ class QABank:
         self.pairs = list(pairs)
         self.vectors = np.asarray(vectors, np.float32)
         self.image_ids = np.array([p.image_id for p in self.pairs], dtype=object)
+        self.norm_answers = [normalize_answer(p.answer) for p in self.pairs]  # vote keys
         self._by_image: dict[str, list[int]] = {}
         for i, p in enumerate(self.pairs):
             self._by_image.setdefault(p.image_id, []).append(i)

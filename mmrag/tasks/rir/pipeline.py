@@ -21,10 +21,13 @@ from mmrag.tasks.rir.cues import CueBlock, Evidence, build_cue_block
 from mmrag.tasks.rir.knowledge import QABank
 from mmrag.tasks.rir.providers import ReverseSearchProvider, create_provider
 
-__all__ = ["Answer", "RIRPipeline", "answer_question", "DEFAULT_K"]
+__all__ = ["Answer", "RIRPipeline", "answer_question", "DEFAULT_K", "GENERATOR_K"]
 
-# Chosen on the VQA-RAD dev split (by image) of train; see docs/benchmarks.md.
-DEFAULT_K = 5
+# knn: chosen on the VQA-RAD dev split (by image) of train; see docs/benchmarks.md.
+DEFAULT_K = 20
+# Generators read the cue block as prompt text: fewer neighbours keep it within a small model's
+# context (a fixed choice, not tuned).
+GENERATOR_K = 5
 
 
 @dataclass
@@ -69,12 +72,11 @@ class RIRPipeline:
     neighbour in the cue block.
     """
 
-    def __init__(self, provider: ReverseSearchProvider, answerer: str | Answerer = "knn", k: int = DEFAULT_K,
+    def __init__(self, provider: ReverseSearchProvider, answerer: str | Answerer = "knn", k: int | None = None,
                  qa_per_image: int = 3, bank: QABank | None = None, **answerer_options: Any):
-        if k < 1:
+        if k is not None and k < 1:
             raise ValueError("k must be at least 1")
         self.provider = provider
-        self.k = int(k)
         self.qa_per_image = int(qa_per_image)
         encoder = getattr(provider, "encoder", None)
         if bank is None and encoder is not None and hasattr(provider, "all_metadata"):
@@ -84,6 +86,8 @@ class RIRPipeline:
         if isinstance(answerer, str):
             answerer = self._make_answerer(answerer, answerer_options)
         self.answerer = answerer
+        # Default k: DEFAULT_K for knn, GENERATOR_K for generators (prompt length).
+        self.k = int(k) if k is not None else (DEFAULT_K if answerer.name == "knn" else GENERATOR_K)
 
     def _make_answerer(self, name: str, options: dict[str, Any]) -> Answerer:
         if name == "knn":
@@ -163,7 +167,7 @@ _LOCK = threading.Lock()
 
 
 def answer_question(image: Any, question: str, *, index: str | Path | None = None, searcher=None,
-                    provider: ReverseSearchProvider | None = None, k: int = DEFAULT_K, rir: bool = True,
+                    provider: ReverseSearchProvider | None = None, k: int | None = None, rir: bool = True,
                     answerer: str = "knn", exclude_same_image: bool = False, **answerer_options: Any) -> Answer:
     """Answer a question about an image with reverse image retrieval over an index.
 
