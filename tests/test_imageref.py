@@ -356,3 +356,34 @@ def test_cli_eval_imageref_and_compose(d2l_docs, minilm, tmp_path, data_dir):
     assert set(k for _, k in find_references(d["markdown"])) <= {im["key"] for im in d["images"]}
     r = CliRunner().invoke(app, ["compose", "q", "--docs", str(tmp_path / "missing")])
     assert r.exit_code != 0
+
+
+@pytest.mark.slow
+def test_ingest_then_compose_from_the_index(tmp_path, data_dir, effnet_minilm, minilm):
+    from mmrag.index.collection import Collection
+    from mmrag.tasks.imageref.ingest import DocumentIndex, ingest_documents
+
+    img = data_dir / "d2l" / "img"
+    if not (img / "cat-dog-test.png").exists():
+        pytest.skip("d2l images not in the shared data")
+    for name in ("cat-dog-test.png", "aws.png"):
+        shutil.copy(img / name, tmp_path / name)
+    (tmp_path / "a.md").write_text(
+        "# Cats and dogs\n\nImage classification tells cats from dogs.\n\n![Test images of cats and dogs](cat-dog-test.png)\n\n"
+        "## Cloud\n\nTraining runs on virtual machines started from the EC2 console.\n\n![The EC2 console](aws.png)\n\n"
+        "![](gone.svg)\n", encoding="utf-8")
+    docs = read_documents(tmp_path / "a.md").documents
+    idx = tmp_path / "idx"
+    rep = ingest_documents(docs, idx, encoder=effnet_minilm)
+    assert rep["images_added"] == 2 and rep["chunks_added"] == 2
+    assert ingest_documents(docs, idx, encoder=effnet_minilm)["total_chunks"] == 2  # replaced, not doubled
+    col = Collection.open(idx)
+    assert col.images.count() == 2 and col.store("chunks").count() == 2
+    col.close()
+    c = compose("How do I start a virtual machine on EC2?", index=idx, text_embedder=minilm)
+    assert c.sources[0]["heading"] == "Cloud"
+    assert [s["image"] for s in c.skipped] == [str((tmp_path / "gone.svg").resolve())]
+    placed = {c.image_map()[p.image].path for p in c.positions if p.image}
+    assert str((tmp_path / "aws.png").resolve()) in placed
+    with pytest.raises(MmragError):
+        DocumentIndex.open(tmp_path / "nothing")

@@ -93,7 +93,9 @@ def ingest_documents(documents: Sequence[Document], index_dir: str | Path, encod
                         metadata={"doc_id": d.id, "section": im.section})
              for d in documents for im in d.images if im.exists]
     if index_images and items:
-        rep = build_index(Corpus("documents", root, items), root, encoder,
+        sources = [Path(d.source).parent for d in documents if d.source and Path(d.source).exists()]
+        corpus_root = Path(os.path.commonpath(sources)) if sources else root
+        rep = build_index(Corpus("documents", corpus_root, items), root, encoder,
                           IndexConfig(progress=progress))
         report["images_added"], report["images_skipped"] = rep.added, len(rep.skipped)
     name, options = encoder_spec(encoder)
