@@ -387,3 +387,42 @@ def test_ingest_then_compose_from_the_index(tmp_path, data_dir, effnet_minilm, m
     assert str((tmp_path / "aws.png").resolve()) in placed
     with pytest.raises(MmragError):
         DocumentIndex.open(tmp_path / "nothing")
+
+
+class _AnswerHandler(_JudgeHandler):
+    ANSWER = ("```markdown\n# GRU gates\n\n## Reset gate\n\nThe reset gate decides how much of the previous state to keep. "
+              "![invented](IMAGE_9)\n\n## Hidden state\n\nThe update gate mixes the old state and the candidate state.\n```")
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.bodies.append(body)
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": self.ANSWER}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.mark.slow
+def test_compose_with_a_generator_endpoint(d2l_docs, minilm):
+    from mmrag.tasks.imageref import ComposeConfig
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _AnswerHandler)
+    server.bodies = []
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        cfg = ComposeConfig(generator="openai", generator_options={"base_url": url, "model": "m"})
+        c = compose("How do the gates of a GRU work?", documents=d2l_docs, config=cfg, text_embedder=minilm)
+    finally:
+        server.shutdown()
+        server.server_close()
+    prompt = server.bodies[0]["messages"][-1]["content"]
+    assert "reset gate" in prompt.lower() and "Question: How do the gates" in prompt  # retrieved chunks sent
+    assert c.title == "GRU gates" and [s.heading for s in c.sections] == ["Reset gate", "Hidden state"]
+    assert "IMAGE_9" not in c.markdown and "invented" not in c.markdown  # invented references are dropped
+    refs = [k for _, k in find_references(c.markdown)]
+    assert refs and set(refs) <= {im.key for im in c.images}
+    hidden = [p for p in c.positions if p.heading == "Hidden state"][0]
+    assert hidden.image and "hidden state" in c.image_map()[hidden.image].caption.lower()
