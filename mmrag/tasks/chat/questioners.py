@@ -197,25 +197,39 @@ class BankQuestioner:
         if not self.questions:
             raise QuestionerError("the question bank is empty")
         self.topics = [question_topic(q) for q in self.questions]
+        self._keys = {" ".join(tokens(q)): i for i, q in enumerate(self.questions)}
         self.top = int(top)
         self.temperature = temperature
+        self._cols: np.ndarray | None = None
+        self._cols_vocab = (None, -1)
+
+    def _topic_columns(self, vocab: dict[str, int]) -> np.ndarray:
+        """Vocabulary column of each question's topic (-1: none), recomputed when vocab grows."""
+        if self._cols is None or self._cols_vocab != (id(vocab), len(vocab)):
+            self._cols = np.asarray([vocab.get(t, -1) if t else -1 for t in self.topics], np.int64)
+            self._cols_vocab = (id(vocab), len(vocab))
+        return self._cols
 
     def ask(self, dialog: Dialog, candidates: Candidates) -> Question | None:
-        asked = {" ".join(tokens(q)) for q in dialog.asked()}
+        gain = np.zeros(len(self.questions), np.float32)
+        if candidates.words is not None:
+            ig = information_gain(candidates, self.top, self.temperature)
+            cols = self._topic_columns(candidates.vocab)
+            ok = (cols >= 0) & (cols < len(ig))
+            gain[ok] = ig[cols[ok]]
+        for q in dialog.asked():
+            i = self._keys.get(" ".join(tokens(q)))
+            if i is not None:
+                gain[i] = -np.inf
         excluded = _excluded_words(dialog)
-        ig = information_gain(candidates, self.top, self.temperature) if candidates.words is not None else None
-        best, best_gain = None, -1.0
-        for q, t in zip(self.questions, self.topics):
-            if " ".join(tokens(q)) in asked or (t is not None and t in excluded):
+        # questions are in frequency order, so argmax's first maximum is the most common phrasing
+        for i in np.argsort(-gain, kind="stable")[:256]:
+            if not np.isfinite(gain[i]):
+                break
+            if self.topics[i] is not None and self.topics[i] in excluded:
                 continue
-            g = 0.0
-            if ig is not None and t is not None and t in candidates.vocab and candidates.vocab[t] < len(ig):
-                g = float(ig[candidates.vocab[t]])
-            if g > best_gain:  # strict: among equal gains the more frequent question wins
-                best, best_gain = (q, t), g
-        if best is None:
-            return None
-        return Question(best[0], topic=best[1], info={"gain_bits": round(best_gain, 4)})
+            return Question(self.questions[i], topic=self.topics[i], info={"gain_bits": round(float(gain[i]), 4)})
+        return None
 
 
 LLM_SYSTEM = ("You help someone find one photo in a large collection. They described it; ask ONE short "

@@ -1,0 +1,197 @@
+"""Chat-based image retrieval (ChatIR protocol) on Flickr8k with the simulated user.
+
+    python benchmarks/bench_chat.py [--data-dir ../shared/data/flickr8k] [--rounds 10]
+                                    [--llm-limit 100] [--llm-rounds 5] [--out benchmarks/results]
+
+Targets: every image of a split; description = its first caption; the simulated user answers
+from its other four captions only. Candidates' caption words come from the Flickr8k *train*
+caption datastore (each image's own captions excluded), never from the targets' captions.
+
+1. Dev (1,000 dev targets searched among all 8,091 images): a grid of ranking configurations
+   (query mode x answer re-scoring weight) for each questioner; each questioner's best
+   configuration by cumulative Hits@10 at round 5 is chosen (ties: later rounds, then simpler).
+2. Test (1,000 test targets; never used for a choice): every questioner with its chosen
+   configuration and with plain ChatIR ranking, searched among the 1,000 test images and among
+   all 8,091 images. ``llm`` (SmolLM2 via the ``local`` generator) is slow on a CPU, so it runs on
+   the first ``--llm-limit`` targets for ``--llm-rounds`` rounds, against the same-subset
+   numbers of the other questioners.
+
+Writes ``chat_dev.json``, ``chat_test.json`` and ``chat_hits10.png`` (Hits@10 per round) under
+``--out`` and prints the tables. All image vectors are cached (mmrag cache, keyed by encoder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmrag.corpus.readers import read_corpus  # noqa: E402
+from mmrag.encoders import create_encoder  # noqa: E402
+from mmrag.errors import MmragError  # noqa: E402
+from mmrag.tasks.captioning import default_datastore, encoder_fingerprint  # noqa: E402
+from mmrag.tasks.chat.evaluate import evaluate_chat, targets_from_items  # noqa: E402
+from mmrag.tasks.chat.features import CaptionWordFeatures  # noqa: E402
+from mmrag.tasks.chat.questioners import create_questioner  # noqa: E402
+from mmrag.tasks.chat.ranking import RankingConfig  # noqa: E402
+from mmrag.tasks.chat.vectors import corpus_image_vectors  # noqa: E402
+
+GRID = [  # (query mode, re-scoring weight)
+    ("chatir", 0.0), ("chatir-yes", 0.0), ("chatir", 0.05), ("chatir-yes", 0.05), ("chatir-yes", 0.15),
+]
+
+
+def pick(rows):
+    """Best by Hits@10 at round 5, then at round 10, then the earlier (simpler) grid entry."""
+    return max(enumerate(rows), key=lambda x: (x[1]["hits@10"][5], x[1]["hits@10"][-1], -x[0]))[1]
+
+
+def fmt_row(name, res, rounds=(0, 1, 2, 3, 5, 10)):
+    h = res["hits@10"]
+    cells = [f"{h[r]:5.1f}" if r < len(h) else "  -  " for r in rounds]
+    gain = h[min(5, len(h) - 1)] - h[0]
+    return f"{name:42s} | " + " | ".join(cells) + f" | {gain:+5.1f} | {res['hits@1'][min(5, len(h) - 1)]:5.1f} | " \
+        f"{res['mean_rank'][0]:6.1f} -> {res['mean_rank'][min(5, len(h) - 1)]:6.1f}"
+
+
+HEADER = f"{'questioner / ranking':42s} | " + " | ".join(f"r{r:<4d}" for r in (0, 1, 2, 3, 5, 10)) + \
+    " | gain5 | H@1@5 | mean rank r0 -> r5"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/flickr8k"))
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--questioners", nargs="+", default=["split", "bank"])
+    ap.add_argument("--dev-limit", type=int, default=None)
+    ap.add_argument("--llm-limit", type=int, default=100)
+    ap.add_argument("--llm-rounds", type=int, default=5)
+    ap.add_argument("--skip-dev", action="store_true", help="reuse chat_dev.json's choices")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    a = ap.parse_args()
+    outdir = Path(a.out)
+    outdir.mkdir(parents=True, exist_ok=True)
+
+    enc = create_encoder("effnet-minilm")
+    full = read_corpus("flickr8k", a.data_dir)
+    V = corpus_image_vectors(enc, full)
+    ids = [it.id for it in full.items]
+    row_of = {x: i for i, x in enumerate(ids)}
+    t = time.perf_counter()
+    feats = CaptionWordFeatures(default_datastore(enc, a.data_dir, progress=True))
+    feats.compute(ids, V, progress=True)
+    print(f"caption words of {len(ids)} images from {len(feats.source)} train captions: "
+          f"{time.perf_counter() - t:.1f} s", file=sys.stderr)
+    split_items = {s: [it for it in full.items if it.split == s] for s in ("dev", "test")}
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+    # ---------------------------------------------------------------- dev: choose ranking per questioner
+    dev_path = outdir / "chat_dev.json"
+    if a.skip_dev and dev_path.exists():
+        dev = json.loads(dev_path.read_text())
+    else:
+        dev_items = split_items["dev"][: a.dev_limit] if a.dev_limit else split_items["dev"]
+        targets = targets_from_items(dev_items, row_of)
+        dev = {"machine": machine, "encoder": encoder_fingerprint(enc), "n_queries": len(targets),
+               "corpus_size": len(ids), "rows": [], "chosen": {}}
+        print(f"\nDev: {len(targets)} targets among {len(ids)} images, cumulative Hits@10 (%)\n{HEADER}")
+        for qn in a.questioners:
+            rows = []
+            for mode, beta in GRID:
+                cfg = RankingConfig(query=mode, rescore_weight=beta)
+                r = evaluate_chat(enc, V, ids, targets, create_questioner(qn), rounds=a.rounds, ranking=cfg,
+                                  features=feats, progress=False, keep_dialogs=0)
+                r.pop("examples", None)
+                rows.append(r)
+                print(fmt_row(f"{qn} {mode} beta={beta}", r), flush=True)
+            best = pick(rows)
+            dev["rows"] += rows
+            dev["chosen"][qn] = best["ranking"]
+            print(f"chosen for {qn}: {best['ranking']}")
+        dev_path.write_text(json.dumps(dev, indent=2))
+
+    # ---------------------------------------------------------------- test
+    test_items = split_items["test"]
+    spaces = {"test split (1,000 images)": [row_of[it.id] for it in test_items], "full corpus (8,091 images)": None}
+    test = {"machine": machine, "encoder": encoder_fingerprint(enc), "rounds": a.rounds, "runs": []}
+    plain = RankingConfig(query="chatir", rescore_weight=0.0)
+    for space, rows_ in spaces.items():
+        sids = ids if rows_ is None else [ids[r] for r in rows_]
+        SV = V if rows_ is None else V[rows_]
+        srow = {x: i for i, x in enumerate(sids)}
+        targets = targets_from_items(test_items, srow)
+        print(f"\nTest, {space}: {len(targets)} targets, cumulative Hits@10 (%)\n{HEADER}")
+        for qn in a.questioners:
+            chosen = RankingConfig(**dev["chosen"][qn])
+            cfgs = [("chosen on dev", chosen)] + ([("plain ChatIR", plain)] if chosen != plain else [])
+            for label, cfg in cfgs:
+                r = evaluate_chat(enc, SV, sids, targets, create_questioner(qn), rounds=a.rounds, ranking=cfg,
+                                  features=feats, progress=False)
+                r.update({"space": space, "label": label})
+                test["runs"].append(r)
+                print(fmt_row(f"{qn} ({label})", r), flush=True)
+        if rows_ is None and a.llm_limit:
+            sub = targets[: a.llm_limit]
+            try:
+                llm = create_questioner("llm")
+            except MmragError as e:
+                print(f"llm questioner unavailable: {e}")
+                test["llm_skipped"] = str(e)
+                continue
+            for qn in ["llm"] + a.questioners:
+                cfg = RankingConfig(**dev["chosen"].get(qn, dev["chosen"][a.questioners[0]]))
+                q = llm if qn == "llm" else create_questioner(qn)
+                t0 = time.perf_counter()
+                r = evaluate_chat(enc, SV, sids, sub, q, rounds=a.llm_rounds, ranking=cfg, features=feats,
+                                  progress=qn == "llm")
+                r.update({"space": space, "label": f"first {len(sub)} targets, {a.llm_rounds} rounds",
+                          "seconds_per_question": (time.perf_counter() - t0) / max(1, len(sub) * a.llm_rounds)})
+                test["runs"].append(r)
+                print(fmt_row(f"{qn} (first {len(sub)})", r), flush=True)
+    (outdir / "chat_test.json").write_text(json.dumps(test, indent=2))
+    print(f"wrote {outdir / 'chat_dev.json'} and {outdir / 'chat_test.json'}")
+    plot(test, outdir / "chat_hits10.png")
+
+
+def plot(test, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", file=sys.stderr)
+        return
+    spaces = list(dict.fromkeys(r["space"] for r in test["runs"]))
+    fig, axes = plt.subplots(1, len(spaces), figsize=(6 * len(spaces), 4.2), squeeze=False)
+    for ax, space in zip(axes[0], spaces):
+        for r in test["runs"]:
+            if r["space"] != space or "first" in r["label"]:
+                continue
+            style = "-" if r["label"] == "chosen on dev" else "--"
+            ax.plot(range(len(r["hits@10"])), r["hits@10"], style, marker="o", ms=3,
+                    label=f"{r['questioner']} ({r['label']})")
+        for r in test["runs"]:
+            if r["space"] == space and "first" in r["label"] and r["questioner"] == "llm":
+                ax.plot(range(len(r["hits@10"])), r["hits@10"], ":", marker="s", ms=3,
+                        label=f"llm ({r['label']})")
+        ax.set_title(f"Flickr8k test targets, {space}")
+        ax.set_xlabel("round")
+        ax.set_ylabel("cumulative Hits@10 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

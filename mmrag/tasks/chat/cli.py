@@ -1,0 +1,230 @@
+"""``mmrag chat`` (interactive chat over an index) and ``mmrag eval chat`` (Hits@K per round)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mmrag.errors import MmragError
+
+out = Console()
+err = Console(stderr=True)
+
+
+class ChatCliError(MmragError):
+    """Bad command-line input for the chat verbs."""
+
+
+def _questioner(name: str, bank: Optional[Path], generator: str, gen_opts: list[str]):
+    from mmrag.tasks.chat.questioners import QUESTIONERS, create_questioner
+
+    if name not in QUESTIONERS.names():
+        raise ChatCliError(f"unknown questioner {name!r}; available: {', '.join(QUESTIONERS.names())}")
+    if name == "bank":
+        return create_questioner("bank", bank=str(bank) if bank else None)
+    if name == "llm":
+        opts = {}
+        for kv in gen_opts:
+            if "=" not in kv:
+                raise ChatCliError(f"--gen-opt takes key=value, got {kv!r}")
+            k, v = kv.split("=", 1)
+            try:
+                opts[k] = json.loads(v)
+            except json.JSONDecodeError:
+                opts[k] = v
+        return create_questioner("llm", generator=generator, generator_options=opts)
+    return create_questioner(name)
+
+
+def _ranking(query: Optional[str], rescore_weight: Optional[float], pool: Optional[int]):
+    from mmrag.tasks.chat.ranking import RankingConfig
+
+    kw = {k: v for k, v in (("query", query), ("rescore_weight", rescore_weight), ("pool", pool)) if v is not None}
+    try:
+        return RankingConfig(**kw)
+    except ValueError as e:
+        raise ChatCliError(str(e)) from None
+
+
+def _write_json(path: Optional[Path], data) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
+    err.print(f"wrote {path}")
+
+
+def _show_turn(turn) -> None:
+    t = Table(title=f"round {turn.round}: {turn.query}", show_header=True, header_style="bold", title_justify="left")
+    t.add_column("#", justify="right")
+    t.add_column("score", justify="right")
+    t.add_column("id")
+    t.add_column("caption")
+    for h in turn.hits:
+        caps = h.metadata.get("captions") or [""]
+        t.add_row(str(h.rank), f"{h.score:.3f}", h.id, str(caps[0]))
+    out.print(t)
+
+
+def chat(
+    index_dir: Path = typer.Option(..., "--index", "-i", help="Index directory built by `mmrag index`."),
+    description: Optional[str] = typer.Option(None, "--description", "-d", help="The first description (asked for if not given)."),
+    questioner: str = typer.Option("split", help="Questioner: split, bank or llm."),
+    k: int = typer.Option(10, "-k", help="Results shown per round."),
+    rounds: int = typer.Option(10, help="Stop after this many answers."),
+    answers: list[str] = typer.Option([], "--answer", "-a", help="Scripted answers, in order (repeatable); without them the chat is interactive."),
+    captions: str = typer.Option("auto", help="Where candidates' captions come from: auto, index, datastore (Flickr8k train)."),
+    bank: Optional[Path] = typer.Option(None, help="bank: question file (one per line, JSON list or ChatIR dialogs)."),
+    generator: str = typer.Option("local", help="llm: generator registry name (local, openai)."),
+    gen_opt: list[str] = typer.Option([], "--gen-opt", help="llm: generator option key=value (repeatable)."),
+    query: Optional[str] = typer.Option(None, help="Query mode: chatir, mean or chatir-yes (default: chosen on dev)."),
+    rescore_weight: Optional[float] = typer.Option(None, help="Weight of yes/no answers in re-scoring (0: off)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the transcript (every turn) here."),
+):
+    """Find an image by chatting: describe it, see the top results, answer questions.
+
+    Interactive unless --answer is given; an empty answer (or 'q') ends the chat."""
+    from mmrag.search import Searcher
+    from mmrag.tasks.chat.session import ChatSession
+
+    if k < 1 or rounds < 0:
+        raise ChatCliError("-k must be >= 1 and --rounds >= 0")
+    session = ChatSession(Searcher(index_dir), _questioner(questioner, bank, generator, gen_opt), k=k,
+                          ranking=_ranking(query, rescore_weight, None), captions=captions)
+    interactive = not answers
+    if description is None:
+        if not interactive:
+            raise ChatCliError("--answer needs --description")
+        description = typer.prompt("Describe the image you are looking for")
+    turn = session.start(description)
+    _show_turn(turn)
+    scripted = list(answers)
+    while turn.question is not None and turn.round < rounds:
+        if interactive:
+            reply = typer.prompt(f"[{turn.round + 1}] {turn.question.text}", default="", show_default=False)
+        else:
+            if not scripted:
+                break
+            reply = scripted.pop(0)
+            out.print(f"[bold][{turn.round + 1}] {turn.question.text}[/] {reply}")
+        if not reply.strip() or reply.strip().lower() in ("q", "quit", "exit"):
+            break
+        turn = session.answer(reply)
+        _show_turn(turn)
+    if turn.question is None:
+        out.print("(no further question to ask)")
+    _write_json(json_out, session.to_dict())
+
+
+def eval_chat(
+    dataset: str = typer.Option("flickr8k", help="Corpus format of --data-dir (flickr8k, coco, karpathy, jsonl)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Dataset folder (default: ../shared/data/flickr8k)."),
+    split: str = typer.Option("test", help="Targets: every image of this split."),
+    search_space: str = typer.Option("split", help="split: search among the split's images; all: among every image of the dataset."),
+    questioner: str = typer.Option("split", help="Questioner: split, bank or llm."),
+    rounds: int = typer.Option(10, help="Question rounds (0..R are reported)."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate only the first N targets (quick runs)."),
+    description_index: int = typer.Option(0, help="Which reference caption is the description (the others answer)."),
+    dialogs: Optional[Path] = typer.Option(None, help="Replay ChatIR dialog files ([{img, dialog}]) instead of asking."),
+    image_map: Optional[Path] = typer.Option(None, help="Replay: JSON object dialog img -> corpus id."),
+    index_dir: Optional[Path] = typer.Option(None, "--index", help="Replay against an index's images instead of a dataset."),
+    bank: Optional[Path] = typer.Option(None, help="bank: question file (default: ChatIR's VisDial questions)."),
+    generator: str = typer.Option("local", help="llm: generator registry name."),
+    gen_opt: list[str] = typer.Option([], "--gen-opt", help="llm: generator option key=value (repeatable)."),
+    query: Optional[str] = typer.Option(None, help="Query mode: chatir, mean or chatir-yes."),
+    rescore_weight: Optional[float] = typer.Option(None, help="Weight of yes/no answers in re-scoring (0: off)."),
+    pool: Optional[int] = typer.Option(None, help="Candidates re-scored per round."),
+    datastore: Optional[Path] = typer.Option(None, help="Saved caption datastore for candidates' caption words "
+                                             "(default: Flickr8k train captions, built once and cached)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write results here."),
+):
+    """Cumulative Hits@1/5/10 and mean rank at rounds 0..R with a simulated user (ChatIR protocol),
+    or replayed dialogs with --dialogs. Image vectors of the dataset are cached."""
+    from mmrag.corpus.readers import read_corpus
+    from mmrag.encoders import create_encoder
+    from mmrag.paths import repo_data_dir
+    from mmrag.tasks.chat.evaluate import (
+        evaluate_chat,
+        evaluate_replay,
+        load_chatir_dialogs,
+        targets_from_items,
+    )
+    from mmrag.tasks.chat.features import CaptionWordFeatures
+    from mmrag.tasks.chat.vectors import corpus_image_vectors
+    from mmrag.tasks.captioning import default_datastore
+
+    if search_space not in ("split", "all"):
+        raise ChatCliError("--search-space must be split or all")
+    ranking = _ranking(query, rescore_weight, pool)
+    if index_dir is not None:
+        if dialogs is None:
+            raise ChatCliError("--index is for replaying --dialogs; simulated-user runs need --dataset/--data-dir")
+        from mmrag.search import Searcher
+
+        s = Searcher(index_dir)
+        enc, ids = s.encoder, s.collection.images.ids()
+        vecs = s.collection.images.vectors(ids)
+    else:
+        if data_dir is None:
+            base = repo_data_dir()
+            if base is None or not (base / "flickr8k").exists():
+                raise ChatCliError("give --data-dir (the dataset folder)")
+            data_dir = base / "flickr8k"
+        enc = create_encoder("effnet-minilm")
+        # one cached embedding of the whole dataset serves every split and search space
+        full = read_corpus(dataset, data_dir)
+        vecs = corpus_image_vectors(enc, full)
+        keep = [i for i, it in enumerate(full.items) if search_space == "all" or it.split == split]
+        if not keep:
+            raise ChatCliError(f"no image of {data_dir} is in split {split!r}")
+        ids = [full.items[i].id for i in keep]
+        vecs = vecs[keep]
+    try:
+        if datastore is not None:
+            from mmrag.tasks.captioning import CaptionDatastore
+
+            feats = CaptionWordFeatures(CaptionDatastore.load(datastore))
+        else:
+            feats = CaptionWordFeatures(default_datastore(enc, progress=True))
+    except MmragError as e:
+        if datastore is not None:
+            raise
+        err.print(f"[yellow]no caption datastore ({e}); split/bank questioners and re-scoring are off[/]")
+        feats = None
+    if dialogs is not None:
+        dl = load_chatir_dialogs(dialogs)[:limit] if limit else load_chatir_dialogs(dialogs)
+        imap = None
+        if image_map is not None:
+            try:
+                imap = json.loads(image_map.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise ChatCliError(f"--image-map {image_map}: {e}") from None
+        res = evaluate_replay(enc, vecs, ids, dl, rounds=rounds, ranking=ranking, features=feats, image_map=imap)
+        res["dialogs"] = str(dialogs)
+    else:
+        tc = read_corpus(dataset, data_dir, split=split, limit=limit)
+        targets = targets_from_items(tc.items, {x: i for i, x in enumerate(ids)}, description_index)
+        q = _questioner(questioner, bank, generator, gen_opt)
+        res = evaluate_chat(enc, vecs, ids, targets, q, rounds=rounds, ranking=ranking, features=feats)
+        res.update({"dataset": dataset, "split": split, "search_space": search_space})
+    t = Table(title=f"{res['questioner']}: {res['n_queries']} targets among {res['corpus_size']} images")
+    t.add_column("round", justify="right")
+    for c in ("Hits@1", "Hits@5", "Hits@10", "mean rank"):
+        t.add_column(c, justify="right")
+    for r in range(len(res["hits@10"])):
+        t.add_row(str(r), f"{res['hits@1'][r]:.1f}", f"{res['hits@5'][r]:.1f}", f"{res['hits@10'][r]:.1f}",
+                  f"{res['mean_rank'][r]:.1f}")
+    out.print(t)
+    _write_json(json_out, res)
+
+
+def register(app: typer.Typer, eval_app: typer.Typer) -> None:
+    app.command("chat")(chat)
+    eval_app.command("chat")(eval_chat)
