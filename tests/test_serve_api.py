@@ -368,3 +368,72 @@ def test_serve_cli_help():
     assert r.exit_code == 0
     for opt in ("--index", "--host", "--port", "--no-batching", "--allow-url-fetch", "--max-upload-mb"):
         assert opt in r.output
+
+
+# --------------------------------------------------------------------------- ask and compose
+
+
+def test_ask_with_reverse_image_retrieval(tmp_path, data_dir, effnet_minilm, served):
+    from mmrag.tasks.rir import index_vqa, read_vqa_rad
+    from mmrag.tasks.rir.vqa import VQADataset
+
+    vqa = data_dir / "vqa_rad"
+    if not (vqa / "trainset.json").exists():
+        pytest.skip("VQA-RAD not in the shared data")
+    keep = ["synpic100176.jpg", "synpic100228.jpg", "synpic12210.jpg", "synpic16170.jpg", "synpic16407.jpg"]
+    train = read_vqa_rad(vqa, "train")
+    index_vqa(VQADataset("five", [q for q in train.questions if q.image_id in keep]), tmp_path / "vqa",
+              effnet_minilm, progress=False)
+    app = create_app(tmp_path / "vqa", encoder=effnet_minilm)
+    try:
+        c = TestClient(app)
+        img = (vqa / "images" / keep[1]).read_bytes()
+        r = c.post("/api/ask", files={"image": ("scan.jpg", img, "image/jpeg")},
+                   data={"question": "Is this a PA or AP film?", "k": "3"})
+        assert r.status_code == 200, r.text
+        d = r.json()
+        assert d["answer"] and d["answerer"] == "knn" and d["rir"] is True
+        ids = [e["id"] for e in d["evidence"]]
+        assert keep[1] not in ids  # an uploaded copy of an indexed image is treated as unseen
+        assert all("path" not in e and e["image_url"].startswith("/images/") for e in d["evidence"])
+        assert c.post("/api/ask", data={"question": "Is there a fracture?", "image_id": keep[0]}).status_code == 200
+        assert c.post("/api/ask", data={"question": "Is there a fracture?"}).status_code == 400
+    finally:
+        app.state.mmrag.service.close()
+    # the Flickr8k index has no QA pairs and the default generator (consensus) cannot answer
+    _, fc, items = served
+    r = fc.post("/api/ask", data={"question": "What is the dog doing?", "image_id": items[0].id})
+    assert r.status_code == 400 and "cannot answer questions" in r.json()["detail"]
+
+
+def test_compose_with_images_in_place(tmp_path, data_dir, effnet_minilm, served):
+    from mmrag.tasks.imageref import read_documents
+    from mmrag.tasks.imageref.ingest import ingest_documents
+
+    chapter = data_dir / "d2l" / "chapter_recurrent-modern" / "gru.md"
+    if not chapter.exists():
+        pytest.skip("d2l chapters not in the shared data")
+    ingest_documents(read_documents(chapter).documents, tmp_path / "docs", encoder=effnet_minilm)
+    app = create_app(tmp_path / "docs", encoder=effnet_minilm)
+    try:
+        c = TestClient(app)
+        assert c.get("/healthz").json()["features"]["compose"] is True
+        r = c.post("/api/compose", json={"query": "How do the reset gate and update gate of a GRU work?"})
+        assert r.status_code == 200, r.text
+        d = r.json()
+        assert d["blocks"][0] == {"type": "heading", "level": 1, "text": d["title"]}
+        figs = [b for b in d["blocks"] if b["type"] == "image"]
+        assert figs and all(f"({b['key']})" in d["markdown"] for b in figs)
+        for b in figs:  # every placed image can be fetched from this server
+            img = c.get(b["image_url"])
+            assert img.status_code == 200 and img.content[:4] in (b"\x89PNG", b"\xff\xd8\xff\xe0", b"\xff\xd8\xff\xe1",
+                                                                   b"<?xm", b"<svg")
+        assert all("path" not in im for im in d["images"])
+        assert c.post("/api/compose", json={"query": ""}).status_code == 422
+        assert c.get("/api/compose/images/0123abcd").status_code == 404
+    finally:
+        app.state.mmrag.service.close()
+    _, fc, _ = served
+    assert fc.get("/healthz").json()["features"]["compose"] is False
+    r = fc.post("/api/compose", json={"query": "what is a dog?"})
+    assert r.status_code == 503 and "no documents" in r.json()["detail"]

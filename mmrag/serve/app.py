@@ -48,10 +48,10 @@ class ServeState:
     service: SearchService
     metrics: ServeMetrics
     extras: dict[str, Any] = field(default_factory=dict)  # lazily built parts (captioner, generators)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.RLock = field(default_factory=threading.RLock)  # lazy builds may nest
 
     def lazy(self, key: str, build):
-        """``extras[key]``, built once by ``build()`` (thread-safe; a failed build is retried)."""
+        """``extras[key]``, built once by ``build()`` (thread-safe, may nest; a failed build is retried)."""
         if key in self.extras:
             return self.extras[key]
         with self.lock:

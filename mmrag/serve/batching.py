@@ -11,7 +11,9 @@ the batches grow by themselves and when idle a lone request waits ``max_wait_ms`
 ``fn`` returns one result per item, in order; a result that is an ``Exception`` is raised to that
 item's caller only, and an exception raised by ``fn`` itself goes to every caller of the batch.
 ``max_batch=1`` turns batching off (requests are served one at a time, in arrival order), which
-is how the load benchmark measures the difference.
+is how the load benchmark measures the difference. ``workers`` threads take batches from the same
+queue (e.g. one per core for a model whose calls release the GIL); ``on_start`` runs first in
+each worker thread (per-thread settings such as OpenMP thread counts).
 """
 
 from __future__ import annotations
@@ -49,11 +51,14 @@ class MicroBatcher(Generic[T, R]):
 
     def __init__(self, fn: Callable[[list[T]], Sequence[R | Exception]], max_batch: int = 64,
                  max_wait_ms: float = 2.0, name: str = "batcher",
-                 on_batch: Callable[[int, float, float], None] | None = None):
+                 on_batch: Callable[[int, float, float], None] | None = None, workers: int = 1,
+                 on_start: Callable[[], None] | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.fn = fn
         self.max_batch = int(max_batch)
         self.max_wait = float(max_wait_ms) / 1000.0
@@ -61,8 +66,11 @@ class MicroBatcher(Generic[T, R]):
         self.on_batch = on_batch
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"mmrag-{name}", daemon=True)
-        self._thread.start()
+        self._on_start = on_start
+        self._threads = [threading.Thread(target=self._run, name=f"mmrag-{name}-{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
 
     def _put(self, item: T) -> concurrent.futures.Future:
         if self._closed:
@@ -84,8 +92,10 @@ class MicroBatcher(Generic[T, R]):
         if self._closed:
             return
         self._closed = True
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join(timeout=30)
 
     # ------------------------------------------------------------------ worker thread
     def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
@@ -108,6 +118,8 @@ class MicroBatcher(Generic[T, R]):
         return jobs, False
 
     def _run(self) -> None:
+        if self._on_start is not None:
+            self._on_start()
         stop = False
         while not stop:
             first = self._queue.get()

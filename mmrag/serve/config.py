@@ -14,6 +14,11 @@ class ServeConfig:
 
     Batching: ``batching`` groups concurrent queries into one model call and one FAISS call
     (see :mod:`mmrag.serve.batching`); ``max_batch``/``max_wait_ms`` bound a batch.
+    Threads: ``text_workers`` threads embed text batches in parallel (one per core suits a
+    CPU-bound model); ``model_threads`` is torch's intra-op thread count for the whole process
+    (1: parallelism comes from concurrent requests, and no OpenMP barrier waits for a core that
+    another process holds -- on a busy 2-core machine 2 threads made one text embedding 20x
+    slower); None leaves torch's setting alone.
     Limits: request bodies above ``max_upload_bytes`` get 413; images above
     ``max_image_pixels`` (decompression bombs) get 400 before they are decoded; ``k`` is capped
     at ``max_k``. ``allow_url_fetch``: whether ``/knn-service`` and ``/v1/chat/completions`` may
@@ -28,6 +33,8 @@ class ServeConfig:
     batching: bool = True
     max_batch: int = 64
     max_wait_ms: float = 2.0
+    text_workers: int = 2
+    model_threads: int | None = 1
     max_upload_bytes: int = 10 * MIB
     max_image_pixels: int = 40_000_000
     max_k: int = 200

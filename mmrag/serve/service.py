@@ -78,6 +78,20 @@ class _SearchJob:
     image_only: bool = False
 
 
+def _set_torch_threads(n: int) -> None:
+    try:
+        import torch
+    except ImportError:  # an encoder without torch
+        return
+    torch.set_num_threads(int(n))
+
+
+def _one_faiss_thread() -> None:
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # per calling thread (OpenMP ICV)
+
+
 def public_metadata(meta: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (meta or {}).items() if k not in PRIVATE_KEYS}
 
@@ -98,11 +112,16 @@ class SearchService:
         def hook(kind: str):
             return (lambda n, w, r: on_batch(kind, n, w, r)) if on_batch else None
 
-        self.text_batcher = MicroBatcher(self._embed_texts, size, wait, "embed-texts", hook("embed_texts"))
+        if self.config.model_threads:
+            _set_torch_threads(self.config.model_threads)
+        self.text_batcher = MicroBatcher(self._embed_texts, size, wait, "embed-texts", hook("embed_texts"),
+                                         workers=self.config.text_workers)
         self.image_batcher = MicroBatcher(self._embed_images, min(size, 16), wait, "embed-images",
                                           hook("embed_images"))
-        # Searching is quick: no waiting for company, just take what queued up meanwhile.
-        self.search_batcher = MicroBatcher(self._search, size, 0.0, "search", hook("search"))
+        # Searching is quick: no waiting for company, just take what queued up meanwhile. One
+        # FAISS thread: a batch is a few ms, and the other cores are embedding.
+        self.search_batcher = MicroBatcher(self._search, size, 0.0, "search", hook("search"),
+                                           on_start=_one_faiss_thread)
         self._thumbs: OrderedDict[str, bytes] = OrderedDict()
         self._thumbs_lock = threading.Lock()
 

@@ -299,11 +299,15 @@ function setupCompose() {
     if (!text) return;
     setStatus("#compose-status", "Composing…");
     try {
-      const res = await busy($("#compose-submit"), () => postJSON("/api/compose", { text }));
-      const nodes = res.blocks.map((b) => b.type === "image"
-        ? el("figure", {}, el("img", { src: b.image_url, alt: b.caption || b.image_id }),
-          el("figcaption", { text: (b.caption || "") + (b.score !== undefined && b.score !== null ? ` (similarity ${Number(b.score).toFixed(2)})` : "") }))
-        : el("p", { text: b.text }));
+      const res = await busy($("#compose-submit"), () => postJSON("/api/compose", { query: text }));
+      const nodes = res.blocks.map((b) => {
+        if (b.type === "image") {
+          const cap = (b.caption || "") + (b.score !== undefined && b.score !== null ? ` (relevance ${Number(b.score).toFixed(2)})` : "");
+          return el("figure", {}, el("img", { src: b.image_url, alt: b.caption || b.image_id }), el("figcaption", { text: cap }));
+        }
+        if (b.type === "heading") return el(b.level <= 1 ? "h2" : "h3", { text: b.text });
+        return el("p", { text: b.text });
+      });
       $("#compose-result").replaceChildren(...nodes);
       const n = res.blocks.filter((b) => b.type === "image").length;
       setStatus("#compose-status", `${n} image${n === 1 ? "" : "s"} placed`);
