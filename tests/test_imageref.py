@@ -306,8 +306,20 @@ def test_figure_position_recovery_on_d2l(d2l_docs, minilm):
     assert len(tasks) == 4 and sum(len(t.images) for t in tasks) == 14
     res = evaluate_figure_positions(tasks, embedder=minilm, keep_outputs=True)
     assert res["valid_refs"] == 1.0 and res["n_references"] > 0
-    assert res["R_strict"] >= 0.6 and res["P"] >= 0.5, res
-    assert res["F1"] >= 0.6, res
+    per = {d["doc_id"].split("/")[-1]: d for d in res["per_doc"]}
+    assert per["transposed-conv.md"]["placed"] == {"2": "IMAGE_1", "3": "IMAGE_2"}  # both figures home
+    # Control: the same figures with captions rotated between chapters carry no information about
+    # where they belong; the real captions must do clearly better.
+    caps = [im.caption for t in tasks for im in t.images]
+    caps = caps[5:] + caps[:5]
+    k = 0
+    for t in tasks:
+        for im in t.images:
+            im.caption = im.matching_text = caps[k]
+            k += 1
+    control = evaluate_figure_positions(tasks, embedder=minilm)
+    assert res["R_strict"] >= control["R_strict"] + 0.2, (res, control)
+    assert res["F1"] >= control["F1"] + 0.15, (res, control)
     for d in res["per_doc"]:  # the Markdown holds exactly the placements, each image once
         refs = [k for _, k in find_references(d["markdown"])]
         assert sorted(refs) == sorted(d["placed"].values()) and len(set(refs)) == len(refs)

@@ -46,7 +46,7 @@ def compose_cmd(
     top_chunks: int = typer.Option(8, help="Text chunks retrieved for the answer."),
     max_images: int = typer.Option(12, help="Candidate images given to the insertion stage."),
     threshold: Optional[float] = typer.Option(None, help="'Not Insert' below this relevance (default: chosen on d2l dev)."),
-    header_image: bool = typer.Option(True, help="Let position 1 take an image that suits the whole answer."),
+    header_image: bool = typer.Option(False, help="Let position 1 also take an image that suits the whole answer (header image)."),
     caption_missing: bool = typer.Option(False, help="Caption images that have no caption or surrounding text with mRAG-gim (needs Flickr8k)."),
     render_mode: str = typer.Option("path", "--render", help="Print the answer with IMAGE_k resolved: path, data, html, or none (raw IMAGE_k)."),
     as_json: bool = typer.Option(False, "--json", help="Print the composition as JSON."),

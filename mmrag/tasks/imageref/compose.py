@@ -77,7 +77,7 @@ class ComposeConfig:
     threshold: float = DEFAULT_THRESHOLD
     lexical_weight: float = DEFAULT_LEXICAL_WEIGHT
     pool: float = DEFAULT_POOL
-    header_image: bool = True
+    header_image: bool = False  # off on d2l dev (no header figures there); the paper's rule for news
     use_context: bool = True
     context_words: int = 40
     chunk_words: int = 120
@@ -269,7 +269,7 @@ def _candidates(docs: Sequence[Document], used_docs: Sequence[str], query_vec: n
 # ----------------------------------------------------------------------------- stage 3
 
 def place_images(title: str, sections: Sequence[AnswerSection], images: Sequence[ImageCandidate],
-                 relevance: Relevance, threshold: float, header_image: bool = True,
+                 relevance: Relevance, threshold: float, header_image: bool = False,
                  chunk_words: int = 120) -> list[PositionChoice]:
     """Positions (one after each section) and the image chosen for each."""
     if not sections:
