@@ -1,13 +1,15 @@
 """Chat-based image retrieval (ChatIR protocol) on Flickr8k with the simulated user.
 
     python benchmarks/bench_chat.py [--data-dir ../shared/data/flickr8k] [--rounds 10]
-                                    [--llm-limit 100] [--llm-rounds 5] [--out benchmarks/results]
+                                    [--dev-limit N] [--dev-rounds 5] [--llm-limit N] [--llm-rounds 5]
+                                    [--out benchmarks/results]
 
 Targets: every image of a split; description = its first caption; the simulated user answers
 from its other four captions only. Candidates' caption words come from the Flickr8k *train*
 caption datastore (each image's own captions excluded), never from the targets' captions.
 
-1. Dev (1,000 dev targets searched among all 8,091 images): a grid of ranking configurations
+1. Dev (the first --dev-limit dev targets, all 1,000 by default, searched among all 8,091
+   images, --dev-rounds rounds): a grid of ranking configurations
    (query mode x answer re-scoring weight) for each questioner; each questioner's best
    configuration by cumulative Hits@10 at round 5 is chosen (ties: later rounds, then simpler).
 2. Test (1,000 test targets; never used for a choice): every questioner with its chosen
@@ -50,8 +52,8 @@ GRID = [  # (query mode, re-scoring weight)
 
 
 def pick(rows):
-    """Best by Hits@10 at round 5, then at round 10, then the earlier (simpler) grid entry."""
-    return max(enumerate(rows), key=lambda x: (x[1]["hits@10"][5], x[1]["hits@10"][-1], -x[0]))[1]
+    """Best by Hits@10 at round 5, then at the last round, then the earlier (simpler) grid entry."""
+    return max(enumerate(rows), key=lambda x: (x[1]["hits@10"][min(5, x[1]["rounds"])], x[1]["hits@10"][-1], -x[0]))[1]
 
 
 def fmt_row(name, res, rounds=(0, 1, 2, 3, 5, 10)):
@@ -72,6 +74,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--questioners", nargs="+", default=["split", "bank"])
     ap.add_argument("--dev-limit", type=int, default=None)
+    ap.add_argument("--dev-rounds", type=int, default=5, help="the choice is made at round 5")
     ap.add_argument("--llm-limit", type=int, default=100)
     ap.add_argument("--llm-rounds", type=int, default=5)
     ap.add_argument("--skip-dev", action="store_true", help="reuse chat_dev.json's choices")
@@ -107,7 +110,7 @@ def main() -> None:
             rows = []
             for mode, beta in GRID:
                 cfg = RankingConfig(query=mode, rescore_weight=beta)
-                r = evaluate_chat(enc, V, ids, targets, create_questioner(qn), rounds=a.rounds, ranking=cfg,
+                r = evaluate_chat(enc, V, ids, targets, create_questioner(qn), rounds=a.dev_rounds, ranking=cfg,
                                   features=feats, progress=False, keep_dialogs=0)
                 r.pop("examples", None)
                 rows.append(r)

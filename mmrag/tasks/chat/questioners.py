@@ -96,8 +96,13 @@ def information_gain(candidates: Candidates, top: int, temperature: float | None
     else:
         pi = np.ones(n)
     pi /= pi.sum()
-    F = candidates.words[:n].toarray().astype(np.float64)
-    return (_entropy(pi @ F) - pi @ _entropy(F)).astype(np.float32)
+    W = candidates.words[:n].tocsc()
+    cols = np.flatnonzero(np.diff(W.indptr))  # words some candidate mentions; the rest gain 0
+    gain = np.zeros(W.shape[1], np.float32)
+    if len(cols):
+        F = W[:, cols].toarray().astype(np.float64)
+        gain[cols] = _entropy(pi @ F) - pi @ _entropy(F)
+    return gain
 
 
 def _excluded_words(dialog: Dialog) -> set[str]:
@@ -233,7 +238,15 @@ class BankQuestioner:
 
 
 LLM_SYSTEM = ("You help someone find one photo in a large collection. They described it; ask ONE short "
-              "new question about that photo whose answer would narrow the search. Reply with the question only.")
+              "new question about that photo, ending with a question mark. Reply with the question only.")
+#: Two worked turns: a 135M model otherwise often answers with a caption instead of a question.
+LLM_SHOTS = [
+    {"role": "user", "content": "Description: a man rides a bike down a hill\nAsk one new short question about the photo."},
+    {"role": "assistant", "content": "Is the man wearing a helmet?"},
+    {"role": "user", "content": "Description: two girls at the beach\nQuestions already asked:\n- is there a dog? no\n"
+                                "Ask one new short question about the photo."},
+    {"role": "assistant", "content": "What color are their swimsuits?"},
+]
 
 
 def parse_llm_question(text: str) -> str:
@@ -280,8 +293,9 @@ class LLMQuestioner:
     def ask(self, dialog: Dialog, candidates: Candidates) -> Question | None:
         from mmrag.generators import GenerationRequest
 
-        req = GenerationRequest.from_prompt(self.prompt(dialog, candidates), system=LLM_SYSTEM,
-                                            max_tokens=self.max_tokens, temperature=0.0)
+        messages = [{"role": "system", "content": LLM_SYSTEM}, *LLM_SHOTS,
+                    {"role": "user", "content": self.prompt(dialog, candidates)}]
+        req = GenerationRequest(messages=messages, max_tokens=self.max_tokens, temperature=0.0)
         text = parse_llm_question(self.generator.generate(req).text)
         if not text:
             raise QuestionerError("the language model returned no question")

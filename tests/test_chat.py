@@ -1,0 +1,256 @@
+"""Chat-based image retrieval: simulated user, questioners, session over a real index, evaluation,
+ChatIR dialog replay, CLI. Real model and real Flickr8k images; a 40-image index keeps it fast."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from mmrag.tasks.chat import (
+    Candidates,
+    ChatSession,
+    Dialog,
+    DialogError,
+    SimulatedUser,
+    create_questioner,
+)
+from mmrag.tasks.chat.evaluate import (
+    ChatEvalError,
+    evaluate_chat,
+    evaluate_replay,
+    load_chatir_dialogs,
+    targets_from_items,
+)
+from mmrag.tasks.chat.features import CaptionWordFeatures
+from mmrag.tasks.chat.ranking import RankingConfig
+
+N_INDEX = 40
+
+
+@pytest.fixture(scope="module")
+def test_corpus(flickr8k_dir):
+    from mmrag.corpus.readers import read_corpus
+
+    return read_corpus("flickr8k", flickr8k_dir, split="test", limit=N_INDEX)
+
+
+@pytest.fixture(scope="module")
+def index(test_corpus, effnet_minilm, tmp_path_factory):
+    from mmrag.indexer import IndexConfig, build_index
+
+    out = tmp_path_factory.mktemp("chatidx") / "idx"
+    build_index(test_corpus, out, effnet_minilm, IndexConfig(batch_size=64))
+    return out
+
+
+@pytest.fixture(scope="module")
+def searcher(index, effnet_minilm):
+    from mmrag.search import Searcher
+
+    s = Searcher(index, encoder=effnet_minilm)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def small_datastore(flickr8k_dir, effnet_minilm, tmp_path_factory):
+    """Captions of 80 *train* images: candidates' caption words never come from the targets."""
+    from mmrag.corpus.readers import read_corpus
+    from mmrag.tasks.captioning import CaptionDatastore
+
+    train = read_corpus("flickr8k", flickr8k_dir, split="train", limit=80)
+    return CaptionDatastore.from_corpus(train, effnet_minilm, cache=tmp_path_factory.mktemp("ds"), split="train")
+
+
+def test_simulated_user_answers_from_its_captions_only(test_corpus):
+    it = next(i for i in test_corpus.items if len(i.captions) == 5)
+    desc, others = it.captions[0], it.captions[1:]
+    user = SimulatedUser(others)
+    from mmrag.tasks.chat.words import content_set, yes_no_question
+
+    in_others = sorted(set().union(*(content_set(c) for c in others)))
+    only_desc = sorted(content_set(desc) - set(in_others) - {"a"})
+    w = next(x for x in in_others if len(x) > 3)
+    assert user.answer(yes_no_question(w)) == "yes"
+    assert user.answer("is there a giraffe?") == "no"
+    for x in only_desc:  # the description is never evidence
+        assert user.answer(f"is there a {x}?") == "no"
+    u2 = SimulatedUser(["Two dogs play with a red ball on the grass", "A puppy runs across a lawn"])
+    assert u2.answer("what color is the ball?") == "red"
+    assert u2.answer("how many dogs are there?") == "two"
+    assert u2.answer("is anyone running?") == "yes"
+    assert u2.answer("is it a cat or a dog?") == "dog"
+    assert u2.answer("is the photo in color?") == "i don't know"
+    with pytest.raises(Exception):
+        SimulatedUser([])
+
+
+def test_split_questioner_picks_the_word_that_halves_the_candidates():
+    import scipy.sparse as sp
+
+    words = ["dog", "ball", "grass", "beach"]
+    # dog: in all four (no information), ball: in two of four (best), grass: in one, beach: none
+    F = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]], np.float32)
+    cand = Candidates(["a", "b", "c", "d"], np.array([0.5, 0.5, 0.5, 0.5], np.float32), sp.csr_matrix(F),
+                      {w: i for i, w in enumerate(words)}, words)
+    q = create_questioner("split").ask(Dialog("a photo"), cand)
+    assert q.topic == "ball" and q.text == "is there a ball?"
+    q2 = create_questioner("split").ask(Dialog("a dog with a ball"), cand)  # described words are not asked
+    assert q2.topic == "grass"
+
+
+def test_session_over_index(searcher, test_corpus):
+    s = ChatSession(searcher, questioner="split", k=5, captions="index")
+    t0 = s.start(test_corpus.items[0].captions[0])
+    assert t0.round == 0 and len(t0.hits) == 5
+    assert [h.rank for h in t0.hits] == [1, 2, 3, 4, 5]
+    assert all(a.score >= b.score for a, b in zip(t0.hits, t0.hits[1:]))
+    assert t0.question is not None and t0.question.text.endswith("?") and t0.question.topic
+    # the description's own image is found at round 0 on this small index
+    assert test_corpus.items[0].id in [h.id for h in t0.hits]
+    t1 = s.answer("yes")
+    assert t1.round == 1 and t1.query.endswith(f"{t0.question.text} yes")
+    assert t1.question is None or t1.question.topic != t0.question.topic
+    d = json.loads(json.dumps(s.to_dict()))
+    assert len(d["turns"]) == 2 and d["dialog"]["rounds"][0]["answer"] == "yes"
+    with pytest.raises(DialogError):
+        s.answer("   ")
+    with pytest.raises(DialogError):
+        ChatSession(searcher, k=3, captions="index").answer("yes")
+    with pytest.raises(DialogError):
+        s.start("")
+
+
+def test_session_is_serialized_across_threads(searcher):
+    s = ChatSession(searcher, questioner="split", k=3, captions="index")
+    s.start("a dog in the snow")
+    turns = []
+    ths = [threading.Thread(target=lambda: turns.append(s.answer("no"))) for _ in range(3)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    assert sorted(t.round for t in turns) == [1, 2, 3] and len(s.dialog.rounds) == 3
+
+
+def test_answers_move_the_ranking_through_rescoring(searcher, small_datastore):
+    feats = CaptionWordFeatures(small_datastore)
+    plain = ChatSession(searcher, "split", k=40, captions=None, features=feats,
+                        ranking=RankingConfig(rescore_weight=0.0))
+    scored = ChatSession(searcher, "split", k=40, captions=None, features=feats,
+                         ranking=RankingConfig(rescore_weight=0.2))
+    for s in (plain, scored):
+        s.start("a person outdoors")
+        s.answer("yes", question="is there a dog?")
+    ids_with_dog = {i for i in searcher.collection.images.ids() if feats.row(i).get("dog", 0) > 0.5}
+    assert ids_with_dog, "some test images' nearest train captions mention dogs"
+
+    def mean_pos(turn):
+        return np.mean([h.rank for h in turn.hits if h.id in ids_with_dog])
+
+    assert mean_pos(scored.turns[-1]) < mean_pos(plain.turns[-1])
+
+
+def test_bank_questioner_uses_visdial_questions(searcher, data_dir):
+    from mmrag.tasks.chat.questioners import default_bank_path
+
+    if default_bank_path() is None:
+        pytest.skip("ChatIR dialog files are absent")
+    s = ChatSession(searcher, questioner="bank", k=5, captions="index")
+    t = s.start("a dog runs on the beach")
+    assert t.question is not None
+    visdial = {q.lower() for d in json.loads(default_bank_path().read_text()) for q in
+               (x.rpartition("?")[0].strip() + "?" for x in d["dialog"][1:])}
+    assert t.question.text.lower() in visdial
+    t2 = s.answer("no")
+    assert t2.question.text != t.question.text
+
+
+def test_llm_questioner(searcher):
+    from mmrag.errors import ModelUnavailableError
+
+    try:
+        q = create_questioner("llm", generator="local")
+    except ModelUnavailableError as e:
+        pytest.skip(f"local generator unavailable: {e}")
+    s = ChatSession(searcher, questioner=q, k=3, captions="index")
+    t = s.start("a child plays in the water")
+    assert t.question is not None and len(t.question.text) > 3 and t.question.text.endswith("?")
+
+
+def test_evaluate_chat_against_direct_ranking(searcher, test_corpus, small_datastore, effnet_minilm):
+    ids = searcher.collection.images.ids()
+    V = searcher.collection.images.vectors(ids)
+    targets = targets_from_items(test_corpus.items, {x: i for i, x in enumerate(ids)})
+    assert all(t.description not in t.captions for t in targets)  # the user never holds the description
+    feats = CaptionWordFeatures(small_datastore)
+    res = evaluate_chat(effnet_minilm, V, ids, targets, create_questioner("split"), rounds=3,
+                        features=feats, ranking=RankingConfig(rescore_weight=0.05), progress=False)
+    assert res["n_queries"] == len(targets) and res["corpus_size"] == len(ids)
+    h = res["hits@10"]
+    assert len(h) == 4 and all(a <= b for a, b in zip(h, h[1:]))
+    # round 0 is plain text->image search: recompute it independently
+    Q = effnet_minilm.embed_texts([t.description for t in targets])
+    S = Q @ V.T
+    ranks0 = [int((S[i] > S[i, t.row]).sum()) + 1 for i, t in enumerate(targets)]
+    assert res["mean_rank"][0] == pytest.approx(np.mean(ranks0), abs=0.051)
+    assert h[0] == pytest.approx(100 * np.mean([r <= 10 for r in ranks0]), abs=0.01)
+    ex = res["examples"][0]
+    assert len(ex["rounds"]) == 3 and all(r["answer"] for r in ex["rounds"])
+
+
+def test_replay_chatir_dialogs(searcher, test_corpus, effnet_minilm, tmp_path, data_dir):
+    ids = searcher.collection.images.ids()
+    V = searcher.collection.images.vectors(ids)
+    items = test_corpus.items[:5]
+    rows = [{"img": f"flickr/{it.id}", "dialog": [it.captions[0]] + [f"{c.rstrip(' .')}? yes" for c in it.captions[1:3]]}
+            for it in items] + [{"img": "unlabeled2017/000000185565.jpg", "dialog": ["a bedroom", "is it dark? no", "x? y"]}]
+    f = tmp_path / "dialogs.json"
+    f.write_text(json.dumps(rows))
+    dl = load_chatir_dialogs(f)
+    res = evaluate_replay(effnet_minilm, V, ids, dl, progress=False)
+    assert res["n_queries"] == 5 and res["unmatched"] == 1 and res["rounds"] == 2
+    # recorded rounds add the target's own captions: it can only get easier
+    assert res["hits@1"][-1] >= res["hits@1"][0] and res["mean_rank"][-1] <= res["mean_rank"][0]
+    # the real ChatIR files parse; their VisDial images are not in a Flickr8k index
+    real = data_dir / "chatir" / "dialogues" / "ChatGPT_BLIP2.json"
+    if real.exists():
+        d = load_chatir_dialogs(real)
+        assert len(d) == 2064 and all(len(x.rounds) == 10 for _, x in d)
+        with pytest.raises(ChatEvalError, match="none of the"):
+            evaluate_replay(effnet_minilm, V, ids, d[:20], progress=False)
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b'[{"img": 1}]')
+    with pytest.raises(ChatEvalError, match="entry 0"):
+        load_chatir_dialogs(bad)
+    bad.write_bytes(b"\xff\xfe not json")
+    with pytest.raises(ChatEvalError, match="UTF-8"):
+        load_chatir_dialogs(bad)
+
+
+def test_cli_chat_and_eval_replay(index, test_corpus, small_datastore, tmp_path):
+    from typer.testing import CliRunner
+
+    from mmrag.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "chat.json"
+    r = runner.invoke(app, ["chat", "--index", str(index), "-d", "a dog runs on the grass", "-a", "yes", "-a", "no",
+                            "-k", "3", "--captions", "index", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    assert len(d["turns"]) == 3 and [x["answer"] for x in d["dialog"]["rounds"]] == ["yes", "no"]
+    ds = small_datastore.save(tmp_path / "ds.npz")
+    dl = tmp_path / "d.json"
+    dl.write_text(json.dumps([{"img": it.id, "dialog": it.captions[:3]} for it in test_corpus.items[:4]]))
+    res = tmp_path / "replay.json"
+    r = runner.invoke(app, ["eval", "chat", "--dialogs", str(dl), "--index", str(index), "--datastore", str(ds),
+                            "--rounds", "2", "--json", str(res)])
+    assert r.exit_code == 0, r.output
+    j = json.loads(res.read_text())
+    assert j["questioner"] == "replay" and j["n_queries"] == 4 and len(j["hits@10"]) == 3
+    r = runner.invoke(app, ["chat", "--index", str(index), "--questioner", "nope", "-d", "x", "-a", "y"])
+    assert r.exit_code != 0 and "unknown questioner" in str(r.exception or r.output)
