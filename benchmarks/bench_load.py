@@ -127,6 +127,18 @@ class Conn:
         self.reader = self.writer = None
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        reused = self.writer is not None
+        try:
+            return await self._post(path, body)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            if not reused:
+                raise
+            # the server closed an idle keep-alive connection (uvicorn: after 5 s): like any
+            # pooling HTTP client, reconnect and send once more
+            self.close()
+            return await self._post(path, body)
+
+    async def _post(self, path: str, body: bytes) -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
@@ -224,7 +236,7 @@ async def run_open(host: str, port: int, rate: float, duration: float, warmup: f
                    max_conns: int = 256) -> dict:
     """Open loop: requests arrive as a Poisson process of ``rate`` per second whatever the server
     does (latency from the planned arrival, so a slow server cannot slow the arrivals down)."""
-    pool: asyncio.Queue = asyncio.Queue()
+    pool: asyncio.LifoQueue = asyncio.LifoQueue()  # warm connections first
     for _ in range(max_conns):
         pool.put_nowait(Conn(host, port))
     t0 = time.perf_counter()
@@ -356,6 +368,8 @@ def main() -> None:
     ap.add_argument("--json", default="benchmarks/results/load.json")
     a = ap.parse_args()
 
+    # a SIGTERM (e.g. a CI timeout) unwinds like Ctrl-C, so the server subprocess is stopped too
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     data_dir = Path(a.data_dir)
     index = build_load_index(data_dir, a.size)
     from mmrag.corpus.readers import read_corpus
