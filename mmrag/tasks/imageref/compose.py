@@ -36,7 +36,7 @@ from mmrag.tasks.imageref.insertion import (
     assign_images,
     default_text_embedder,
 )
-from mmrag.tasks.imageref.render import IMAGE_REF, InvalidReferenceError, invalid_references, render
+from mmrag.tasks.imageref.render import InvalidReferenceError, invalid_references, render
 
 __all__ = [
     "AnswerSection",
@@ -341,6 +341,3 @@ def compose(query: str, documents: Sequence[Document] | None = None, index: str 
     return Composition(query=query, title=title, markdown=markdown, sections=list(sections), images=images,
                        positions=positions, sources=sources, generator=config.generator, skipped=skipped)
 
-
-def references_in_order(markdown: str) -> list[str]:
-    return [m.group(2) for m in IMAGE_REF.finditer(markdown)]

@@ -156,7 +156,8 @@ def clean_inline(text: str) -> str:
     text = re.sub(r":eqref:`[^`]*`", "Equation", text)
     text = re.sub(r":cite[tp]?:`[^`]*`", "", text)
     text = re.sub(r":ref:`([^`<]*)(?:<[^`]*>)?`", lambda m: m.group(1).strip() or "this", text)
-    text = re.sub(r":(begin|end)_tab:`[^`]*`", "", text)  # d2lbook framework tabs
+    text = re.sub(r":(begin|end)_tab:(`[^`]*`)?", "", text)  # d2lbook framework tabs
+    text = re.sub(r"\[\*\*(.+?)\*\*\]", r"\1", text)  # d2lbook's [**highlight**]
     text = re.sub(r":[a-z_]+:`([^`]*)`", r"\1", text)  # any other role: keep its text
     return re.sub(r"[ \t]+", " ", text)
 
