@@ -357,6 +357,15 @@ def test_micro_batcher_groups_calls_and_isolates_errors():
     [t.join() for t in ts]
     assert sorted(results) == [0, 10, 20, 30] and all(len(cl) == 1 for cl in calls[2:])
     one.close()
+    multi = MicroBatcher(fn, workers=3)
+    assert multi.call(2) == 20
+    t = time.monotonic()
+    multi.close()  # every worker gets its own stop signal
+    assert time.monotonic() - t < 5 and not any(th.is_alive() for th in multi._threads)
+    from mmrag.serve.batching import BatcherClosedError
+
+    with pytest.raises(BatcherClosedError):
+        multi.call(3)
 
 
 def test_serve_cli_help():

@@ -142,14 +142,16 @@ class MicroBatcher(Generic[T, R]):
                     self.on_batch(len(jobs), wait, run)
                 except Exception:  # metrics must never break serving
                     pass
-        # Fail whatever is still queued.
+        # Fail whatever is still queued, leaving the other workers' stop signals in place.
         while True:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if job is not None:
-                _resolve(job.future, BatcherClosedError(f"{self.name} is closed"))
+            if job is None:
+                self._queue.put(None)
+                break
+            _resolve(job.future, BatcherClosedError(f"{self.name} is closed"))
 
 
 def _resolve(fut: concurrent.futures.Future, res: Any) -> None:
