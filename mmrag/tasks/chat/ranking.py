@@ -31,10 +31,12 @@ QUERY_MODES = ("chatir", "mean", "chatir-yes")
 
 @dataclass
 class RankingConfig:
-    """How dialogs rank images (defaults chosen on Flickr8k dev, see docs/benchmarks.md)."""
+    """How dialogs rank images. Defaults chosen on Flickr8k dev with the ``split`` questioner
+    (``chatir-yes`` text + re-scoring weight 0.15: +15 points cumulative Hits@10 by round 5 on
+    300 dev targets among 8,091 images, vs +5.7 for plain ChatIR text; docs/benchmarks.md)."""
 
-    query: str = "chatir"
-    rescore_weight: float = 0.0
+    query: str = "chatir-yes"
+    rescore_weight: float = 0.15
     pool: int = 200
     description_weight: float = 2.0
 
