@@ -91,29 +91,35 @@ def test_clear_errors(tmp_path):
         s.count()
 
 
-def test_cli_index_and_search_on_milvus(flickr8k_dir, tmp_path):
-    """`mmrag index --store milvus --store-uri FILE` then search: the same hits as the FAISS index."""
+def test_cli_index_and_search_on_milvus(flickr8k_dir, effnet_minilm, tmp_path):
+    """`mmrag index --store milvus --store-uri FILE` then `mmrag search`: the FAISS index's hits."""
     from typer.testing import CliRunner
 
     from mmrag.cli import app
+    from mmrag.corpus.readers import read_corpus
+    from mmrag.indexer import IndexConfig, build_index
+    from mmrag.search import Searcher
 
     runner = CliRunner()
     uri = tmp_path / "lite" / "mmrag.db"
-    for store, extra in (("milvus", ["--store-uri", str(uri)]), ("faiss", [])):
-        res = runner.invoke(app, ["index", str(flickr8k_dir), "--kind", "flickr8k", "--split", "test", "--limit", "8",
-                                  "--out", str(tmp_path / store), "--store", store, *extra, "--json"])
-        assert res.exit_code == 0, res.output
-        assert json.loads(res.stdout[res.stdout.index("{"):])["total_images"] == 8
+    res = runner.invoke(app, ["index", str(flickr8k_dir), "--kind", "flickr8k", "--split", "test", "--limit", "8",
+                              "--out", str(tmp_path / "milvus"), "--store", "milvus", "--store-uri", str(uri), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout[res.stdout.index("{"):])["total_images"] == 8
     info = runner.invoke(app, ["info", "--index", str(tmp_path / "milvus"), "--json"])
     d = json.loads(info.stdout)
     assert d["backend"] == "milvus" and d["images"] == 8 and d["captions"] == 40
     assert d["images_store"]["uri"] == str(uri.resolve())
-    hits = {}
-    for store in ("milvus", "faiss"):
-        res = runner.invoke(app, ["search", "--index", str(tmp_path / store), "--text", "a dog runs on the grass",
-                                  "-k", "5", "--json"])
-        assert res.exit_code == 0, res.output
-        hits[store] = [(h["id"], round(h["score"], 4)) for h in json.loads(res.stdout)]
-    assert hits["milvus"] == hits["faiss"] and len(hits["milvus"]) == 5
+    query = "a dog runs on the grass"
+    res = runner.invoke(app, ["search", "--index", str(tmp_path / "milvus"), "--text", query, "-k", "5", "--json"])
+    assert res.exit_code == 0, res.output
+    got = [(h["id"], h["score"]) for h in json.loads(res.stdout)]
+    corpus = read_corpus("flickr8k", flickr8k_dir, split="test", limit=8)
+    build_index(corpus, tmp_path / "faiss", effnet_minilm, IndexConfig(progress=False))
+    s = Searcher(tmp_path / "faiss", encoder=effnet_minilm)
+    want = [(h.id, h.score) for h in s.search(text=query, k=5)]
+    s.close()
+    assert [i for i, _ in got] == [i for i, _ in want] and len(got) == 5
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=0, atol=1e-5)
     bad = runner.invoke(app, ["index", str(flickr8k_dir), "--out", str(tmp_path / "x"), "--store-uri", "a.db"])
     assert bad.exit_code == 2 and "--store milvus" in bad.output
