@@ -144,6 +144,18 @@ def test_prompt_order_and_llm_request(small_ds, effnet_minilm):
     assert prompt.startswith("Similar images show:") and prompt.endswith("This image shows:")
     assert prompt.splitlines()[-2] == r.evidence[0].text  # most similar next to the question
 
+    # consensus selection: the prompt's first caption is the one the consensus generator would pick
+    cap = MRagCaptioner(effnet_minilm, ds, g, k=10, prompt_captions=2, select="consensus", prompt_style="instruct")
+    r = cap.caption_vectors(np.asarray(ds.vectors[1:2]))[0]
+    assert g.request.messages[0]["role"] == "system"
+    lines = g.request.messages[-1]["content"].splitlines()
+    assert len(lines) == 4 and lines[0].startswith("Captions of") and lines[-1].startswith("Write one caption")
+    picked = MRagCaptioner(effnet_minilm, ds, "consensus", k=10).caption_vectors(np.asarray(ds.vectors[1:2]))[0]
+    assert lines[1] == "- " + picked.caption
+    assert len(r.evidence) == 10
+    with pytest.raises(ValueError, match="prompt_style"):
+        MRagCaptioner(effnet_minilm, ds, g, prompt_style="chatty")
+
 
 def test_refinement_one_iteration(small_ds, train_small, test_small, effnet_minilm, tmp_path):
     from mmrag.corpus.items import Corpus

@@ -8,10 +8,13 @@ image is in the datastore), and writes the caption with a generator:
 * ``consensus`` (default, no language model): the retrieved captions are the candidates
   (``evidence``, with ``evidence_vectors`` and ``evidence_scores``); the one agreeing most with the
   others is returned. With ``similarity="cider"`` the idf comes from the datastore's captions.
-* language-model generators (``local``, ``openai``): a SmallCap / mRAG-gim style prompt,
-  ``"Similar images show:\\n<caption>\\n...\\nThis image shows:"``, the most similar caption first
-  (``order="first"``) or last (``order="last"``); the image itself is attached for endpoints that
-  take images.
+* language-model generators (``local``, ``openai``): ``prompt_captions`` of the retrieved captions
+  go into a prompt, chosen by retrieval similarity (``select="similarity"``) or by their consensus
+  score among all ``k`` retrieved (``select="consensus"``), the best first (``order="first"``) or
+  last (``order="last"``). ``prompt_style="smallcap"`` is the SmallCap / mRAG-gim completion prompt
+  ``"Similar images show:\\n<caption>\\n...\\nThis image shows:"``; ``"instruct"`` asks an
+  instruction model for one short caption in the style of the examples. The image itself is
+  attached for endpoints that take images.
 
 Results carry the evidence (texts, scores, owning image ids). Unreadable images give a result with
 ``error`` set; the others are still captioned.
@@ -27,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mmrag.generators.base import GenerationRequest, Generator, GeneratorError, create_generator
+from mmrag.generators.consensus import ConsensusGenerator
 from mmrag.tasks.captioning.datastore import CaptionDatastore, CaptionHit, DatastoreError
 
 __all__ = ["CaptionResult", "MRagCaptioner", "build_prompt", "evaluate_captioner", "DEFAULT_K",
@@ -35,19 +39,33 @@ __all__ = ["CaptionResult", "MRagCaptioner", "build_prompt", "evaluate_captioner
 # Chosen on Flickr8k dev (benchmarks/bench_caption.py, docs/benchmarks.md).
 DEFAULT_K = 100
 DEFAULT_SIMILARITY = "cider"
+# For language-model generators (benchmarks/bench_caption_local.py, chosen on dev).
+DEFAULT_PROMPT_CAPTIONS = 5
+DEFAULT_SELECT = "consensus"
+DEFAULT_PROMPT_STYLE = "smallcap"
 
 PROMPT_HEAD = "Similar images show:"
 PROMPT_TAIL = "This image shows:"
+INSTRUCT_SYSTEM = "You write short, literal image captions."
+INSTRUCT_HEAD = "Captions of images that look like this one:"
+INSTRUCT_TAIL = ("Write one caption for this image in the same style: one short sentence, under 15 "
+                 "words, only what is visible.")
+PROMPT_STYLES = ("smallcap", "instruct")
+SELECTIONS = ("similarity", "consensus")
 
 
-def build_prompt(captions: Sequence[str], order: str = "first") -> str:
-    """The SmallCap / mRAG-gim prompt; ``captions`` best first; ``order="last"`` puts the most
-    similar one next to the question."""
+def build_prompt(captions: Sequence[str], order: str = "first", style: str = "smallcap") -> str:
+    """The user message for a language-model generator; ``captions`` best first; ``order="last"``
+    puts the best one next to the question. ``style``: ``smallcap`` (the SmallCap / mRAG-gim
+    completion prompt) or ``instruct`` (an instruction with the captions as examples)."""
     if order not in ("first", "last"):
         raise ValueError(f"order must be 'first' or 'last', got {order!r}")
-    caps = list(captions) if order == "first" else list(captions)[::-1]
-    lines = [PROMPT_HEAD, *(c.strip() for c in caps), PROMPT_TAIL]
-    return "\n".join(lines)
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"prompt style must be one of {', '.join(PROMPT_STYLES)}, got {style!r}")
+    caps = [c.strip() for c in (list(captions) if order == "first" else list(captions)[::-1])]
+    if style == "smallcap":
+        return "\n".join([PROMPT_HEAD, *caps, PROMPT_TAIL])
+    return "\n".join([INSTRUCT_HEAD, *(f"- {c}" for c in caps), INSTRUCT_TAIL])
 
 
 @dataclass
@@ -82,14 +100,16 @@ class MRagCaptioner:
 
     ``generator``: a registry name (``consensus``, ``local``, ``openai``) or a Generator;
     ``generator_options``: keyword arguments for the registry; ``k``: captions retrieved;
-    ``order``: prompt order for language-model generators; ``exclude_own``: leave out the query
-    image's own captions when the image is in the datastore (matched by id, or by file path);
-    ``max_tokens``: the length limit for language-model generators.
+    ``exclude_own``: leave out the query image's own captions when the image is in the datastore
+    (matched by id, or by file path). For language-model generators: ``prompt_captions`` (how many
+    of the ``k`` retrieved go into the prompt), ``select`` (``similarity`` or ``consensus``: which
+    ones), ``order``, ``prompt_style`` (``smallcap`` or ``instruct``) and ``max_tokens``.
     """
 
     def __init__(self, encoder, datastore: CaptionDatastore, generator: str | Generator = "consensus",
                  k: int = DEFAULT_K, generator_options: dict | None = None, order: str = "first",
-                 exclude_own: bool = True, max_tokens: int = 40):
+                 exclude_own: bool = True, max_tokens: int = 40, prompt_captions: int = DEFAULT_PROMPT_CAPTIONS,
+                 select: str = DEFAULT_SELECT, prompt_style: str = DEFAULT_PROMPT_STYLE):
         if datastore is None or len(datastore) == 0:
             raise DatastoreError("the caption datastore is empty: captioning retrieves captions, so build "
                                  "the datastore from a captioned corpus (e.g. Flickr8k train) first")
@@ -97,6 +117,15 @@ class MRagCaptioner:
             raise ValueError(f"k must be >= 1, got {k}")
         if order not in ("first", "last"):
             raise ValueError(f"order must be 'first' or 'last', got {order!r}")
+        if prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style must be one of {', '.join(PROMPT_STYLES)}, got {prompt_style!r}")
+        if select not in SELECTIONS:
+            raise ValueError(f"select must be one of {', '.join(SELECTIONS)}, got {select!r}")
+        if prompt_captions < 1:
+            raise ValueError(f"prompt_captions must be >= 1, got {prompt_captions}")
+        self.prompt_captions = int(prompt_captions)
+        self.select = select
+        self.prompt_style = prompt_style
         self.encoder = encoder
         self.datastore = datastore
         self.k = int(k)
@@ -115,6 +144,10 @@ class MRagCaptioner:
             generator = create_generator(name, **opts)
         self.generator = generator
         self.uses_evidence = getattr(generator, "name", "").startswith("consensus")
+        # Picks the prompt's captions for a language model by their agreement with the others.
+        self._selector = None
+        if not self.uses_evidence and select == "consensus":
+            self._selector = ConsensusGenerator("cider", document_frequency=datastore.document_frequency())
 
     # ------------------------------------------------------------------ requests
     def build_request(self, hits: Sequence[CaptionHit], image=None) -> GenerationRequest:
@@ -127,7 +160,13 @@ class MRagCaptioner:
             temperature=0.0,
         )
         if not self.uses_evidence:
-            req.messages = [{"role": "user", "content": build_prompt(texts, self.order)}]
+            picked = list(range(len(texts)))
+            if self._selector is not None and len(texts) > self.prompt_captions:
+                picked = [int(i) for i in np.argsort(-self._selector.scores(req), kind="stable")]
+            prompt = build_prompt([texts[i] for i in picked[: self.prompt_captions]], self.order,
+                                  self.prompt_style)
+            req.messages = ([{"role": "system", "content": INSTRUCT_SYSTEM}] if self.prompt_style == "instruct"
+                            else []) + [{"role": "user", "content": prompt}]
             req.stop = ["\n"]
             if isinstance(image, (str, Path, bytes)):
                 req.images = [image]

@@ -52,7 +52,7 @@ def compose_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the composition as JSON."),
 ):
     """Answer a question from documents with images, inserting the relevant images in place
-    (ImageRef-VL three-stage pipeline). Output: Markdown with ![caption](IMAGE_k) resolved to files."""
+    (ImageRef-VL three-stage pipeline). Output: Markdown with !\\[caption](IMAGE_k) resolved to files."""
     from mmrag.tasks.imageref import ComposeConfig, compose, read_documents
 
     if (docs is None) == (index is None):
@@ -140,14 +140,14 @@ def eval_imageref_cmd(
 
 
 def eval_judge_cmd(
-    answers: Path = typer.Option(..., "--answers", help="JSONL rows {question, answer, reference?} (answers may hold ![..](IMAGE_k))."),
+    answers: Path = typer.Option(..., "--answers", help="JSONL rows {question, answer, reference?} (answers may hold !\\[..](IMAGE_k))."),
     base_url: str = typer.Option("http://127.0.0.1:8000/v1", help="OpenAI-compatible endpoint of the judge model."),
     model: Optional[str] = typer.Option(None, help="Judge model name at the endpoint."),
     generator: str = typer.Option("openai", help="Generator registry name for the judge."),
     timeout: float = typer.Option(120.0, help="Seconds to wait for each judgement."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every judgement and the mean here."),
 ):
-    """LLM-as-judge text score of ImageRef-VL: a 1-10 rating per answer ([[n]]), image markup stripped."""
+    """LLM-as-judge text score of ImageRef-VL: a 1-10 rating per answer (written as \\[\\[n]]), image markup stripped."""
     from mmrag.tasks.imageref.documents import _read_text
     from mmrag.tasks.imageref.judge import judge_many
 
