@@ -46,8 +46,10 @@ from mmrag.tasks.chat.questioners import create_questioner  # noqa: E402
 from mmrag.tasks.chat.ranking import RankingConfig  # noqa: E402
 from mmrag.tasks.chat.vectors import corpus_image_vectors  # noqa: E402
 
-GRID = [  # (query mode, re-scoring weight)
-    ("chatir", 0.0), ("chatir-yes", 0.0), ("chatir", 0.05), ("chatir-yes", 0.05), ("chatir-yes", 0.15),
+GRID = [  # (query mode, re-scoring weight, re-scored pool)
+    ("chatir", 0.0, 200), ("chatir-yes", 0.0, 200), ("chatir", 0.05, 200), ("chatir-yes", 0.05, 200),
+    ("chatir-yes", 0.15, 200), ("chatir-yes", 0.3, 200), ("chatir-yes", 0.5, 200), ("chatir-yes", 1.0, 200),
+    ("chatir-yes", 0.3, 500), ("chatir-yes", 0.5, 500),
 ]
 
 
@@ -108,13 +110,13 @@ def main() -> None:
         print(f"\nDev: {len(targets)} targets among {len(ids)} images, cumulative Hits@10 (%)\n{HEADER}")
         for qn in a.questioners:
             rows = []
-            for mode, beta in GRID:
-                cfg = RankingConfig(query=mode, rescore_weight=beta)
+            for mode, beta, pool in GRID:
+                cfg = RankingConfig(query=mode, rescore_weight=beta, pool=pool)
                 r = evaluate_chat(enc, V, ids, targets, create_questioner(qn), rounds=a.dev_rounds, ranking=cfg,
                                   features=feats, progress=False, keep_dialogs=0)
                 r.pop("examples", None)
                 rows.append(r)
-                print(fmt_row(f"{qn} {mode} beta={beta}", r), flush=True)
+                print(fmt_row(f"{qn} {mode} beta={beta} pool={pool}", r), flush=True)
             best = pick(rows)
             dev["rows"] += rows
             dev["chosen"][qn] = best["ranking"]

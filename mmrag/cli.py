@@ -234,7 +234,8 @@ def eval_retrieval(
 
 
 def _captioner(generator: str, k: Optional[int], similarity: Optional[str], datastore: Optional[Path],
-               data_dir: Optional[Path], gen_opts: list[str], order: str = "first", dataset: str = "flickr8k"):
+               data_dir: Optional[Path], gen_opts: list[str], order: str = "first", dataset: str = "flickr8k",
+               prompt_style: Optional[str] = None):
     from mmrag.encoders import create_encoder
     from mmrag.tasks.captioning import DEFAULT_K, CaptionDatastore, MRagCaptioner, default_datastore
 
@@ -248,11 +249,13 @@ def _captioner(generator: str, k: Optional[int], similarity: Optional[str], data
         opts[key] = val
     if similarity:
         opts["similarity"] = similarity
+    extra = {"prompt_style": prompt_style} if prompt_style else {}
     return MRagCaptioner(enc, ds, generator, k=k or DEFAULT_K,
-                         generator_options=opts, order=order)
+                         generator_options=opts, order=order, **extra)
 
 
 _GEN_HELP = "Generator: consensus (default, no language model), local, openai."
+_STYLE_HELP = "Language-model prompt: instruct (default, chosen on dev) or smallcap."
 
 
 @app.command()
@@ -262,6 +265,7 @@ def caption(
     k: Optional[int] = typer.Option(None, "--k", "-k", help="Captions retrieved (default: chosen on Flickr8k dev)."),
     similarity: Optional[str] = typer.Option(None, help="consensus: cider, bleu or embedding."),
     order: str = typer.Option("first", help="LLM prompt order: most similar caption first or last."),
+    prompt_style: Optional[str] = typer.Option(None, help=_STYLE_HELP),
     datastore: Optional[Path] = typer.Option(None, help="Saved caption datastore (.npz; default: Flickr8k train)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Flickr8k folder for the default datastore."),
     gen_opt: list[str] = typer.Option([], "--gen-opt", help="Generator option key=value (repeatable)."),
@@ -270,7 +274,7 @@ def caption(
     """Caption images by retrieval-augmented generation (mRAG-gim); prints the retrieved evidence.
 
     Unreadable images get an error line (exit code 1) while the others are captioned."""
-    cap = _captioner(generator, k, similarity, datastore, data_dir, gen_opt, order)
+    cap = _captioner(generator, k, similarity, datastore, data_dir, gen_opt, order, prompt_style=prompt_style)
     results = cap.caption_batch([str(p) for p in images])
     if as_json:
         print(json.dumps([r.as_dict() for r in results], indent=2, ensure_ascii=False))
@@ -300,17 +304,23 @@ def caption_refine(
     similarity: Optional[str] = typer.Option(None, help="consensus: cider, bleu or embedding."),
     datastore: Optional[Path] = typer.Option(None, help="Start from this datastore (default: the corpus' train captions)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the refinement log here."),
+    generator: str = typer.Option("consensus", help="Generator writing the synthetic captions: consensus, local, openai."),
+    gen_opt: list[str] = typer.Option([], "--gen-opt", help="Generator option key=value (repeatable)."),
+    refit_map: bool = typer.Option(False, "--refit-map/--no-refit-map",
+                                   help="Fit a least-squares query map on the datastore's pairs and refit it "
+                                        "every iteration (saved with the datastore)."),
+    map_lam: float = typer.Option(1.0, help="Ridge strength of the query map."),
 ):
     """Continuous refinement (mRAG-gim Algorithm 2): add synthetic train captions scoring at least
-    the dev CIDEr-D to the datastore while dev improves. The bridge map is kept fixed."""
+    the dev CIDEr-D to the datastore while dev improves; optionally refit the query map each time."""
     from mmrag.corpus.readers import read_corpus
     from mmrag.tasks.captioning import refine_datastore
 
-    cap = _captioner("consensus", k, similarity, datastore, data_dir, [], dataset=dataset)
+    cap = _captioner(generator, k, similarity, datastore, data_dir, gen_opt, dataset=dataset)
     train = read_corpus(dataset, data_dir, split="train", limit=train_limit)
     dev = read_corpus(dataset, data_dir, split="dev", limit=dev_limit)
     rep = refine_datastore(cap, train, dev, max_iterations=max_iterations, save_to=out_path,
-                           log=lambda m: err.print(m), progress=True)
+                           refit_map=refit_map, map_lam=map_lam, log=lambda m: err.print(m), progress=True)
     t = Table(title=f"refinement: dev CIDEr-D {rep.initial_dev:.2f} -> {rep.best_dev:.2f}")
     for c in ("iteration", "threshold", "kept", "datastore (with kept)", "dev CIDEr-D", "improved"):
         t.add_column(c)
@@ -330,6 +340,7 @@ def eval_caption(
     k: Optional[int] = typer.Option(None, "--k", "-k", help="Captions retrieved."),
     similarity: Optional[str] = typer.Option(None, help="consensus: cider, bleu or embedding."),
     order: str = typer.Option("first", help="LLM prompt order: first or last."),
+    prompt_style: Optional[str] = typer.Option(None, help=_STYLE_HELP),
     datastore: Optional[Path] = typer.Option(None, help="Saved caption datastore (default: the dataset's train captions)."),
     gen_opt: list[str] = typer.Option([], "--gen-opt", help="Generator option key=value (repeatable)."),
     limit: Optional[int] = typer.Option(None, help="Evaluate on the first N images only."),
@@ -341,7 +352,8 @@ def eval_caption(
 
     if datastore is None and dataset != "flickr8k":
         _fail("--datastore is required unless --dataset flickr8k (default datastore: its train captions)")
-    cap = _captioner(generator, k, similarity, datastore, data_dir, gen_opt, order, dataset=dataset)
+    cap = _captioner(generator, k, similarity, datastore, data_dir, gen_opt, order, dataset=dataset,
+                     prompt_style=prompt_style)
     c = read_corpus(dataset, data_dir, split=split, limit=limit)
     res = evaluate_captioner(cap, c, progress=True)
     res["split"] = split

@@ -133,11 +133,11 @@ def test_prompt_order_and_llm_request(small_ds, effnet_minilm):
             from mmrag.generators import GenerationResult
 
             self.request = request
-            return GenerationResult(text="  a dog runs on the grass\nextra line")
+            return GenerationResult(text="  - a dog runs on the grass\nextra line")
 
     ds, _ = small_ds
     g = Echo()
-    cap = MRagCaptioner(effnet_minilm, ds, g, k=3, order="last")
+    cap = MRagCaptioner(effnet_minilm, ds, g, k=3, order="last", prompt_style="smallcap")
     r = cap.caption_vectors(np.asarray(ds.vectors[:1]), images=["x.jpg"])[0]
     assert r.caption == "a dog runs on the grass"
     prompt = g.request.messages[-1]["content"]
@@ -171,10 +171,44 @@ def test_refinement_one_iteration(small_ds, train_small, test_small, effnet_mini
     assert len(rep.iterations) == 1
     e = rep.iterations[0]
     assert e["captioned"] == 30 and e["kept"] >= 0 and "dev_CIDEr-D" in e
-    assert any("kept" in m for m in logs) and any("kept fixed" in m for m in logs)
+    assert any("kept" in m for m in logs) and any("no query map refit" in m for m in logs)
     back = CaptionDatastore.load(tmp_path / "grown.npz")
     assert len(back) == len(grown) and back.n_synthetic == grown.n_synthetic
     assert back.info["refinement"]["iterations"][0]["kept"] == e["kept"]
+
+
+def test_refinement_refits_the_query_map(small_ds, train_small, test_small, effnet_minilm, tmp_path):
+    """refit_map: a least-squares map over the datastore's pairs, saved with it and used by search."""
+    from mmrag.corpus.items import Corpus
+
+    ds, _ = small_ds
+    grown = CaptionDatastore(list(ds.texts), ds.vectors.copy(), ds.priors.copy(), list(ds.image_ids),
+                             info=dict(ds.info))
+    cap = MRagCaptioner(effnet_minilm, grown, "consensus", k=10)
+    train = Corpus("flickr8k", train_small.root, train_small.items[:30])
+    train_v = effnet_minilm.embed_images([it.path for it in train.items])
+    logs: list[str] = []
+    rep = refine_datastore(cap, train, test_small, max_iterations=1, refit_map=True, map_lam=1e-3,
+                           train_vectors=train_v, save_to=tmp_path / "grown.npz", log=logs.append)
+    assert rep.map_refit and any("query map fitted on" in m for m in logs)
+    m = grown.query_map
+    assert m is not None and grown.info["query_map"]["pairs"] >= 30 * 5
+    # least squares over affine maps: on its own pairs it fits at least as well as the identity
+    by_id = {it.id: v for it, v in zip(train.items, train_v)}
+    rows = [i for i, iid in enumerate(grown.image_ids) if iid in by_id]
+    X = np.stack([by_id[grown.image_ids[i]] for i in rows])
+    Y = grown.vectors[rows]
+    pred = (X - m.x_mean) @ m.W + m.y_mean
+    assert ((pred - Y) ** 2).sum() < ((X - Y) ** 2).sum()
+    # saved with the datastore, and the loaded copy retrieves the same captions
+    back = CaptionDatastore.load(tmp_path / "grown.npz")
+    assert back.query_map is not None
+    q = effnet_minilm.embed_images([test_small.items[0].path])
+    assert [h.index for h in back.search(q, 5)[0]] == [h.index for h in grown.search(q, 5)[0]]
+    grown.query_map = None
+    plain = [h.index for h in grown.search(q, 20)[0]]
+    grown.query_map = m
+    assert plain != [h.index for h in grown.search(q, 20)[0]]  # the map changes the retrieval
 
 
 def test_cli_caption_and_eval(small_ds, test_small, tmp_path):

@@ -123,3 +123,19 @@ def test_cli_index_and_search_on_milvus(flickr8k_dir, effnet_minilm, tmp_path):
     np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=0, atol=1e-5)
     bad = runner.invoke(app, ["index", str(flickr8k_dir), "--out", str(tmp_path / "x"), "--store-uri", "a.db"])
     assert bad.exit_code == 2 and "--store milvus" in bad.output
+
+    # the HTTP service opens the Milvus-backed index unchanged (the backend is in the manifest)
+    pytest.importorskip("fastapi", reason="the service needs fastapi")
+    from fastapi.testclient import TestClient
+
+    from mmrag.serve import create_app
+
+    served = create_app(tmp_path / "milvus", encoder=effnet_minilm)
+    try:
+        r = TestClient(served).post("/api/search", json={"text": query, "k": 5})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        hits = body["results"] if isinstance(body, dict) else body
+        assert [h["id"] for h in hits] == [i for i, _ in want]
+    finally:
+        served.state.mmrag.service.close()

@@ -22,6 +22,7 @@ Results carry the evidence (texts, scores, owning image ids). Unreadable images 
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ DEFAULT_SIMILARITY = "cider"
 # For language-model generators (benchmarks/bench_caption_local.py, chosen on dev).
 DEFAULT_PROMPT_CAPTIONS = 5
 DEFAULT_SELECT = "consensus"
-DEFAULT_PROMPT_STYLE = "smallcap"
+DEFAULT_PROMPT_STYLE = "instruct"
 
 PROMPT_HEAD = "Similar images show:"
 PROMPT_TAIL = "This image shows:"
@@ -174,8 +175,10 @@ class MRagCaptioner:
 
     @staticmethod
     def _clean(text: str) -> str:
+        """The first line, without quotes or the list bullet the instruct prompt's examples invite."""
         text = (text or "").strip().splitlines()[0].strip() if (text or "").strip() else ""
-        return text.strip().strip('"').strip()
+        text = text.strip().strip('"').strip()
+        return re.sub(r"^(?:[-*•]|\d+[.)])\s+", "", text).strip().strip('"').strip()
 
     def _exclude_id(self, image, image_id):
         if not self.exclude_own:

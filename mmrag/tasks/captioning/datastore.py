@@ -105,6 +105,9 @@ class CaptionDatastore:
         self.image_paths = dict(image_paths or {})
         self._rows_by_image: dict[str, np.ndarray] | None = None
         self._df = None
+        # Optional task-specific linear map applied to image vectors before retrieval, fitted on
+        # this datastore's (image, caption) pairs by refinement (see fit_query_map); saved with it.
+        self.query_map = None
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
@@ -249,6 +252,10 @@ class CaptionDatastore:
             q = q[None, :]
         if q.shape[1] != self.dim:
             raise DatastoreError(f"image vectors have dim {q.shape[1]}, the datastore {self.dim}")
+        if self.query_map is not None:  # the least-squares prediction of the caption vector
+            m = self.query_map
+            q = (q - m.x_mean) @ m.W + m.y_mean
+            q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         if exclude_image_ids is not None and len(exclude_image_ids) != len(q):
             raise DatastoreError(f"{len(exclude_image_ids)} exclude ids for {len(q)} queries")
         rows = self.rows_by_image() if exclude_image_ids is not None else {}
@@ -277,9 +284,12 @@ class CaptionDatastore:
             path = path.with_suffix(".npz")
         path.parent.mkdir(parents=True, exist_ok=True)
 
+        qm = self.query_map
+        maps = {} if qm is None else {"map_W": qm.W, "map_x_mean": qm.x_mean, "map_y_mean": qm.y_mean}
+
         def w(f):
             np.savez(f, vectors=self.vectors.astype(np.float32), priors=self.priors.astype(np.float32),
-                     synthetic=self.synthetic.astype(np.uint8))
+                     synthetic=self.synthetic.astype(np.uint8), **maps)
         _atomic_write_bytes(path, w)
         meta = {"format": FORMAT_VERSION, "n": len(self), "npz_size": path.stat().st_size, "info": self.info,
                 "texts": self.texts, "image_ids": self.image_ids, "image_paths": self.image_paths}
@@ -305,8 +315,30 @@ class CaptionDatastore:
             raise DatastoreError(f"{path}: arrays and metadata do not match (interrupted write?)")
         with np.load(path) as z:
             vecs, priors, syn = z["vectors"], z["priors"], z["synthetic"].astype(bool)
-        return cls(meta["texts"], vecs, priors, meta["image_ids"], syn, info=meta.get("info"),
-                   image_paths=meta.get("image_paths"))
+            qmap = (z["map_W"], z["map_x_mean"], z["map_y_mean"]) if "map_W" in z.files else None
+        ds = cls(meta["texts"], vecs, priors, meta["image_ids"], syn, info=meta.get("info"),
+                 image_paths=meta.get("image_paths"))
+        if qmap is not None:
+            from mmrag.encoders.bridge import Bridge, BridgeConfig
+
+            ds.query_map = Bridge(*qmap, BridgeConfig(**ds.info.get("query_map", {}).get("config", {})))
+        return ds
+
+    def fit_query_map(self, image_vectors: dict[str, np.ndarray], lam: float = 1.0) -> int:
+        """Fit ``query_map``: ridge least squares (the mRAG-gim linear map, closed form, mean-centred)
+        from image vectors to caption vectors over this datastore's pairs whose image is in
+        ``image_vectors`` (id -> vector), synthetic captions included. Returns the pairs used."""
+        from mmrag.encoders.bridge import Bridge, BridgeConfig
+
+        rows = [i for i, iid in enumerate(self.image_ids) if iid in image_vectors]
+        if len(rows) < 2:
+            raise DatastoreError("fitting the query map needs image vectors for at least 2 of the datastore's captions")
+        X = np.stack([np.asarray(image_vectors[self.image_ids[i]], np.float32) for i in rows])
+        config = BridgeConfig(lam=float(lam), text_whitening=0.0)
+        self.query_map = Bridge.fit(X, self.vectors[rows], config)
+        self.info["query_map"] = {"config": {"method": config.method, "lam": config.lam, "text_whitening": 0.0},
+                                  "pairs": len(rows), "synthetic_pairs": int(self.synthetic[rows].sum())}
+        return len(rows)
 
 
 def _default_cache_dir() -> Path:

@@ -5,16 +5,18 @@
 3. Keep the synthetic captions whose per-image CIDEr-D against that image's references is >= ``t``
    (and that the image does not already have).
 4. Add them to the datastore (flagged ``synthetic``, owned by the image they describe), call the
-   refit hook, measure dev again.
+   query map refit (optional), measure dev again.
 5. Repeat while dev improves, at most ``max_iterations`` times. An iteration that does not
    improve dev is rolled back and ends the loop.
 
-The paper also refits the image->text map on the grown pair set. With the shipped
-``effnet-minilm`` bridge the map is kept **fixed** by default (it was fitted on Flickr8k train and
-its hubness bank is tied to it); the ``refit`` hook ``refit(captioner, datastore) -> None`` is the
-explicit place to refit a map and re-embed (it must then refresh the image vectors it relies on;
-the loop re-embeds dev/train images after a refit). Every iteration is logged (kept count,
-dev score, datastore size, seconds).
+The paper also refits the image->text map on the grown pair set. ``refit_map=True`` does that
+with a task-specific map on top of the encoder: a ridge least-squares map from image vectors to
+caption vectors (:meth:`CaptionDatastore.fit_query_map`), fitted on the datastore's pairs whose
+image was embedded here (human captions before the first measurement, then human + kept synthetic
+ones after every iteration; refitted again after a rollback). The map is saved with the datastore
+and applied to every query. The encoder's own bridge stays fixed (its hubness bank and the
+datastore's vectors are tied to it). Every iteration is logged (kept count, dev score, datastore
+size, seconds).
 """
 
 from __future__ import annotations
@@ -63,14 +65,15 @@ def _embed(encoder, items, progress):
 
 def refine_datastore(captioner: MRagCaptioner, train_corpus, dev_corpus, max_iterations: int = 3,
                      save_to: str | Path | None = None, log: Callable[[str], None] = print,
-                     refit: Callable | None = None, java: str | None = "auto", progress: bool = False,
-                     train_vectors: np.ndarray | None = None, dev_vectors: np.ndarray | None = None,
-                     min_gain: float = 0.0) -> RefineReport:
+                     refit_map: bool = False, map_lam: float = 1.0, java: str | None = "auto",
+                     progress: bool = False, train_vectors: np.ndarray | None = None,
+                     dev_vectors: np.ndarray | None = None, min_gain: float = 0.0) -> RefineReport:
     """Grow ``captioner.datastore`` with synthetic train captions while dev CIDEr-D improves.
 
-    ``train_vectors`` / ``dev_vectors``: the corpora's images already embedded (rows aligned with
-    the captioned items), to skip the image encoder. Returns a :class:`RefineReport`; the grown
-    datastore is saved to ``save_to`` when given.
+    ``refit_map``: fit the datastore's query map on the train pairs first and refit it after every
+    change (``map_lam``: its ridge strength). ``train_vectors`` / ``dev_vectors``: the corpora's
+    images already embedded (rows aligned with the captioned items), to skip the image encoder.
+    Returns a :class:`RefineReport`; the grown datastore is saved to ``save_to`` when given.
     """
     from mmrag.eval.caption_metrics import cider_d_per_image
 
@@ -81,10 +84,18 @@ def refine_datastore(captioner: MRagCaptioner, train_corpus, dev_corpus, max_ite
         dev_items, dev_vectors = _embed(captioner.encoder, dev_items, progress)
     if train_vectors is None:
         train_items, train_vectors = _embed(captioner.encoder, train_items, progress)
+    image_vectors = {it.id: v for it, v in zip(train_items, train_vectors)}
+
+    def refit():
+        n = ds.fit_query_map(image_vectors, lam=map_lam)
+        log(f"refine: query map fitted on {n} pairs ({ds.info['query_map']['synthetic_pairs']} synthetic)")
+
+    if refit_map:
+        refit()
     t = _dev_cider(captioner, dev_items, dev_vectors, java)
     log(f"refine: initial dev CIDEr-D {t:.2f} (datastore {len(ds)} captions, {ds.n_synthetic} synthetic); "
-        f"map {'refit by the hook' if refit else 'kept fixed (no refit hook)'}")
-    report = RefineReport(initial_dev=t, best_dev=t, map_refit=refit is not None)
+        f"{'query map refit every iteration' if refit_map else 'no query map refit'}")
+    report = RefineReport(initial_dev=t, best_dev=t, map_refit=refit_map)
     refs = {it.id: it.captions for it in train_items}
     for it_no in range(1, max_iterations + 1):
         t0 = time.perf_counter()
@@ -98,13 +109,9 @@ def refine_datastore(captioner: MRagCaptioner, train_corpus, dev_corpus, max_ite
                 if s >= t and preds[i].strip().lower() not in have.get(i, set())]
         n_before = len(ds)
         ds.add([c for c, _ in keep], [i for _, i in keep], encoder=captioner.encoder, synthetic=True)
-        if refit is not None:
-            refit(captioner, ds)
-            dev_items2, dev_vectors2 = _embed(captioner.encoder, dev_items, progress)
-            train_items2, train_vectors2 = _embed(captioner.encoder, train_items, progress)
-        else:
-            dev_items2, dev_vectors2, train_items2, train_vectors2 = dev_items, dev_vectors, train_items, train_vectors
-        dev = _dev_cider(captioner, dev_items2, dev_vectors2, java)
+        if refit_map:
+            refit()
+        dev = _dev_cider(captioner, dev_items, dev_vectors, java)
         improved = dev > report.best_dev + min_gain
         entry = {"iteration": it_no, "threshold": round(t, 3), "captioned": len(preds),
                  "mean_train_CIDEr-D": round(float(np.mean(list(per.values()))) if per else 0.0, 3),
@@ -115,13 +122,14 @@ def refine_datastore(captioner: MRagCaptioner, train_corpus, dev_corpus, max_ite
             f"datastore {len(ds)}")
         if not improved:
             _truncate(ds, n_before)
+            if refit_map:
+                refit()  # the map of the rolled-back datastore (deterministic: the same as before)
             entry["rolled_back"] = True
             report.iterations.append(entry)
             break
         report.iterations.append(entry)
         report.added_total += len(keep)
         report.best_dev = t = dev
-        dev_items, dev_vectors, train_items, train_vectors = dev_items2, dev_vectors2, train_items2, train_vectors2
         if not keep:
             break
     if save_to is not None:
