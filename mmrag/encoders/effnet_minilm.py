@@ -158,10 +158,12 @@ class EffnetMinilmEncoder:
     dim = 384
 
     def __init__(self, bridge: str | Path | Bridge | None = None, backend: str = "onnx",
-                 text_model_dir: str | Path | None = None, recipe: FeatureRecipe | None = None):
+                 text_model_dir: str | Path | None = None, recipe: FeatureRecipe | None = None,
+                 text_backend: str | None = None, text_threads: int | None = None):
         from mmrag.encoders.minilm import MiniLMTextEncoder
 
-        self.text = MiniLMTextEncoder(text_model_dir)
+        # backend: the image network's; text_backend: MiniLM's (None: ONNX Runtime if installed)
+        self.text = MiniLMTextEncoder(text_model_dir, backend=text_backend, threads=text_threads)
         self._bridge_arg = None if isinstance(bridge, Bridge) else (str(bridge) if bridge else None)
         if isinstance(bridge, Bridge) or (bridge is None and recipe is not None):
             self.bridge = bridge
@@ -176,6 +178,10 @@ class EffnetMinilmEncoder:
 
     def spec(self) -> tuple[str, dict]:
         return "effnet-minilm", ({"bridge": self._bridge_arg} if self._bridge_arg else {})
+
+    def set_threads(self, threads: int | None) -> None:
+        """Intra-op threads of the text model (the server's ``model_threads``)."""
+        self.text.set_threads(threads)
 
     @property
     def raw(self) -> RawImageFeatures:

@@ -6,8 +6,6 @@ on the previous batch, which is where most of the speed over a plain loop comes 
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections import deque
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +19,7 @@ from PIL import Image
 from mmrag.corpus.images import open_image
 from mmrag.encoders.base import ImageInput
 from mmrag.encoders.efficientnet_lite import MID_DIM, load_efficientnet_lite0, weights_path
-from mmrag.paths import cache_dir
+from mmrag.encoders.onnx_cache import cached_onnx, cpu_session, file_stamp
 from mmrag.errors import ImageError
 
 # TF efficientnet-lite checkpoints were trained on inputs scaled to [-1, 1].
@@ -91,19 +89,14 @@ def onnx_model_path() -> Path:
     ONNX Runtime runs this network 3-6x faster than eager PyTorch on CPU (depthwise convs and
     unfused batch norms dominate there), with the same float32 results (max abs diff ~1e-5).
     """
-    src = Path(weights_path())
-    key = hashlib.sha256(f"{src.stat().st_size}:{src.stat().st_mtime_ns}:v2".encode()).hexdigest()[:12]
-    out = cache_dir() / f"efficientnet_lite0-{key}.onnx"
-    if not out.exists():
-        model = load_efficientnet_lite0()
-        tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+    def export(tmp: Path) -> None:
         torch.onnx.export(
-            model, torch.zeros(1, 3, 224, 224), str(tmp), input_names=["pixels"],
+            load_efficientnet_lite0(), torch.zeros(1, 3, 224, 224), str(tmp), input_names=["pixels"],
             output_names=["pooled", "logits", "mid"],
             dynamic_axes={"pixels": {0: "n", 2: "h", 3: "w"}}, opset_version=17, dynamo=False,
         )
-        os.replace(tmp, out)  # atomic: concurrent first runs cannot see a half-written file
-    return out
+
+    return cached_onnx("efficientnet_lite0", f"{file_stamp(weights_path())}:v2", export)
 
 
 class EfficientNetFeaturizer:
@@ -123,14 +116,8 @@ class EfficientNetFeaturizer:
         self.size = size
         self.views = tuple(views)
         self.backend = backend
-        threads = threads or max(1, min(os.cpu_count() or 1, 8))
         if backend == "onnx":
-            import onnxruntime as ort
-
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = threads
-            so.log_severity_level = 3
-            self.session = ort.InferenceSession(str(onnx_model_path()), so, providers=["CPUExecutionProvider"])
+            self.session = cpu_session(onnx_model_path(), threads)
         elif backend == "torch":
             self.model = load_efficientnet_lite0().to(memory_format=torch.channels_last)
         else:

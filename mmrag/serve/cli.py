@@ -42,7 +42,7 @@ def serve(
     max_batch: int = typer.Option(64, help="Most queries per micro-batch."),
     max_wait_ms: float = typer.Option(2.0, help="How long a query waits for company before its batch runs."),
     text_workers: int = typer.Option(2, help="Threads embedding text batches in parallel (about one per core)."),
-    model_threads: int = typer.Option(1, help="torch intra-op threads (0: leave torch's default)."),
+    model_threads: int = typer.Option(1, help="Model intra-op threads: text ONNX session and torch (0: defaults)."),
     max_upload_mb: float = typer.Option(10.0, help="Largest request body (uploads) in MiB; larger get 413."),
     max_k: int = typer.Option(200, help="Largest number of results a query may ask for."),
     allow_url_fetch: bool = typer.Option(False, help="Let clients name http(s) image URLs for the server to "

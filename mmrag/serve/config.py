@@ -15,10 +15,10 @@ class ServeConfig:
     Batching: ``batching`` groups concurrent queries into one model call and one FAISS call
     (see :mod:`mmrag.serve.batching`); ``max_batch``/``max_wait_ms`` bound a batch.
     Threads: ``text_workers`` threads embed text batches in parallel (one per core suits a
-    CPU-bound model); ``model_threads`` is torch's intra-op thread count for the whole process
-    (1: parallelism comes from concurrent requests, and no OpenMP barrier waits for a core that
-    another process holds -- on a busy 2-core machine 2 threads made one text embedding 20x
-    slower); None leaves torch's setting alone.
+    CPU-bound model); ``model_threads`` is the intra-op thread count of the text model's ONNX
+    Runtime session and of torch for the whole process (1: parallelism comes from concurrent
+    requests, and no OpenMP barrier waits for a core that another process holds -- on a busy
+    2-core machine 2 threads made one text embedding 20x slower); None leaves the defaults.
     Limits: request bodies above ``max_upload_bytes`` get 413; images above
     ``max_image_pixels`` (decompression bombs) get 400 before they are decoded; ``k`` is capped
     at ``max_k``. ``allow_url_fetch``: whether ``/knn-service`` and ``/v1/chat/completions`` may

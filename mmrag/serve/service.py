@@ -78,7 +78,12 @@ class _SearchJob:
     image_only: bool = False
 
 
-def _set_torch_threads(n: int) -> None:
+def _set_model_threads(encoder: Encoder, n: int) -> None:
+    """Intra-op threads for the models: the encoder's ONNX Runtime text session (its
+    ``set_threads``) and torch's process-wide count."""
+    set_threads = getattr(encoder, "set_threads", None)
+    if callable(set_threads):
+        set_threads(int(n))
     try:
         import torch
     except ImportError:  # an encoder without torch
@@ -113,7 +118,7 @@ class SearchService:
             return (lambda n, w, r: on_batch(kind, n, w, r)) if on_batch else None
 
         if self.config.model_threads:
-            _set_torch_threads(self.config.model_threads)
+            _set_model_threads(self.encoder, self.config.model_threads)
         self.text_batcher = MicroBatcher(self._embed_texts, size, wait, "embed-texts", hook("embed_texts"),
                                          workers=self.config.text_workers)
         self.image_batcher = MicroBatcher(self._embed_images, min(size, 16), wait, "embed-images",
