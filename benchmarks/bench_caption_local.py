@@ -17,7 +17,6 @@ datastore cached). Generation is greedy, so reruns give the same captions.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -31,6 +30,7 @@ from bench_caption import KEYS, split_vectors  # noqa: E402
 
 from mmrag.corpus.readers import read_corpus  # noqa: E402
 from mmrag.encoders import create_encoder  # noqa: E402
+from mmrag.paths import write_json  # noqa: E402
 from mmrag.generators import create_generator  # noqa: E402
 from mmrag.tasks.captioning import CaptionDatastore, MRagCaptioner, encoder_fingerprint, evaluate_captioner  # noqa: E402
 
@@ -102,11 +102,7 @@ def main() -> None:
            "dev_images": len(dev_s), "dev": dev_rows, "chosen": chosen, "test_images": len(test_s), "test": test_rows,
            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                        "load_avg_end": os.getloadavg()}}
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(a.json + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    tmp.replace(a.json)
-    print(f"wrote {a.json}", file=sys.stderr)
+    print(f"wrote {write_json(a.json, out)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ final datastore, all metrics (x100). Image vectors and the datastore are cached.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -31,6 +30,7 @@ from bench_caption import KEYS, split_vectors  # noqa: E402
 
 from mmrag.corpus.readers import read_corpus  # noqa: E402
 from mmrag.encoders import create_encoder  # noqa: E402
+from mmrag.paths import write_json  # noqa: E402
 from mmrag.tasks.captioning import (  # noqa: E402
     CaptionDatastore,
     MRagCaptioner,
@@ -98,11 +98,7 @@ def main() -> None:
            "train_images": len(train), "dev_images": len(dev), "test_images": len(test), "arms": arms,
            "test": test_rows, "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                                           "load_avg_end": os.getloadavg()}}
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(a.json + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    tmp.replace(a.json)
-    print(f"wrote {a.json}", file=sys.stderr)
+    print(f"wrote {write_json(a.json, out)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mmrag.errors import MmragError
+from mmrag.paths import write_json
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub unless the user asks
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -43,13 +44,8 @@ def _encoder(name: str, model: Optional[str], bridge: Optional[str]):
 
 
 def _write_json(path: Optional[Path], data) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
-    err.print(f"wrote {path}")
+    if path is not None:
+        err.print(f"wrote {write_json(path, data)}")
 
 
 @app.command()

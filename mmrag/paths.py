@@ -23,3 +23,15 @@ def repo_data_dir() -> Path | None:
         return Path(env) if Path(env).exists() else None
     p = Path(__file__).resolve().parents[1].parent / "shared" / "data"
     return p if p.exists() else None
+
+
+def write_json(path: str | os.PathLike, data, indent: int = 2) -> Path:
+    """Write ``data`` as UTF-8 JSON atomically (temp file + rename: never a half-written file)."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=indent, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -65,10 +65,15 @@ def serve(
     # makes idle worker threads spin after each call and starve the others: on 2 cores one text
     # embedding went from 20 ms to 500 ms. Must be set before torch/faiss load their runtime.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import uvicorn
+    try:
+        import uvicorn
+
+        from mmrag.serve.app import create_app
+    except ModuleNotFoundError as e:
+        raise ServeOptionError(f"`mmrag serve` needs {e.name}, which is not installed: "
+                               "pip install fastapi uvicorn python-multipart prometheus-client") from None
     from rich.console import Console
 
-    from mmrag.serve.app import create_app
     from mmrag.serve.config import MIB, ServeConfig
 
     err = Console(stderr=True)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mmrag.errors import MmragError
+from mmrag.paths import write_json
 
 out = Console()
 err = Console(stderr=True)
@@ -27,13 +28,8 @@ def _opts(pairs: list[str]) -> dict:
 
 
 def _write_json(path: Optional[Path], data) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
-    err.print(f"wrote {path}")
+    if path is not None:
+        err.print(f"wrote {write_json(path, data)}")
 
 
 def compose_cmd(
