@@ -103,6 +103,19 @@ def test_image_upload_finds_itself_and_weighting_interpolates(served):
     assert rid[0]["id"] == it.id
 
 
+def test_image_network_runs_on_image_threads(served):
+    """``image_threads`` (default 1) reaches the image network's ONNX Runtime session, so image
+    searches leave the other core to text queries."""
+    app, c, items = served
+    assert app.state.mmrag.service.config.image_threads == 1
+    r = c.post("/api/search/upload", files={"image": ("q.jpg", _jpeg(items[0]), "image/jpeg")}, data={"k": "2"})
+    assert r.status_code == 200, r.text
+    featurizer = app.state.mmrag.service.encoder.raw.featurizer
+    if featurizer.backend != "onnx":
+        pytest.skip("the image network runs on torch here")
+    assert featurizer.session.get_session_options().intra_op_num_threads == 1
+
+
 def test_filters_k_and_caption_target(served):
     _, c, items = served
     r = c.post("/api/search", json={"text": "a dog", "k": 50, "filter": {"split": "dev"}})

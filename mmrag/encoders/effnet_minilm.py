@@ -84,11 +84,12 @@ def resolve_bridge(bridge: str | Path | None) -> Path:
 class RawImageFeatures:
     """Image -> unstandardised parts of the design vector (pooled, class mix)."""
 
-    def __init__(self, recipe: FeatureRecipe, text_encoder, backend: str = "onnx", class_text: np.ndarray | None = None):
+    def __init__(self, recipe: FeatureRecipe, text_encoder, backend: str = "onnx", class_text: np.ndarray | None = None,
+                 threads: int | None = None):
         from mmrag.encoders.image_features import EfficientNetFeaturizer
 
         self.recipe = recipe
-        self.featurizer = EfficientNetFeaturizer(size=recipe.size, views=recipe.views, backend=backend)
+        self.featurizer = EfficientNetFeaturizer(size=recipe.size, views=recipe.views, backend=backend, threads=threads)
         if class_text is None:
             names = imagenet_class_names()
             class_text = text_encoder.embed([recipe.class_template.format(n) for n in names])
@@ -174,6 +175,7 @@ class EffnetMinilmEncoder:
         self.recipe = recipe
         self.backend = backend
         self._raw: RawImageFeatures | None = None
+        self._image_threads: int | None = None
         self.name = "effnet-minilm"
 
     def spec(self) -> tuple[str, dict]:
@@ -183,11 +185,22 @@ class EffnetMinilmEncoder:
         """Intra-op threads of the text model (the server's ``model_threads``)."""
         self.text.set_threads(threads)
 
+    def set_image_threads(self, threads: int | None) -> None:
+        """Intra-op threads of the image network's ONNX Runtime session (None: cores, at most 8);
+        the server's ``image_threads``. Takes effect now if the network is loaded, else when it loads."""
+        self._image_threads = threads
+        if self._raw is not None and self.backend == "onnx":
+            from mmrag.encoders.image_features import onnx_model_path
+            from mmrag.encoders.onnx_cache import cpu_session
+
+            self._raw.featurizer.session = cpu_session(onnx_model_path(), threads)
+
     @property
     def raw(self) -> RawImageFeatures:
         if self._raw is None:  # loading the image network is deferred: text-only use stays fast
             ct = self.bridge.extras.get("class_text") if self.bridge is not None else None
-            self._raw = RawImageFeatures(self.recipe, self.text, self.backend, class_text=ct)
+            self._raw = RawImageFeatures(self.recipe, self.text, self.backend, class_text=ct,
+                                         threads=self._image_threads)
         return self._raw
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 128, progress: bool = False) -> np.ndarray:

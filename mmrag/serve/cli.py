@@ -43,6 +43,8 @@ def serve(
     max_wait_ms: float = typer.Option(2.0, help="How long a query waits for company before its batch runs."),
     text_workers: int = typer.Option(2, help="Threads embedding text batches in parallel (about one per core)."),
     model_threads: int = typer.Option(1, help="Model intra-op threads: text ONNX session and torch (0: defaults)."),
+    image_threads: int = typer.Option(1, help="Image network intra-op threads (0: all cores). One keeps a core free "
+                                              "for text queries while images are embedded."),
     max_upload_mb: float = typer.Option(10.0, help="Largest request body (uploads) in MiB; larger get 413."),
     max_k: int = typer.Option(200, help="Largest number of results a query may ask for."),
     allow_url_fetch: bool = typer.Option(False, help="Let clients name http(s) image URLs for the server to "
@@ -79,6 +81,7 @@ def serve(
     err = Console(stderr=True)
     config = ServeConfig(batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms,
                          text_workers=text_workers, model_threads=model_threads or None,
+                         image_threads=image_threads or None,
                          max_upload_bytes=int(max_upload_mb * MIB), max_k=max_k, allow_url_fetch=allow_url_fetch,
                          generator=generator, generator_options=parse_generator_options(generator_opt),
                          caption_datastore=caption_datastore, cors_origins=list(cors_origin))

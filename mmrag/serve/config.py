@@ -19,6 +19,9 @@ class ServeConfig:
     Runtime session and of torch for the whole process (1: parallelism comes from concurrent
     requests, and no OpenMP barrier waits for a core that another process holds -- on a busy
     2-core machine 2 threads made one text embedding 20x slower); None leaves the defaults.
+    ``image_threads``: the image network's intra-op threads (1: an image search, ~70 ms of CPU,
+    leaves the other core to text queries, which is what keeps text latency low under mixed load;
+    None: all cores, faster single images on an idle server).
     Limits: request bodies above ``max_upload_bytes`` get 413; images above
     ``max_image_pixels`` (decompression bombs) get 400 before they are decoded; ``k`` is capped
     at ``max_k``. ``allow_url_fetch``: whether ``/knn-service`` and ``/v1/chat/completions`` may
@@ -35,6 +38,7 @@ class ServeConfig:
     max_wait_ms: float = 2.0
     text_workers: int = 2
     model_threads: int | None = 1
+    image_threads: int | None = 1
     max_upload_bytes: int = 10 * MIB
     max_image_pixels: int = 40_000_000
     max_k: int = 200

@@ -119,6 +119,9 @@ class SearchService:
 
         if self.config.model_threads:
             _set_model_threads(self.encoder, self.config.model_threads)
+        set_image_threads = getattr(self.encoder, "set_image_threads", None)
+        if self.config.image_threads and callable(set_image_threads):
+            set_image_threads(self.config.image_threads)
         self.text_batcher = MicroBatcher(self._embed_texts, size, wait, "embed-texts", hook("embed_texts"),
                                          workers=self.config.text_workers)
         self.image_batcher = MicroBatcher(self._embed_images, min(size, 16), wait, "embed-images",
