@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mmrag.errors import MmragError
@@ -280,10 +281,16 @@ def caption(
                 err.print(f"[bold red]{r.image}[/]: {r.error}")
                 continue
             out.print(f"[bold]{r.image}[/]: {r.caption}")
-            for i, h in enumerate(r.evidence[:10], 1):
-                out.print(f"  {i:2d}. {h.score:+.3f} {h.text}  [dim]({h.image_id})[/]")
-            if len(r.evidence) > 10:
-                out.print(f"  ... {len(r.evidence) - 10} more")
+            used = set(r.prompt_evidence or [])
+            shown = sorted(set(range(min(10, len(r.evidence)))) | used)  # the prompt's captions always shown
+            for i in shown:
+                h = r.evidence[i]
+                mark = "*" if i in used else " "
+                out.print(f" {mark}{i + 1:3d}. {h.score:+.3f} {escape(h.text)}  [dim]({h.image_id})[/]")
+            if len(r.evidence) > len(shown):
+                out.print(f"  ... {len(r.evidence) - len(shown)} more")
+            if used:
+                out.print("  [dim]* in the generator's prompt[/]")
     if any(r.error for r in results):
         raise typer.Exit(1)
 

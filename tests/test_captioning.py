@@ -153,6 +153,8 @@ def test_prompt_order_and_llm_request(small_ds, effnet_minilm):
     picked = MRagCaptioner(effnet_minilm, ds, "consensus", k=10).caption_vectors(np.asarray(ds.vectors[1:2]))[0]
     assert lines[1] == "- " + picked.caption
     assert len(r.evidence) == 10
+    assert len(r.prompt_evidence) == 2 and r.evidence[r.prompt_evidence[0]].text == picked.caption
+    assert r.as_dict()["prompt_evidence"] == r.prompt_evidence
     with pytest.raises(ValueError, match="prompt_style"):
         MRagCaptioner(effnet_minilm, ds, g, prompt_style="chatty")
 

@@ -81,10 +81,14 @@ class CaptionResult:
     error: str | None = None
     generator: str | None = None
     raw: Any = None
+    # For language-model generators: positions in ``evidence`` of the captions in the prompt.
+    prompt_evidence: list[int] | None = None
 
     def as_dict(self) -> dict:
         d = {"image": self.image, "caption": self.caption, "image_id": self.image_id,
              "generator": self.generator, "evidence": [h.as_dict() for h in self.evidence]}
+        if self.prompt_evidence is not None:
+            d["prompt_evidence"] = self.prompt_evidence
         if self.error:
             d["error"] = self.error
         return d
@@ -151,6 +155,15 @@ class MRagCaptioner:
             self._selector = ConsensusGenerator("cider", document_frequency=datastore.document_frequency())
 
     # ------------------------------------------------------------------ requests
+    def prompt_picks(self, hits: Sequence[CaptionHit]) -> list[int]:
+        """Positions in ``hits`` of the captions a language-model prompt gets, best first:
+        the first ``prompt_captions`` by retrieval, or by consensus score (``select``)."""
+        order = list(range(len(hits)))
+        if self._selector is not None and len(hits) > self.prompt_captions:
+            req = GenerationRequest(evidence=[h.text for h in hits], evidence_scores=[h.score for h in hits])
+            order = [int(i) for i in np.argsort(-self._selector.scores(req), kind="stable")]
+        return order[: self.prompt_captions]
+
     def build_request(self, hits: Sequence[CaptionHit], image=None) -> GenerationRequest:
         texts = [h.text for h in hits]
         req = GenerationRequest(
@@ -161,11 +174,7 @@ class MRagCaptioner:
             temperature=0.0,
         )
         if not self.uses_evidence:
-            picked = list(range(len(texts)))
-            if self._selector is not None and len(texts) > self.prompt_captions:
-                picked = [int(i) for i in np.argsort(-self._selector.scores(req), kind="stable")]
-            prompt = build_prompt([texts[i] for i in picked[: self.prompt_captions]], self.order,
-                                  self.prompt_style)
+            prompt = build_prompt([texts[i] for i in self.prompt_picks(hits)], self.order, self.prompt_style)
             req.messages = ([{"role": "system", "content": INSTRUCT_SYSTEM}] if self.prompt_style == "instruct"
                             else []) + [{"role": "user", "content": prompt}]
             req.stop = ["\n"]
@@ -220,7 +229,8 @@ class MRagCaptioner:
                 text = res.text if self.uses_evidence else self._clean(res.text)
                 if not text:
                     raise GeneratorError("the generator returned an empty caption")
-                out.append(CaptionResult(label, text, h, rid, generator=gname, raw=res.raw))
+                picks = None if self.uses_evidence else self.prompt_picks(h)
+                out.append(CaptionResult(label, text, h, rid, generator=gname, raw=res.raw, prompt_evidence=picks))
             except GeneratorError as e:
                 out.append(CaptionResult(label, None, h, rid, error=f"generator failed: {e}", generator=gname))
         return out
