@@ -134,8 +134,7 @@ def main() -> None:
     if a.refine_subset:
         sub = read_corpus("flickr8k", a.data_dir, split="train", limit=a.refine_subset)
         tv = split_vectors(enc, sub, f"train{a.refine_subset}")
-        ds2 = CaptionDatastore(list(ds.texts), ds.vectors.copy(), ds.priors.copy(), list(ds.image_ids),
-                               ds.synthetic.copy(), info=dict(ds.info))
+        ds2 = ds.copy()
         cap2 = MRagCaptioner(enc, ds2, "consensus", k=best["k"], generator_options={"similarity": best["similarity"]})
         rep = refine_datastore(cap2, sub, dev, max_iterations=1, dev_vectors=dev_v, train_vectors=tv,
                                log=lambda m: print(m, flush=True))

@@ -40,11 +40,6 @@ from mmrag.tasks.captioning import (  # noqa: E402
 )
 
 
-def copy_of(ds: CaptionDatastore) -> CaptionDatastore:
-    return CaptionDatastore(list(ds.texts), ds.vectors.copy(), ds.priors.copy(), list(ds.image_ids),
-                            ds.synthetic.copy(), info=dict(ds.info), image_paths=dict(ds.image_paths))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/flickr8k"))
@@ -82,7 +77,7 @@ def main() -> None:
     for arm in a.arms:
         for lam in (a.map_lams if arm == "refit" else [None]):
             name = "fixed map" if arm == "fixed" else f"query map refit (lambda={lam:g})"
-            ds = copy_of(base)
+            ds = base.copy()
             cap = MRagCaptioner(enc, ds, a.generator)
             t = time.perf_counter()
             rep = refine_datastore(cap, train, dev, max_iterations=a.max_iterations, refit_map=arm == "refit",

@@ -163,13 +163,14 @@ def test_refinement_one_iteration(small_ds, train_small, test_small, effnet_mini
     from mmrag.corpus.items import Corpus
 
     ds, _ = small_ds
-    grown = CaptionDatastore(list(ds.texts), ds.vectors.copy(), ds.priors.copy(), list(ds.image_ids),
-                             info=dict(ds.info))
+    n0, syn0 = len(ds), ds.n_synthetic
+    grown = ds.copy()
     cap = MRagCaptioner(effnet_minilm, grown, "consensus", k=10)
     train = Corpus("flickr8k", train_small.root, train_small.items[:30])
     logs: list[str] = []
     rep = refine_datastore(cap, train, test_small, max_iterations=1, save_to=tmp_path / "grown.npz",
                            log=logs.append)
+    assert (len(ds), ds.n_synthetic) == (n0, syn0)  # the copy grew, not the original
     assert len(rep.iterations) == 1
     e = rep.iterations[0]
     assert e["captioned"] == 30 and e["kept"] >= 0 and "dev_CIDEr-D" in e
@@ -184,8 +185,7 @@ def test_refinement_refits_the_query_map(small_ds, train_small, test_small, effn
     from mmrag.corpus.items import Corpus
 
     ds, _ = small_ds
-    grown = CaptionDatastore(list(ds.texts), ds.vectors.copy(), ds.priors.copy(), list(ds.image_ids),
-                             info=dict(ds.info))
+    grown = ds.copy()
     cap = MRagCaptioner(effnet_minilm, grown, "consensus", k=10)
     train = Corpus("flickr8k", train_small.root, train_small.items[:30])
     train_v = effnet_minilm.embed_images([it.path for it in train.items])

@@ -93,6 +93,11 @@ class Bridge:
         """Map image features into the (centred, whitened) text space, L2-normalised."""
         return l2_normalize(self._whiten((np.asarray(X, np.float32) - self.x_mean) @ self.W))
 
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """The fitted affine least-squares prediction ``(X - x_mean) W + y_mean`` (no whitening),
+        L2-normalised: for maps whose targets are vectors of an existing space."""
+        return l2_normalize((np.asarray(X, np.float32) - self.x_mean) @ self.W + self.y_mean)
+
     def center_text(self, T: np.ndarray) -> np.ndarray:
         """Text embeddings centred like the fit targets (and whitened), L2-normalised."""
         return l2_normalize(self._whiten(np.asarray(T, np.float32) - self.y_mean))

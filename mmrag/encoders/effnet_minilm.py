@@ -189,11 +189,8 @@ class EffnetMinilmEncoder:
         """Intra-op threads of the image network's ONNX Runtime session (None: cores, at most 8);
         the server's ``image_threads``. Takes effect now if the network is loaded, else when it loads."""
         self._image_threads = threads
-        if self._raw is not None and self.backend == "onnx":
-            from mmrag.encoders.image_features import onnx_model_path
-            from mmrag.encoders.onnx_cache import cpu_session
-
-            self._raw.featurizer.session = cpu_session(onnx_model_path(), threads)
+        if self._raw is not None:
+            self._raw.featurizer.set_threads(threads)
 
     @property
     def raw(self) -> RawImageFeatures:

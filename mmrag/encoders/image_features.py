@@ -124,6 +124,11 @@ class EfficientNetFeaturizer:
             raise ValueError(f"unknown backend {backend!r}: onnx or torch")
         self.decode_workers = decode_workers or 4
 
+    def set_threads(self, threads: int | None) -> None:
+        """Intra-op threads of the ONNX Runtime session (rebuilt); torch: no-op."""
+        if self.backend == "onnx":
+            self.session = cpu_session(onnx_model_path(), threads)
+
     def _forward(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x = np.stack(arrays).astype(np.float32).transpose(0, 3, 1, 2)
         x = np.ascontiguousarray((x / 255.0 - MEAN) / STD, dtype=np.float32)

@@ -164,7 +164,9 @@ class MRagCaptioner:
             order = [int(i) for i in np.argsort(-self._selector.scores(req), kind="stable")]
         return order[: self.prompt_captions]
 
-    def build_request(self, hits: Sequence[CaptionHit], image=None) -> GenerationRequest:
+    def build_request(self, hits: Sequence[CaptionHit], image=None,
+                      picks: Sequence[int] | None = None) -> GenerationRequest:
+        """``picks``: :meth:`prompt_picks` of ``hits`` when already computed."""
         texts = [h.text for h in hits]
         req = GenerationRequest(
             evidence=texts,
@@ -174,7 +176,8 @@ class MRagCaptioner:
             temperature=0.0,
         )
         if not self.uses_evidence:
-            prompt = build_prompt([texts[i] for i in self.prompt_picks(hits)], self.order, self.prompt_style)
+            picks = self.prompt_picks(hits) if picks is None else picks
+            prompt = build_prompt([texts[i] for i in picks], self.order, self.prompt_style)
             req.messages = ([{"role": "system", "content": INSTRUCT_SYSTEM}] if self.prompt_style == "instruct"
                             else []) + [{"role": "user", "content": prompt}]
             req.stop = ["\n"]
@@ -225,11 +228,11 @@ class MRagCaptioner:
                 out.append(CaptionResult(label, None, [], rid, error="no caption retrieved", generator=gname))
                 continue
             try:
-                res = self.generator.generate(self.build_request(h, images[i]))
+                picks = None if self.uses_evidence else self.prompt_picks(h)
+                res = self.generator.generate(self.build_request(h, images[i], picks))
                 text = res.text if self.uses_evidence else self._clean(res.text)
                 if not text:
                     raise GeneratorError("the generator returned an empty caption")
-                picks = None if self.uses_evidence else self.prompt_picks(h)
                 out.append(CaptionResult(label, text, h, rid, generator=gname, raw=res.raw, prompt_evidence=picks))
             except GeneratorError as e:
                 out.append(CaptionResult(label, None, h, rid, error=f"generator failed: {e}", generator=gname))

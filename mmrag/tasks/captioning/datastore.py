@@ -253,9 +253,7 @@ class CaptionDatastore:
         if q.shape[1] != self.dim:
             raise DatastoreError(f"image vectors have dim {q.shape[1]}, the datastore {self.dim}")
         if self.query_map is not None:  # the least-squares prediction of the caption vector
-            m = self.query_map
-            q = (q - m.x_mean) @ m.W + m.y_mean
-            q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+            q = self.query_map.predict(q)
         if exclude_image_ids is not None and len(exclude_image_ids) != len(q):
             raise DatastoreError(f"{len(exclude_image_ids)} exclude ids for {len(q)} queries")
         rows = self.rows_by_image() if exclude_image_ids is not None else {}
@@ -322,6 +320,14 @@ class CaptionDatastore:
             from mmrag.encoders.bridge import Bridge, BridgeConfig
 
             ds.query_map = Bridge(*qmap, BridgeConfig(**ds.info.get("query_map", {}).get("config", {})))
+        return ds
+
+    def copy(self) -> "CaptionDatastore":
+        """An independent copy (arrays, lists, info and query map), e.g. to refine without touching
+        the original."""
+        ds = CaptionDatastore(list(self.texts), self.vectors.copy(), self.priors.copy(), list(self.image_ids),
+                              self.synthetic.copy(), info=dict(self.info), image_paths=dict(self.image_paths))
+        ds.query_map = self.query_map
         return ds
 
     def fit_query_map(self, image_vectors: dict[str, np.ndarray], lam: float = 1.0) -> int:
