@@ -247,8 +247,11 @@ def _captioner(generator: str, k: Optional[int], similarity: Optional[str], data
     if similarity:
         opts["similarity"] = similarity
     extra = {"prompt_style": prompt_style} if prompt_style else {}
-    return MRagCaptioner(enc, ds, generator, k=k or DEFAULT_K,
-                         generator_options=opts, order=order, **extra)
+    try:
+        return MRagCaptioner(enc, ds, generator, k=k or DEFAULT_K,
+                             generator_options=opts, order=order, **extra)
+    except ValueError as e:  # the captioner's own option checks (order, prompt style, k)
+        _fail(str(e))
 
 
 _GEN_HELP = "Generator: consensus (default, no language model), local, openai."

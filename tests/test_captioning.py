@@ -230,6 +230,8 @@ def test_cli_caption_and_eval(small_ds, test_small, tmp_path):
     bad.write_bytes(b"nope")
     r = runner.invoke(app, ["caption", img, str(bad), "--datastore", str(store)])
     assert r.exit_code == 1
+    r = runner.invoke(app, ["caption", img, "--datastore", str(store), "--prompt-style", "bogus"])
+    assert r.exit_code == 2 and "prompt_style must be one of" in r.output
     out = tmp_path / "ev.json"
     r = runner.invoke(app, ["eval", "caption", "--dataset", "flickr8k", "--data-dir", str(test_small.root),
                             "--split", "test", "--limit", "8", "--datastore", str(store), "--json", str(out)])

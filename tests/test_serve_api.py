@@ -390,6 +390,9 @@ def test_serve_cli_help():
     assert r.exit_code == 0
     for opt in ("--index", "--host", "--port", "--no-batching", "--allow-url-fetch", "--max-upload-mb"):
         assert opt in r.output
+    for bad in ({"image_threads": 0}, {"model_threads": -1}):
+        with pytest.raises(ValueError, match="must be >= 1"):
+            ServeConfig(**bad)
 
 
 # --------------------------------------------------------------------------- ask and compose

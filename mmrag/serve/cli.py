@@ -79,12 +79,15 @@ def serve(
     from mmrag.serve.config import MIB, ServeConfig
 
     err = Console(stderr=True)
-    config = ServeConfig(batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                         text_workers=text_workers, model_threads=model_threads or None,
-                         image_threads=image_threads or None,
-                         max_upload_bytes=int(max_upload_mb * MIB), max_k=max_k, allow_url_fetch=allow_url_fetch,
-                         generator=generator, generator_options=parse_generator_options(generator_opt),
-                         caption_datastore=caption_datastore, cors_origins=list(cors_origin))
+    try:
+        config = ServeConfig(batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                             text_workers=text_workers, model_threads=model_threads or None,
+                             image_threads=image_threads or None,
+                             max_upload_bytes=int(max_upload_mb * MIB), max_k=max_k, allow_url_fetch=allow_url_fetch,
+                             generator=generator, generator_options=parse_generator_options(generator_opt),
+                             caption_datastore=caption_datastore, cors_origins=list(cors_origin))
+    except ValueError as e:  # the config's own checks, reported like any other bad option
+        raise ServeOptionError(str(e)) from None
     err.print(f"loading {index_dir} ...")
     app = create_app(index_dir, config)
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host

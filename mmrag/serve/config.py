@@ -64,3 +64,7 @@ class ServeConfig:
             raise ValueError("max_upload_bytes must be at least 1 KiB")
         if not 1 <= self.default_k <= self.max_k:
             raise ValueError("default_k must be within [1, max_k]")
+        for name in ("model_threads", "image_threads"):
+            n = getattr(self, name)
+            if n is not None and n < 1:
+                raise ValueError(f"{name} must be >= 1 (or None for the runtime's default), got {n}")
