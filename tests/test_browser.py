@@ -115,7 +115,13 @@ def test_two_chat_rounds_change_the_ranking(page, site):
     assert q0.strip()
     ranking0 = page.locator("#chat-results > li").evaluate_all("els => els.map(e => e.dataset.id)")
 
-    page.get_by_role("button", name="Yes", exact=True).click()
+    # one-click answers: Yes / No, or the two options and Neither for an either-or question
+    quick = page.locator("#chat-quick button")
+    labels = quick.all_inner_texts()
+    assert labels == ["Yes", "No"] or (len(labels) == 3 and labels[2] == "Neither"
+                                       and all(o.lower() in q0.lower() for o in labels[:2]))
+    first = labels[0].lower()
+    quick.first.click()
     expect(page.locator("#chat-status")).to_contain_text("Round 1")
     page.fill("#chat-answer", "no, it is on the grass")
     page.keyboard.press("Enter")
@@ -123,7 +129,7 @@ def test_two_chat_rounds_change_the_ranking(page, site):
     log = page.locator("#chat-log > li")
     expect(log).to_have_count(3)  # description + two answered questions
     expect(log.nth(1)).to_contain_text(f"Q: {q0}")
-    expect(log.nth(1)).to_contain_text("A: yes")
+    expect(log.nth(1)).to_contain_text(f"A: {first}")
     ranking2 = page.locator("#chat-results > li").evaluate_all("els => els.map(e => e.dataset.id)")
     moves = page.locator("#chat-results .move").all_inner_texts()
     assert len(moves) == 10  # each card says how its rank changed

@@ -17,6 +17,7 @@ from mmrag.tasks.chat import (
     SimulatedUser,
     create_questioner,
 )
+from mmrag.tasks.chat.dialog import Round
 from mmrag.tasks.chat.evaluate import (
     ChatEvalError,
     evaluate_chat,
@@ -83,6 +84,7 @@ def test_simulated_user_answers_from_its_captions_only(test_corpus):
     assert u2.answer("how many dogs are there?") == "two"
     assert u2.answer("is anyone running?") == "yes"
     assert u2.answer("is it a cat or a dog?") == "dog"
+    assert u2.answer("is it a cat or a horse?") == "neither"  # like a "no": no caption mentions either
     assert u2.answer("is the photo in color?") == "i don't know"
     with pytest.raises(Exception):
         SimulatedUser([])
@@ -96,10 +98,54 @@ def test_split_questioner_picks_the_word_that_halves_the_candidates():
     F = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]], np.float32)
     cand = Candidates(["a", "b", "c", "d"], np.array([0.5, 0.5, 0.5, 0.5], np.float32), sp.csr_matrix(F),
                       {w: i for i, w in enumerate(words)}, words)
-    q = create_questioner("split").ask(Dialog("a photo"), cand)
-    assert q.topic == "ball" and q.text == "is there a ball?"
-    q2 = create_questioner("split").ask(Dialog("a dog with a ball"), cand)  # described words are not asked
+    yes_no = create_questioner("split", choices=False)
+    q = yes_no.ask(Dialog("a photo"), cand)
+    assert q.topic == "ball" and q.text == "is there a ball?" and q.info["gain_bits"] == pytest.approx(1.0, abs=1e-3)
+    q2 = yes_no.ask(Dialog("a dog with a ball"), cand)  # described words are not asked
     assert q2.topic == "grass"
+
+
+def test_split_questioner_asks_either_or_when_it_separates_more():
+    import scipy.sparse as sp
+
+    from mmrag.tasks.chat.ranking import round_constraints
+    from mmrag.tasks.chat.words import choice_options
+
+    words = ["dog", "ball", "grass", "beach"]
+    F = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]], np.float32)
+    cand = Candidates(["a", "b", "c", "d"], np.array([0.5, 0.5, 0.5, 0.5], np.float32), sp.csr_matrix(F),
+                      {w: i for i, w in enumerate(words)}, words)
+    # "grass or ball?" has three answers, grass (a) / ball (b) / neither (c, d): 1.5 bits,
+    # more than the best yes/no question (ball: 1 bit)
+    q = create_questioner("split").ask(Dialog("a photo"), cand)
+    assert q.text == "is there grass or a ball?" and choice_options(q.text) == ["grass", "ball"]
+    assert q.info["options"] == ["grass", "ball"] and q.info["gain_bits"] == pytest.approx(1.5, abs=1e-3)
+    # every answer of the simulated user is read back as evidence about both options
+    for caps, answer, cons in [(["a dog on the grass with a ball"], "grass", [("grass", 1)]),
+                               (["a dog with a ball"], "ball", [("grass", -1), ("ball", 1)]),
+                               (["a dog on a beach"], "neither", [("grass", -1), ("ball", -1)])]:
+        a = SimulatedUser(caps).answer(q.text)
+        assert a == answer
+        d = Dialog("a photo")
+        d.rounds.append(Round(q.text, a))
+        assert round_constraints(d) == cons
+    # a user's "i don't know" says nothing about either option
+    d = Dialog("a photo")
+    d.rounds.append(Round(q.text, "i don't know"))
+    assert round_constraints(d) == []
+
+
+def test_query_text_modes():
+    from mmrag.tasks.chat.ranking import query_texts
+
+    d = Dialog("two dogs in a field", [Round("is there grass?", "yes"), Round("is there a ball or anyone running?", "running"),
+                                       Round("is there snow?", "no"), Round("what color is the dog?", "brown"),
+                                       Round("is there a cat or a bird?", "neither")])
+    assert query_texts(d, "chatir") == [d.query_text()]
+    assert query_texts(d, "words") == ["two dogs in a field, grass, running, what color is the dog? brown"]
+    assert query_texts(d, "chatir-yes") == ["two dogs in a field, is there grass? yes, is there a ball or anyone "
+                                            "running? running, what color is the dog? brown"]
+    assert len(query_texts(d, "mean")) == 6
 
 
 def test_session_over_index(searcher, test_corpus):
@@ -108,12 +154,13 @@ def test_session_over_index(searcher, test_corpus):
     assert t0.round == 0 and len(t0.hits) == 5
     assert [h.rank for h in t0.hits] == [1, 2, 3, 4, 5]
     assert all(a.score >= b.score for a, b in zip(t0.hits, t0.hits[1:]))
-    assert t0.question is not None and t0.question.text.endswith("?") and t0.question.topic
+    assert t0.question is not None and t0.question.text.endswith("?")
+    assert t0.question.topic or len(t0.question.info.get("options", [])) == 2
     # the description's own image is found at round 0 on this small index
     assert test_corpus.items[0].id in [h.id for h in t0.hits]
     t1 = s.answer("yes")
     assert t1.round == 1 and t1.query.endswith(f"{t0.question.text} yes")
-    assert t1.question is None or t1.question.topic != t0.question.topic
+    assert t1.question is None or t1.question.text != t0.question.text
     d = json.loads(json.dumps(s.to_dict()))
     assert len(d["turns"]) == 2 and d["dialog"]["rounds"][0]["answer"] == "yes"
     with pytest.raises(DialogError):

@@ -242,6 +242,7 @@ def test_chat_session_resource(served):
     sid = t0["session_id"]
     assert t0["round"] == 0 and len(t0["hits"]) == 5 and t0["hits"][0]["thumbnail_url"].startswith("/thumbnails/")
     assert t0["question"], "the split questioner asks about the candidates' captions"
+    assert t0["question_topic"] or len(t0["question_options"]) == 2  # yes/no, or either-or with two options
     t1 = c.post(f"/api/chat/sessions/{sid}/answer", json={"answer": "yes"}).json()
     assert t1["round"] == 1 and t1["query"] != t0["query"]
     d = c.get(f"/api/chat/sessions/{sid}").json()

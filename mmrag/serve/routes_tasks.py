@@ -127,6 +127,7 @@ def _turn_json(sid: str, turn, state: ServeState) -> dict[str, Any]:
             "hits": [_hit_json(h.id, h.score, h.metadata, h.rank) for h in turn.hits],
             "question": turn.question.text if turn.question else None,
             "question_topic": turn.question.topic if turn.question else None,
+            "question_options": (turn.question.info.get("options") if turn.question else None),
             "expires_after_s": state.config.chat_session_ttl_s}
 
 

@@ -222,6 +222,10 @@ function showTurn(turn) {
   setStatus("#chat-status", `Round ${turn.round}: ${turn.hits.length} candidates` + (q ? "" : " (the questioner has nothing left to ask)"));
   $("#chat-dialog").hidden = false;
   $("#chat-send").disabled = !q;
+  // one-click answers: the two options and "neither" for an either-or question, else yes / no
+  const quick = turn.question_options ? [...turn.question_options, "neither"] : ["yes", "no"];
+  $("#chat-quick").replaceChildren(...quick.map((a) => el("button", {
+    type: "button", class: "secondary", "data-answer": a, text: a.charAt(0).toUpperCase() + a.slice(1) })));
   for (const b of document.querySelectorAll("#chat-answer-form [data-answer]")) b.disabled = !q;
   if (q) $("#chat-answer").focus();
 }
@@ -263,9 +267,10 @@ function setupChat() {
     const a = $("#chat-answer").value.trim();
     if (a) chatAnswer(a);
   });
-  for (const b of document.querySelectorAll("#chat-answer-form [data-answer]")) {
-    b.addEventListener("click", () => chatAnswer(b.dataset.answer));
-  }
+  $("#chat-quick").addEventListener("click", (ev) => {
+    const b = ev.target.closest("[data-answer]");
+    if (b && !b.disabled) chatAnswer(b.dataset.answer);
+  });
 }
 
 // ------------------------------------------------------------------ ask

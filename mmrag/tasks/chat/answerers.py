@@ -21,7 +21,8 @@ minus the template words (anyone, anything, picture, photo, image, there).
    first phrase starting at in/on/at/near/by/under/through/along/across/beside/behind, up to 4
    tokens; none -> ``"i don't know"``.
 5. Choice questions (a yes/no opening with "or": "is it a boy or a girl?"): the first of the two
-   options (the content words around "or") that is in ``C``; neither -> ``"i don't know"``.
+   options (the content words around "or") that is in ``C``; neither -> ``"neither"`` (as in
+   rule 6, what no caption mentions counts as absent).
 6. Yes/no questions (first word is/are/does/do/can/was/were/has/have/could/would/will/did/any):
    the topic is the last word of ``K``; ``"yes"`` if it is in ``C``, else ``"no"`` (captions name
    what is salient, so something no caption mentions counts as absent); no topic ->
@@ -49,6 +50,7 @@ from mmrag.tasks.chat.words import (
 )
 
 DONT_KNOW = "i don't know"
+NEITHER = "neither"
 _NUMBERS = {"a": "one", "an": "one", "one": "one", "two": "two", "three": "three", "four": "four",
             "five": "five", "six": "six", "seven": "seven", "eight": "eight", "nine": "nine", "ten": "ten",
             "several": "several", "many": "many", "some": "several", "group": "several", "couple": "two"}
@@ -135,7 +137,7 @@ class SimulatedUser:
             for o in options:
                 if self._mentions(o):
                     return o
-            return DONT_KNOW
+            return NEITHER
         if is_yes_no(question):
             topic = question_topic(question)
             if topic is None:

@@ -21,7 +21,7 @@ class ChatCliError(MmragError):
     """Bad command-line input for the chat verbs."""
 
 
-def _questioner(name: str, bank: Optional[Path], generator: str, gen_opts: list[str]):
+def _questioner(name: str, bank: Optional[Path], generator: str, gen_opts: list[str], choices: bool = True):
     from mmrag.tasks.chat.questioners import QUESTIONERS, create_questioner
 
     if name not in QUESTIONERS.names():
@@ -39,6 +39,8 @@ def _questioner(name: str, bank: Optional[Path], generator: str, gen_opts: list[
             except json.JSONDecodeError:
                 opts[k] = v
         return create_questioner("llm", generator=generator, generator_options=opts)
+    if name == "split":
+        return create_questioner("split", choices=choices)
     return create_questioner(name)
 
 
@@ -78,13 +80,16 @@ def chat(
     answers: list[str] = typer.Option([], "--answer", "-a", help="Scripted answers, in order (repeatable); without them the chat is interactive."),
     captions: str = typer.Option("auto", help="Where candidates' captions come from: auto, index, datastore (Flickr8k train)."),
     bank: Optional[Path] = typer.Option(None, help="bank: question file (one per line, JSON list or ChatIR dialogs)."),
+    choices: bool = typer.Option(True, "--choices/--no-choices", help="split: may ask either-or questions ('is there a dog or a cat?') when they separate the candidates better than a yes/no question."),
     generator: str = typer.Option("local", help="llm: generator registry name (local, openai)."),
     gen_opt: list[str] = typer.Option([], "--gen-opt", help="llm: generator option key=value (repeatable)."),
-    query: Optional[str] = typer.Option(None, help="Query mode: chatir, mean or chatir-yes (default: chosen on dev)."),
+    query: Optional[str] = typer.Option(None, help="Query mode: chatir, mean, chatir-yes or words (default: chosen on dev)."),
     rescore_weight: Optional[float] = typer.Option(None, help="Weight of yes/no answers in re-scoring (0: off)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the transcript (every turn) here."),
 ):
     """Find an image by chatting: describe it, see the top results, answer questions.
+
+    Answer yes/no questions with yes or no, either-or questions ("is there a dog or a cat?") with the option you see or "neither", other questions in a few words.
 
     Interactive unless --answer is given; an empty answer (or 'q') ends the chat."""
     from mmrag.search import Searcher
@@ -92,7 +97,7 @@ def chat(
 
     if k < 1 or rounds < 0:
         raise ChatCliError("-k must be >= 1 and --rounds >= 0")
-    session = ChatSession(Searcher(index_dir), _questioner(questioner, bank, generator, gen_opt), k=k,
+    session = ChatSession(Searcher(index_dir), _questioner(questioner, bank, generator, gen_opt, choices), k=k,
                           ranking=_ranking(query, rescore_weight, None), captions=captions)
     interactive = not answers
     if description is None:
@@ -132,9 +137,10 @@ def eval_chat(
     image_map: Optional[Path] = typer.Option(None, help="Replay: JSON object dialog img -> corpus id."),
     index_dir: Optional[Path] = typer.Option(None, "--index", help="Replay against an index's images instead of a dataset."),
     bank: Optional[Path] = typer.Option(None, help="bank: question file (default: ChatIR's VisDial questions)."),
+    choices: bool = typer.Option(True, "--choices/--no-choices", help="split: may ask either-or questions ('is there a dog or a cat?') when they separate the candidates better than a yes/no question."),
     generator: str = typer.Option("local", help="llm: generator registry name."),
     gen_opt: list[str] = typer.Option([], "--gen-opt", help="llm: generator option key=value (repeatable)."),
-    query: Optional[str] = typer.Option(None, help="Query mode: chatir, mean or chatir-yes."),
+    query: Optional[str] = typer.Option(None, help="Query mode: chatir, mean, chatir-yes or words (default: chosen on dev)."),
     rescore_weight: Optional[float] = typer.Option(None, help="Weight of yes/no answers in re-scoring (0: off)."),
     pool: Optional[int] = typer.Option(None, help="Candidates re-scored per round."),
     datastore: Optional[Path] = typer.Option(None, help="Saved caption datastore for candidates' caption words "
@@ -207,7 +213,7 @@ def eval_chat(
     else:
         tc = read_corpus(dataset, data_dir, split=split, limit=limit)
         targets = targets_from_items(tc.items, {x: i for i, x in enumerate(ids)}, description_index)
-        q = _questioner(questioner, bank, generator, gen_opt)
+        q = _questioner(questioner, bank, generator, gen_opt, choices)
         res = evaluate_chat(enc, vecs, ids, targets, q, rounds=rounds, ranking=ranking, features=feats)
         res.update({"dataset": dataset, "split": split, "search_space": search_space})
     t = Table(title=f"{res['questioner']}: {res['n_queries']} targets among {res['corpus_size']} images")

@@ -145,7 +145,7 @@ def evaluate_chat(encoder, vectors: np.ndarray, ids: Sequence[str], targets: Seq
         if r == rounds:
             break
         for i, (d, u, (_, cand_rows, cand_scores)) in enumerate(zip(dialogs, users, res)):
-            q = questioner.ask(d, ranker.candidates(cand_rows, cand_scores))
+            q = questioner.ask(d, ranker.candidates(cand_rows, cand_scores, top=getattr(questioner, "top", QUESTIONER_TOP)))
             if q is None:
                 no_question += 1
                 continue

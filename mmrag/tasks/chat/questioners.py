@@ -9,6 +9,11 @@ Registry :data:`QUESTIONERS`, chosen by name (:func:`create_questioner`):
            information gain of the yes/no answer, ``H(sum_i pi_i f_i[w]) - sum_i pi_i H(f_i[w])``.
            Words of the description, words already asked and generic words are skipped. The
            question is a template by word class ("is there a dog?", "is anyone running?", ...).
+           With ``choices`` (default) it also weighs either-or questions over pairs of the
+           ``choice_words`` best words ("is there a dog or anyone swimming?"; three answers: the
+           first option, the second, neither) and asks one when its expected gain is higher
+           (up to log2(3) = 1.58 bits instead of 1): chosen on Flickr8k dev, +1.7 points of
+           cumulative Hits@10 by round 5 over yes/no questions only (docs/benchmarks.md).
 ``bank``   picks from a bank of real questions (default: the VisDial questions of ChatIR's
            ``VisDial_v1.0_queries_val.json``; or any file/list the user gives) the not-yet-asked
            question most useful now: the highest information gain of its topic word over the
@@ -30,7 +35,7 @@ import numpy as np
 from mmrag.errors import MmragError
 from mmrag.registry import Registry
 from mmrag.tasks.chat.dialog import Dialog
-from mmrag.tasks.chat.words import askable, content_set, question_topic, tokens, yes_no_question
+from mmrag.tasks.chat.words import askable, choice_question, content_set, question_topic, tokens, yes_no_question
 
 
 class QuestionerError(MmragError):
@@ -83,6 +88,20 @@ def _entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
 
 
+def _entropy_rows(P: np.ndarray) -> np.ndarray:
+    """Entropy (bits) of discrete distributions along the last axis."""
+    P = np.clip(P, 1e-12, 1.0)
+    return -(P * np.log2(P)).sum(-1)
+
+
+def candidate_weights(candidates: Candidates, top: int, temperature: float | None) -> np.ndarray:
+    """How likely each of the first ``top`` candidates is the target: softmax(scores / temperature)."""
+    n = min(top, len(candidates.ids))
+    s = np.asarray(candidates.scores[:n], np.float64)
+    pi = np.exp((s - s.max()) / temperature) if temperature else np.ones(n)
+    return pi / pi.sum() if n else pi
+
+
 def information_gain(candidates: Candidates, top: int, temperature: float | None) -> np.ndarray:
     """Expected information gain (bits) of a yes/no answer about each vocabulary word."""
     if candidates.words is None:
@@ -90,18 +109,32 @@ def information_gain(candidates: Candidates, top: int, temperature: float | None
     n = min(top, len(candidates.ids))
     if n == 0:
         return np.zeros(candidates.words.shape[1], np.float32)
-    s = np.asarray(candidates.scores[:n], np.float64)
-    if temperature:
-        pi = np.exp((s - s.max()) / temperature)
-    else:
-        pi = np.ones(n)
-    pi /= pi.sum()
+    pi = candidate_weights(candidates, top, temperature)
     W = candidates.words[:n].tocsc()
     cols = np.flatnonzero(np.diff(W.indptr))  # words some candidate mentions; the rest gain 0
     gain = np.zeros(W.shape[1], np.float32)
     if len(cols):
         F = W[:, cols].toarray().astype(np.float64)
         gain[cols] = _entropy(pi @ F) - pi @ _entropy(F)
+    return gain
+
+
+def choice_gain(candidates: Candidates, cols: np.ndarray, top: int, temperature: float | None) -> np.ndarray:
+    """Expected information gain (bits) of the either-or question "A or B?" for every ordered pair
+    of the vocabulary columns ``cols``: ``[len(cols), len(cols)]``, A the row, B the column. The
+    answer has three outcomes: A (A shown), B (A not shown, B shown), neither; a candidate shows
+    each word independently with its caption-word fraction."""
+    n = min(top, len(candidates.ids))
+    m = len(cols)
+    if n == 0 or m < 2:
+        return np.zeros((m, m))
+    pi = candidate_weights(candidates, top, temperature)
+    F = candidates.words[:n][:, cols].toarray().astype(np.float64)  # [n, m]
+    a = F[:, :, None]
+    b = F[:, None, :]
+    P = np.stack([np.broadcast_to(a, (n, m, m)), (1 - a) * b, (1 - a) * (1 - b)], axis=-1)  # [n, m, m, 3]
+    gain = _entropy_rows(np.einsum("i,ijkl->jkl", pi, P)) - np.einsum("i,ijk->jk", pi, _entropy_rows(P))
+    np.fill_diagonal(gain, -np.inf)
     return gain
 
 
@@ -120,22 +153,38 @@ class SplitQuestioner:
 
     name = "split"
 
-    def __init__(self, top: int = 20, temperature: float | None = 0.05, min_fraction: float = 0.0):
+    def __init__(self, top: int = 20, temperature: float | None = 0.05, min_fraction: float = 0.0,
+                 choices: bool = True, choice_words: int = 24):
         self.top = int(top)
         self.temperature = temperature
         self.min_fraction = float(min_fraction)
+        self.choices = bool(choices)
+        self.choice_words = int(choice_words)
 
     def ask(self, dialog: Dialog, candidates: Candidates) -> Question | None:
         ig = information_gain(candidates, self.top, self.temperature)
         excluded = _excluded_words(dialog)
+        best: list[int] = []  # askable columns, highest yes/no gain first
         for c in np.argsort(-ig, kind="stable"):
-            if ig[c] <= 0:
+            if ig[c] <= 0 or len(best) >= max(1, self.choice_words if self.choices else 1):
                 break
             w = candidates.words_list[c]
-            if w in excluded or not askable(w):
-                continue
-            return Question(yes_no_question(w), topic=w, info={"gain_bits": round(float(ig[c]), 4)})
-        return None
+            if w not in excluded and askable(w):
+                best.append(int(c))
+        if not best:
+            return None
+        c = best[0]
+        question = Question(yes_no_question(candidates.words_list[c]), topic=candidates.words_list[c],
+                            info={"gain_bits": round(float(ig[c]), 4)})
+        if self.choices and len(best) >= 2:
+            cols = np.asarray(best)
+            g = choice_gain(candidates, cols, self.top, self.temperature)
+            i, j = np.unravel_index(int(np.argmax(g)), g.shape)
+            if g[i, j] > ig[c]:
+                a, b = candidates.words_list[cols[i]], candidates.words_list[cols[j]]
+                question = Question(choice_question(a, b), topic=None, info={"gain_bits": round(float(g[i, j]), 4),
+                                                                              "options": [a, b]})
+        return question
 
 
 def _bank_questions(source) -> list[str]:

@@ -42,7 +42,8 @@ class Turn:
     def to_dict(self) -> dict[str, Any]:
         return {"round": self.round, "query": self.query, "hits": [h.to_dict() for h in self.hits],
                 "question": self.question.text if self.question else None,
-                "question_topic": self.question.topic if self.question else None}
+                "question_topic": self.question.topic if self.question else None,
+                "question_options": self.question.info.get("options") if self.question else None}
 
 
 def caption_features(searcher, captions: Any = "auto", n_captions: int = DEFAULT_N_CAPTIONS) -> CaptionWordFeatures | None:
@@ -145,7 +146,7 @@ class ChatSession:
         ranked = [ChatHit(ids[i], float(scores[i]), r + 1, hits[i].metadata) for r, i in enumerate(order[: self.k])]
         question = None
         if ids:
-            top = order[:QUESTIONER_TOP]
+            top = order[: getattr(self.questioner, "top", QUESTIONER_TOP)]
             cand = Candidates([ids[i] for i in top], scores[top])
             if words is not None:
                 cand.words, cand.vocab, cand.words_list = words[top], self.features.vocab, self.features.words

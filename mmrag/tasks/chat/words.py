@@ -135,6 +135,25 @@ def yes_no_question(word: str) -> str:
     return f"is there {article} {word}?"
 
 
+def _phrase(word: str) -> str:
+    """A word as the object of "is there ...": "a dog", "snow", "anyone running", "anything red"."""
+    cls = word_class(word)
+    if cls == "action":
+        return f"anyone {word}"
+    if cls in ("color", "adjective"):
+        return f"anything {word}"
+    if word in MASS_NOUNS:
+        return word
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
+def choice_question(first: str, second: str) -> str:
+    """The ``split`` questioner's either-or question ("is there a dog or anyone swimming?"):
+    :func:`choice_options` reads back ``[first, second]``, the simulated user answers the first
+    option its captions mention, else "neither"."""
+    return f"is there {_phrase(first)} or {_phrase(second)}?"
+
+
 YES_NO_STARTS = frozenset("is are does do can was were has have could would will did any".split())
 #: Words of question templates that are not what the question is about.
 QUESTION_FRAME = frozenset("anyone anything something picture photo image there show".split())
@@ -174,6 +193,25 @@ def answer_polarity(answer: str) -> int:
         return 0
     if t[0] in ("yes", "yeah", "yep", "yup", "sure", "correct", "true"):
         return 1
-    if t[0] in ("no", "nope", "not", "none", "false", "never"):
+    if t[0] in ("no", "nope", "not", "none", "false", "never", "neither"):
         return -1
     return 0
+
+
+def choice_constraints(question: str, answer: str) -> list[tuple[str, int]]:
+    """What the answer to an either-or question says about its two options, as (word, +1/-1):
+    naming the first -> (first, +1); naming the second -> (first, -1), (second, +1) (the first
+    option is the one a user checks first); "neither"/"no"/"none" -> both -1; anything else
+    (e.g. "i don't know", "both") -> nothing."""
+    options = choice_options(question)
+    if len(options) != 2 or options[0] == options[1]:
+        return []
+    said = set(content_words(answer))
+    first, second = options
+    if first in said:
+        return [(first, 1)]
+    if second in said:
+        return [(first, -1), (second, 1)]
+    if answer_polarity(answer) < 0:
+        return [(first, -1), (second, -1)]
+    return []
