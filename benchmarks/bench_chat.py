@@ -73,9 +73,10 @@ class OwnCaptionWords:
             ws = set().union(*(content_set(c) for j, c in enumerate(it.captions) if j != description_index)) \
                 if len(it.captions) > 1 else set()
             for w in ws:
-                cols.append(self.vocab.setdefault(w, len(self.words)))
-                if cols[-1] == len(self.words):
+                if w not in self.vocab:
+                    self.vocab[w] = len(self.words)
                     self.words.append(w)
+                cols.append(self.vocab[w])
                 rows.append(r)
         self.M = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(items), len(self.words)))
 

@@ -13,7 +13,7 @@ The paper also refits the image->text map on the grown pair set. ``refit_map=Tru
 with a task-specific map on top of the encoder: a ridge least-squares map from image vectors to
 caption vectors (:meth:`CaptionDatastore.fit_query_map`), fitted on the datastore's pairs whose
 image was embedded here (human captions before the first measurement, then human + kept synthetic
-ones after every iteration; refitted again after a rollback). The map is saved with the datastore
+ones after every iteration; a rollback restores the previous map). The map is saved with the datastore
 and applied to every query. The encoder's own bridge stays fixed (its hubness bank and the
 datastore's vectors are tied to it). Every iteration is logged (kept count, dev score, datastore
 size, seconds).
@@ -107,7 +107,7 @@ def refine_datastore(captioner: MRagCaptioner, train_corpus, dev_corpus, max_ite
             have.setdefault(iid, set()).add(text.strip().lower())
         keep = [(preds[i], i) for i, s in per.items()
                 if s >= t and preds[i].strip().lower() not in have.get(i, set())]
-        n_before = len(ds)
+        n_before, map_before = len(ds), (ds.query_map, ds.info.get("query_map"))
         ds.add([c for c, _ in keep], [i for _, i in keep], encoder=captioner.encoder, synthetic=True)
         if refit_map:
             refit()
@@ -122,8 +122,8 @@ def refine_datastore(captioner: MRagCaptioner, train_corpus, dev_corpus, max_ite
             f"datastore {len(ds)}")
         if not improved:
             _truncate(ds, n_before)
-            if refit_map:
-                refit()  # the map of the rolled-back datastore (deterministic: the same as before)
+            if refit_map:  # the map fitted on the rolled-back pairs, as it was (no need to refit)
+                ds.query_map, ds.info["query_map"] = map_before
             entry["rolled_back"] = True
             report.iterations.append(entry)
             break

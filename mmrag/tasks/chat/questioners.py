@@ -164,9 +164,10 @@ class SplitQuestioner:
     def ask(self, dialog: Dialog, candidates: Candidates) -> Question | None:
         ig = information_gain(candidates, self.top, self.temperature)
         excluded = _excluded_words(dialog)
+        wanted = max(1, self.choice_words) if self.choices else 1  # words for pairs, or the best one
         best: list[int] = []  # askable columns, highest yes/no gain first
         for c in np.argsort(-ig, kind="stable"):
-            if ig[c] <= 0 or len(best) >= max(1, self.choice_words if self.choices else 1):
+            if ig[c] <= 0 or len(best) >= wanted:
                 break
             w = candidates.words_list[c]
             if w not in excluded and askable(w):

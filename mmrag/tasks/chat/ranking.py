@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from mmrag.encoders.base import l2_normalize
-from mmrag.tasks.chat.dialog import Dialog
+from mmrag.tasks.chat.dialog import Dialog, Round
 from mmrag.tasks.chat.words import answer_polarity, choice_constraints, choice_options, question_topic
 
 QUERY_MODES = ("chatir", "mean", "chatir-yes", "words")
@@ -59,19 +59,19 @@ class RankingConfig:
         return asdict(self)
 
 
+def answer_constraints(r: Round) -> list[tuple[str, int]]:
+    """(word, +1/-1) from one round: its topic when answered yes or no, or the options of an
+    either-or question (:func:`~.words.choice_constraints`); [] for other answers."""
+    if choice_options(r.question):
+        return choice_constraints(r.question, r.answer)
+    topic = r.topic or question_topic(r.question)
+    pol = answer_polarity(r.answer)
+    return [(topic, pol)] if topic and pol else []
+
+
 def round_constraints(dialog: Dialog) -> list[tuple[str, int]]:
-    """(word, +1/-1) for every round answered yes or no about a known topic, and for the
-    options of either-or questions (:func:`~.words.choice_constraints`)."""
-    out = []
-    for r in dialog.rounds:
-        if choice_options(r.question):
-            out += choice_constraints(r.question, r.answer)
-            continue
-        topic = r.topic or question_topic(r.question)
-        pol = answer_polarity(r.answer)
-        if topic and pol:
-            out.append((topic, pol))
-    return out
+    """:func:`answer_constraints` of every round, in order."""
+    return [c for r in dialog.rounds for c in answer_constraints(r)]
 
 
 def query_texts(dialog: Dialog, mode: str) -> list[str]:
@@ -84,7 +84,7 @@ def query_texts(dialog: Dialog, mode: str) -> list[str]:
     if mode == "words":
         parts = [dialog.description]
         for r in dialog.rounds:
-            cons = round_constraints(Dialog(dialog.description, [r]))
+            cons = answer_constraints(r)
             if cons:
                 parts += [w for w, pol in cons if pol > 0]
             elif answer_polarity(r.answer) == 0:

@@ -120,21 +120,6 @@ def askable(word: str) -> bool:
     return (len(word) > 2 and word not in STOPWORDS and word not in GENERIC and word.isalpha())
 
 
-def yes_no_question(word: str) -> str:
-    """The question the ``split`` questioner asks about one word."""
-    cls = word_class(word)
-    if cls == "color":
-        return f"is there anything {word} in the picture?"
-    if cls == "action":
-        return f"is anyone {word}?"
-    if cls == "adjective":
-        return f"does the picture show something {word}?"
-    if word in MASS_NOUNS:
-        return f"is there {word}?"
-    article = "an" if word[0] in "aeiou" else "a"
-    return f"is there {article} {word}?"
-
-
 def _phrase(word: str) -> str:
     """A word as the object of "is there ...": "a dog", "snow", "anyone running", "anything red"."""
     cls = word_class(word)
@@ -145,6 +130,18 @@ def _phrase(word: str) -> str:
     if word in MASS_NOUNS:
         return word
     return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
+def yes_no_question(word: str) -> str:
+    """The question the ``split`` questioner asks about one word."""
+    cls = word_class(word)
+    if cls == "color":
+        return f"is there anything {word} in the picture?"
+    if cls == "action":
+        return f"is anyone {word}?"
+    if cls == "adjective":
+        return f"does the picture show something {word}?"
+    return f"is there {_phrase(word)}?"  # "a dog", "an apple", "snow"
 
 
 def choice_question(first: str, second: str) -> str:
