@@ -157,6 +157,13 @@ def main() -> None:
             dev["rows"] += rows
             dev["chosen"][qn] = best["ranking"]
             print(f"chosen for {qn}: {best['ranking']}")
+            if qn == "split":  # what the either-or questions add, at split's chosen ranking
+                r = evaluate_chat(enc, V, ids, targets, create_questioner("split", choices=False), rounds=a.dev_rounds,
+                                  ranking=RankingConfig(**best["ranking"]), features=feats, progress=False,
+                                  keep_dialogs=0)
+                r.pop("examples", None)
+                dev["references"] = {"split, yes/no questions only": r}
+                print(fmt_row("split yes/no only (chosen ranking)", r), flush=True)
         dev_path.write_text(json.dumps(dev, indent=2))
 
     # ---------------------------------------------------------------- test

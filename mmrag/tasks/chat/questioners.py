@@ -12,8 +12,9 @@ Registry :data:`QUESTIONERS`, chosen by name (:func:`create_questioner`):
            With ``choices`` (default) it also weighs either-or questions over pairs of the
            ``choice_words`` best words ("is there a dog or anyone swimming?"; three answers: the
            first option, the second, neither) and asks one when its expected gain is higher
-           (up to log2(3) = 1.58 bits instead of 1): chosen on Flickr8k dev, +1.7 points of
-           cumulative Hits@10 by round 5 over yes/no questions only (docs/benchmarks.md).
+           (up to log2(3) = 1.58 bits instead of 1): +1.9 points of cumulative Hits@10 by
+           round 5 over yes/no questions only on Flickr8k dev (+16.0 vs +14.1), +1.7 on test
+           (benchmarks/bench_chat.py, docs/benchmarks.md).
 ``bank``   picks from a bank of real questions (default: the VisDial questions of ChatIR's
            ``VisDial_v1.0_queries_val.json``; or any file/list the user gives) the not-yet-asked
            question most useful now: the highest information gain of its topic word over the
