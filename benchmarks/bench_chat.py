@@ -10,16 +10,22 @@ caption datastore (each image's own captions excluded), never from the targets' 
 
 1. Dev (the first --dev-limit dev targets, all 1,000 by default, searched among all 8,091
    images, --dev-rounds rounds): a grid of ranking configurations
-   (query mode x answer re-scoring weight) for each questioner; each questioner's best
+   (query mode x answer re-scoring mode and weight) for each questioner; each questioner's best
    configuration by cumulative Hits@10 at round 5 is chosen (ties: later rounds, then simpler).
+   For ``split`` it also measures, at the chosen ranking, what each part adds: yes/no questions
+   only, up to 3 options per question, candidate temperature 0.05, and the raw caption-word
+   fractions instead of viewer chances (``describers=1``, with the chosen and with linear
+   re-scoring).
 2. Test (1,000 test targets; never used for a choice): every questioner with its chosen
-   configuration, searched among the 1,000 test images and among all 8,091 images, plus
-   ``split`` with plain ChatIR ranking on the full corpus as a reference. ``llm`` (SmolLM2 via the ``local`` generator) is slow on a CPU, so it runs on
-   the first ``--llm-limit`` targets for ``--llm-rounds`` rounds, against the same-subset
-   numbers of the other questioners. References on the full corpus: ``split`` with plain ChatIR
-   ranking, ``split`` with yes/no questions only, and an upper-bound diagnostic (candidates'
-   evidence = their own non-description captions, what the simulated user answers from; not a
-   result, it shows what a perfect image-to-words model would give; ``--no-oracle`` skips it).
+   configuration, searched among the 1,000 test images and among all 8,091 images. ``llm``
+   (SmolLM2 via the ``local`` generator) is slow on a CPU, so it runs on the first
+   ``--llm-limit`` targets for ``--llm-rounds`` rounds, against the same-subset numbers of the
+   other questioners. References on the full corpus: ``split`` with plain ChatIR ranking,
+   ``split`` with yes/no questions only, ``split`` as it was before viewer chances and
+   log-likelihood re-scoring (raw fractions, linear 0.3, temperature 0.05), and an upper-bound
+   diagnostic (candidates' evidence = their own non-description captions, what the simulated
+   user answers from; not a result, it shows what a perfect image-to-words model would give;
+   ``--no-oracle`` skips it).
 
 Writes ``chat_dev.json``, ``chat_test.json`` and ``chat_hits10.png`` (Hits@10 per round) under
 ``--out`` and prints the tables. All image vectors are cached (mmrag cache, keyed by encoder).
@@ -49,9 +55,9 @@ from mmrag.tasks.chat.questioners import create_questioner  # noqa: E402
 from mmrag.tasks.chat.ranking import RankingConfig  # noqa: E402
 from mmrag.tasks.chat.vectors import corpus_image_vectors  # noqa: E402
 
-GRID = [  # (query mode, re-scoring weight, re-scored pool); pool 500 and chatir+re-scoring lost on dev before
-    ("chatir", 0.0, 200), ("chatir-yes", 0.15, 200), ("chatir-yes", 0.3, 200), ("chatir-yes", 1.0, 200),
-    ("words", 0.15, 200), ("words", 0.3, 200), ("words", 0.5, 200), ("words", 1.0, 200),
+GRID = [  # (query mode, re-scoring mode, weight); pool 200 (500 lost on dev before)
+    ("chatir", "linear", 0.0), ("chatir-yes", "loglik", 0.15), ("words", "linear", 0.3), ("words", "loglik", 0.1),
+    ("words", "loglik", 0.15), ("words", "loglik", 0.25), ("words", "loglik", 0.4), ("words", "loglik", 0.6),
 ]
 
 
@@ -132,6 +138,11 @@ def main() -> None:
     print(f"caption words of {len(ids)} images from {len(feats.source)} train captions: "
           f"{time.perf_counter() - t:.1f} s", file=sys.stderr)
     split_items = {s: [it for it in full.items if it.split == s] for s in ("dev", "test")}
+
+    def raw_feats():  # the caption-word fractions themselves (before viewer chances), a reference
+        raw = CaptionWordFeatures(feats.source, describers=1)
+        raw.compute(ids, V)
+        return raw
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
     # ---------------------------------------------------------------- dev: choose ranking per questioner
@@ -146,24 +157,33 @@ def main() -> None:
         print(f"\nDev: {len(targets)} targets among {len(ids)} images, cumulative Hits@10 (%)\n{HEADER}")
         for qn in a.questioners:
             rows = []
-            for mode, beta, pool in GRID:
-                cfg = RankingConfig(query=mode, rescore_weight=beta, pool=pool)
+            for mode, rmode, beta in GRID:
+                cfg = RankingConfig(query=mode, rescore_mode=rmode, rescore_weight=beta)
                 r = evaluate_chat(enc, V, ids, targets, create_questioner(qn), rounds=a.dev_rounds, ranking=cfg,
                                   features=feats, progress=False, keep_dialogs=0)
                 r.pop("examples", None)
                 rows.append(r)
-                print(fmt_row(f"{qn} {mode} beta={beta} pool={pool}", r), flush=True)
+                print(fmt_row(f"{qn} {mode} {rmode} beta={beta}", r), flush=True)
             best = pick(rows)
             dev["rows"] += rows
             dev["chosen"][qn] = best["ranking"]
             print(f"chosen for {qn}: {best['ranking']}")
-            if qn == "split":  # what the either-or questions add, at split's chosen ranking
-                r = evaluate_chat(enc, V, ids, targets, create_questioner("split", choices=False), rounds=a.dev_rounds,
-                                  ranking=RankingConfig(**best["ranking"]), features=feats, progress=False,
-                                  keep_dialogs=0)
-                r.pop("examples", None)
-                dev["references"] = {"split, yes/no questions only": r}
-                print(fmt_row("split yes/no only (chosen ranking)", r), flush=True)
+            if qn == "split":  # what each part adds, at split's chosen ranking
+                chosen = RankingConfig(**best["ranking"])
+                raw = raw_feats()
+                refs = [("yes/no questions only", create_questioner("split", choices=False), chosen, feats),
+                        ("up to 3 options per question", create_questioner("split", max_options=3), chosen, feats),
+                        ("candidate temperature 0.05", create_questioner("split", temperature=0.05), chosen, feats),
+                        ("raw caption fractions (describers=1)", create_questioner("split"), chosen, raw),
+                        ("raw fractions, linear re-scoring 0.3", create_questioner("split"),
+                         RankingConfig(query=chosen.query, rescore_mode="linear", rescore_weight=0.3), raw)]
+                dev["references"] = {}
+                for label, qq, cfg, ff in refs:
+                    r = evaluate_chat(enc, V, ids, targets, qq, rounds=a.dev_rounds, ranking=cfg, features=ff,
+                                      progress=False, keep_dialogs=0)
+                    r.pop("examples", None)
+                    dev["references"][f"split, {label}"] = r
+                    print(fmt_row(f"split: {label}", r), flush=True)
         dev_path.write_text(json.dumps(dev, indent=2))
 
     # ---------------------------------------------------------------- test
@@ -185,7 +205,10 @@ def main() -> None:
             cfgs = [("chosen on dev", chosen, create_questioner(qn), feats)]
             if ref:
                 cfgs += [("plain ChatIR", plain, create_questioner(qn), feats),
-                         ("yes/no questions only", chosen, create_questioner(qn, choices=False), feats)]
+                         ("yes/no questions only", chosen, create_questioner(qn, choices=False), feats),
+                         ("before: raw fractions, linear 0.3, temperature 0.05",
+                          RankingConfig(query="words", rescore_mode="linear", rescore_weight=0.3),
+                          create_questioner(qn, temperature=0.05), raw_feats())]
                 if not a.no_oracle:
                     cfgs.append(("UPPER BOUND: own captions as evidence", chosen, create_questioner(qn),
                                  OwnCaptionWords(full.items)))

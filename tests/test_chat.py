@@ -135,6 +135,83 @@ def test_split_questioner_asks_either_or_when_it_separates_more():
     assert round_constraints(d) == []
 
 
+def test_choice_questions_with_three_options():
+    import scipy.sparse as sp
+
+    from mmrag.tasks.chat.questioners import choice_gain
+    from mmrag.tasks.chat.ranking import round_constraints
+    from mmrag.tasks.chat.words import choice_constraints, choice_options, choice_question
+
+    q = choice_question("dog", "ball", "swimming")
+    assert q == "is there a dog, a ball or anyone swimming?"
+    assert choice_options(q) == ["dog", "ball", "swimming"]
+    assert choice_options("is it black, white or brown?") == ["black", "white", "brown"]
+    assert choice_options("is the man wearing a hat or a cap in the picture?") == ["hat", "cap"]
+    assert choice_options("is there a dog?") == []
+    user = SimulatedUser(["a boy swims with a ball", "a child in a pool"])
+    assert user.answer(q) == "ball"  # the first option its captions mention
+    d = Dialog("a photo", [Round(q, user.answer(q))])
+    assert round_constraints(d) == [("dog", -1), ("ball", 1)]  # swimming (after the named one): no evidence
+    assert choice_constraints(q, "neither") == [("dog", -1), ("ball", -1), ("swimming", -1)]
+    assert choice_constraints(q, "a ball and someone swimming") == [("dog", -1), ("ball", 1), ("swimming", 1)]
+    assert choice_constraints("is there a dog or a ball?", "both") == [("dog", 1), ("ball", 1)]
+    assert choice_constraints("is there a dog or a dog?", "dog") == []
+    with pytest.raises(ValueError):
+        choice_question("dog")
+
+    # four candidates, each showing a different one of grass / ball / beach or none: "grass, ball
+    # or beach?" tells all four apart (2 bits); the best pair leaves two together (1.5 bits)
+    words = ["grass", "ball", "beach", "dog"]
+    F = np.array([[1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 1], [0, 0, 0, 1]], np.float32)
+    cand = Candidates(list("abcd"), np.full(4, 0.5, np.float32), sp.csr_matrix(F),
+                      {w: i for i, w in enumerate(words)}, words)
+    g = choice_gain(cand, np.arange(3), top=20, temperature=None, n_options=3)
+    assert g.shape == (3, 3, 3) and g[0, 1, 2] == pytest.approx(2.0, abs=1e-6) and g[0, 0, 1] == -np.inf
+    two = create_questioner("split").ask(Dialog("a photo"), cand)
+    three = create_questioner("split", max_options=3).ask(Dialog("a photo"), cand)
+    assert len(two.info["options"]) == 2 and two.info["gain_bits"] == pytest.approx(1.5, abs=1e-3)
+    assert sorted(three.info["options"]) == ["ball", "beach", "grass"]
+    assert three.info["gain_bits"] == pytest.approx(2.0, abs=1e-3)
+    with pytest.raises(ValueError):
+        create_questioner("split", max_options=0)
+
+
+def test_caption_word_features_are_viewer_chances(searcher, small_datastore):
+    ids = searcher.collection.images.ids()[:10]
+    V = searcher.collection.images.vectors(ids)
+    raw = CaptionWordFeatures(small_datastore, describers=1)
+    four = CaptionWordFeatures(small_datastore)
+    assert four.describers == 4
+    R, P = raw.matrix(ids, V), four.matrix(ids, V)
+    assert raw.words == four.words and (R != 0).nnz == (P != 0).nnz > 0
+    # raw: fractions of the 20 nearest captions; default: chance one of 4 describers names the word
+    assert np.allclose(R.data * raw.n_captions, np.round(R.data * raw.n_captions), atol=1e-4)
+    assert np.allclose(P.toarray(), 1 - (1 - R.toarray()) ** 4, atol=1e-6)
+    with pytest.raises(ValueError):
+        CaptionWordFeatures(small_datastore, describers=0.5)
+
+
+def test_rescoring_modes():
+    import scipy.sparse as sp
+
+    from mmrag.tasks.chat.ranking import rescore
+
+    vocab = {"dog": 0, "ball": 1}
+    W = sp.csr_matrix(np.array([[0.9, 0.0], [0.1, 0.5], [0.0, 1.0]], np.float32))
+    cos = np.array([0.30, 0.31, 0.32], np.float32)
+    ll = RankingConfig(rescore_weight=0.1)
+    s = rescore(cos, W, vocab, [("dog", 1)], ll)
+    assert s == pytest.approx(cos + 0.1 * np.log([0.9, 0.1, 0.02]), abs=1e-6)  # clipped at rescore_floor 0.02
+    s = rescore(cos, W, vocab, [("dog", -1), ("cat", 1)], ll)  # unknown word: no evidence
+    assert s == pytest.approx(cos + 0.1 * np.log([0.1, 0.9, 0.98]), abs=1e-6)
+    lin = RankingConfig(rescore_weight=0.1, rescore_mode="linear")
+    assert rescore(cos, W, vocab, [("ball", -1)], lin) == pytest.approx(cos - 0.1 * np.array([0, 0.5, 1.0]), abs=1e-6)
+    assert rescore(cos, W, vocab, [("ball", -1)], RankingConfig(rescore_weight=0)) == pytest.approx(cos)
+    for bad in (dict(rescore_mode="odds"), dict(rescore_floor=0.0), dict(rescore_weight=-1), dict(query="x"), dict(pool=0)):
+        with pytest.raises(ValueError):
+            RankingConfig(**bad)
+
+
 def test_query_text_modes():
     from mmrag.tasks.chat.ranking import query_texts
 
@@ -183,12 +260,13 @@ def test_session_is_serialized_across_threads(searcher):
     assert sorted(t.round for t in turns) == [1, 2, 3] and len(s.dialog.rounds) == 3
 
 
-def test_answers_move_the_ranking_through_rescoring(searcher, small_datastore):
+@pytest.mark.parametrize("mode", ["loglik", "linear"])
+def test_answers_move_the_ranking_through_rescoring(searcher, small_datastore, mode):
     feats = CaptionWordFeatures(small_datastore)
     plain = ChatSession(searcher, "split", k=40, captions=None, features=feats,
                         ranking=RankingConfig(rescore_weight=0.0))
     scored = ChatSession(searcher, "split", k=40, captions=None, features=feats,
-                         ranking=RankingConfig(rescore_weight=0.2))
+                         ranking=RankingConfig(rescore_weight=0.2, rescore_mode=mode))
     for s in (plain, scored):
         s.start("a person outdoors")
         s.answer("yes", question="is there a dog?")

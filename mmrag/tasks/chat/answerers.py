@@ -20,9 +20,10 @@ minus the template words (anyone, anything, picture, photo, image, there).
 4. *where ...*: from the caption sharing most words with ``K`` (ties: the earlier caption), the
    first phrase starting at in/on/at/near/by/under/through/along/across/beside/behind, up to 4
    tokens; none -> ``"i don't know"``.
-5. Choice questions (a yes/no opening with "or": "is it a boy or a girl?"): the first of the two
-   options (the content words around "or") that is in ``C``; neither -> ``"neither"`` (as in
-   rule 6, what no caption mentions counts as absent).
+5. Choice questions (a yes/no opening with "or": "is it a boy or a girl?", "is there a dog, a
+   ball or anyone swimming?"): the first of the options (:func:`~.words.choice_options`: the
+   last content word of each comma-separated part before "or", the first after it) that is in
+   ``C``; none -> ``"neither"`` (as in rule 6, what no caption mentions counts as absent).
 6. Yes/no questions (first word is/are/does/do/can/was/were/has/have/could/would/will/did/any):
    the topic is the last word of ``K``; ``"yes"`` if it is in ``C``, else ``"no"`` (captions name
    what is salient, so something no caption mentions counts as absent); no topic ->

@@ -87,7 +87,7 @@ class _Ranker:
                 sc = row[pool]
                 cons = round_constraints(d)
                 if self.M is not None and cons and self.ranking.rescore_weight > 0:
-                    sc = rescore(sc, self.M[pool], self.features.vocab, cons, self.ranking.rescore_weight)
+                    sc = rescore(sc, self.M[pool], self.features.vocab, cons, self.ranking)
                 order = np.argsort(-sc, kind="stable")
                 pos = np.flatnonzero(pool[order] == t)
                 rank = int(pos[0]) + 1 if len(pos) else int((row > row[t]).sum()) + 1

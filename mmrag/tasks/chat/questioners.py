@@ -5,16 +5,19 @@ Registry :data:`QUESTIONERS`, chosen by name (:func:`create_questioner`):
 ``split``  asks about the word whose answer best separates the current top candidates: for each
            word ``w`` of the candidates' nearest captions (:mod:`.features`, never the target's
            own captions in evaluation), with candidate weights ``pi`` (softmax of scores /
-           ``temperature``) and ``f_i[w]`` the chance candidate ``i`` shows ``w``, the expected
-           information gain of the yes/no answer, ``H(sum_i pi_i f_i[w]) - sum_i pi_i H(f_i[w])``.
+           ``temperature``, 0.1: on dev 0.05 / 0.1 / 0.2 gave +18.8 / +20.1 / +19.4) and
+           ``p_i[w]`` the chance a viewer of candidate ``i`` names ``w``, the expected information
+           gain of the yes/no answer, ``H(sum_i pi_i p_i[w]) - sum_i pi_i H(p_i[w])``.
            Words of the description, words already asked and generic words are skipped. The
            question is a template by word class ("is there a dog?", "is anyone running?", ...).
-           With ``choices`` (default) it also weighs either-or questions over pairs of the
-           ``choice_words`` best words ("is there a dog or anyone swimming?"; three answers: the
-           first option, the second, neither) and asks one when its expected gain is higher
-           (up to log2(3) = 1.58 bits instead of 1): +1.9 points of cumulative Hits@10 by
-           round 5 over yes/no questions only on Flickr8k dev (+16.0 vs +14.1), +1.7 on test
-           (benchmarks/bench_chat.py, docs/benchmarks.md).
+           With ``choices`` (default) it also weighs choice questions over ordered tuples of up to
+           ``max_options`` (default 2) of the ``choice_words`` best words ("is there a dog or
+           anyone swimming?"; answers: the first option, the second, ..., neither) and asks one
+           when its expected gain is higher (up to log2(3) = 1.58 bits for two options instead
+           of 1). Either-or questions add 1.5 points of cumulative Hits@10 by round 5 over yes/no
+           questions only on Flickr8k dev (+20.1 vs +18.6) and 2.1 on test; three options
+           measured the same as two on dev (+19.8) at 5x the time (benchmarks/bench_chat.py,
+           docs/benchmarks.md).
 ``bank``   picks from a bank of real questions (default: the VisDial questions of ChatIR's
            ``VisDial_v1.0_queries_val.json``; or any file/list the user gives) the not-yet-asked
            question most useful now: the highest information gain of its topic word over the
@@ -120,22 +123,35 @@ def information_gain(candidates: Candidates, top: int, temperature: float | None
     return gain
 
 
-def choice_gain(candidates: Candidates, cols: np.ndarray, top: int, temperature: float | None) -> np.ndarray:
-    """Expected information gain (bits) of the either-or question "A or B?" for every ordered pair
-    of the vocabulary columns ``cols``: ``[len(cols), len(cols)]``, A the row, B the column. The
-    answer has three outcomes: A (A shown), B (A not shown, B shown), neither; a candidate shows
-    each word independently with its caption-word fraction."""
+def choice_gain(candidates: Candidates, cols: np.ndarray, top: int, temperature: float | None,
+                n_options: int = 2) -> np.ndarray:
+    """Expected information gain (bits) of the choice question "A, B or C?" for every ordered
+    tuple of ``n_options`` of the vocabulary columns ``cols``: an array ``[len(cols)] * n_options``
+    (repeated columns -inf). The answer has ``n_options + 1`` outcomes: the first option shown, or
+    the first not shown and the second shown, ..., or none of them; a candidate shows each word
+    independently with its chance ``p[w]`` (:mod:`.features`)."""
     n = min(top, len(candidates.ids))
     m = len(cols)
-    if n == 0 or m < 2:
-        return np.zeros((m, m))
+    shape = (m,) * n_options
+    if n == 0 or m < n_options:
+        return np.full(shape, -np.inf)
     pi = candidate_weights(candidates, top, temperature)
     F = candidates.words[:n][:, cols].toarray().astype(np.float64)  # [n, m]
-    a = F[:, :, None]
-    b = F[:, None, :]
-    P = np.stack([np.broadcast_to(a, (n, m, m)), (1 - a) * b, (1 - a) * (1 - b)], axis=-1)  # [n, m, m, 3]
-    gain = _entropy_rows(np.einsum("i,ijkl->jkl", pi, P)) - np.einsum("i,ijk->jk", pi, _entropy_rows(P))
-    np.fill_diagonal(gain, -np.inf)
+    outcomes = []
+    absent = np.ones((n,) + (1,) * n_options)  # chance that every earlier option is absent
+    for k in range(n_options):
+        f = F.reshape((n,) + (1,) * k + (m,) + (1,) * (n_options - k - 1))
+        outcomes.append(np.broadcast_to(absent * f, (n,) + shape))
+        absent = absent * (1 - f)
+    outcomes.append(np.broadcast_to(absent, (n,) + shape))
+    P = np.stack(outcomes, axis=-1)  # [n, m, ..., m, n_options + 1]
+    gain = _entropy_rows(np.tensordot(pi, P, axes=1)) - np.tensordot(pi, _entropy_rows(P), axes=1)
+    idx = np.indices(shape)
+    repeated = np.zeros(shape, bool)
+    for a in range(n_options):
+        for b in range(a + 1, n_options):
+            repeated |= idx[a] == idx[b]
+    gain[repeated] = -np.inf
     return gain
 
 
@@ -154,18 +170,20 @@ class SplitQuestioner:
 
     name = "split"
 
-    def __init__(self, top: int = 20, temperature: float | None = 0.05, min_fraction: float = 0.0,
-                 choices: bool = True, choice_words: int = 24):
+    def __init__(self, top: int = 20, temperature: float | None = 0.1, min_fraction: float = 0.0,
+                 choices: bool = True, choice_words: int = 24, max_options: int = 2):
         self.top = int(top)
         self.temperature = temperature
         self.min_fraction = float(min_fraction)
-        self.choices = bool(choices)
+        self.max_options = int(max_options) if choices else 1
+        if self.max_options < 1:
+            raise ValueError(f"max_options must be >= 1, got {max_options}")
         self.choice_words = int(choice_words)
 
     def ask(self, dialog: Dialog, candidates: Candidates) -> Question | None:
         ig = information_gain(candidates, self.top, self.temperature)
         excluded = _excluded_words(dialog)
-        wanted = max(1, self.choice_words) if self.choices else 1  # words for pairs, or the best one
+        wanted = max(1, self.choice_words) if self.max_options > 1 else 1  # words for choices, or the best one
         best: list[int] = []  # askable columns, highest yes/no gain first
         for c in np.argsort(-ig, kind="stable"):
             if ig[c] <= 0 or len(best) >= wanted:
@@ -178,14 +196,16 @@ class SplitQuestioner:
         c = best[0]
         question = Question(yes_no_question(candidates.words_list[c]), topic=candidates.words_list[c],
                             info={"gain_bits": round(float(ig[c]), 4)})
-        if self.choices and len(best) >= 2:
-            cols = np.asarray(best)
-            g = choice_gain(candidates, cols, self.top, self.temperature)
-            i, j = np.unravel_index(int(np.argmax(g)), g.shape)
-            if g[i, j] > ig[c]:
-                a, b = candidates.words_list[cols[i]], candidates.words_list[cols[j]]
-                question = Question(choice_question(a, b), topic=None, info={"gain_bits": round(float(g[i, j]), 4),
-                                                                              "options": [a, b]})
+        top_gain = float(ig[c])
+        cols = np.asarray(best)
+        for k in range(2, min(self.max_options, len(best)) + 1):
+            g = choice_gain(candidates, cols, self.top, self.temperature, n_options=k)
+            at = np.unravel_index(int(np.argmax(g)), g.shape)
+            if g[at] > top_gain:
+                top_gain = float(g[at])
+                opts = [candidates.words_list[cols[i]] for i in at]
+                question = Question(choice_question(*opts), topic=None,
+                                    info={"gain_bits": round(top_gain, 4), "options": opts})
         return question
 
 
@@ -237,7 +257,7 @@ class BankQuestioner:
     name = "bank"
 
     def __init__(self, bank: str | Path | Sequence[str] | None = None, top: int = 20,
-                 temperature: float | None = 0.05):
+                 temperature: float | None = 0.1):
         if bank is None:
             bank = default_bank_path()
             if bank is None:

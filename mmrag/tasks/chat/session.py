@@ -141,7 +141,7 @@ class ChatSession:
         words = None
         if self.features is not None and ids:
             words = self.features.matrix(ids, self.searcher.collection.images.vectors(ids))
-            scores = rescore(scores, words, self.features.vocab, round_constraints(d), self.ranking.rescore_weight)
+            scores = rescore(scores, words, self.features.vocab, round_constraints(d), self.ranking)
         order = np.argsort(-scores, kind="stable")
         ranked = [ChatHit(ids[i], float(scores[i]), r + 1, hits[i].metadata) for r, i in enumerate(order[: self.k])]
         question = None

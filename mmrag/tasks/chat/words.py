@@ -144,11 +144,15 @@ def yes_no_question(word: str) -> str:
     return f"is there {_phrase(word)}?"  # "a dog", "an apple", "snow"
 
 
-def choice_question(first: str, second: str) -> str:
-    """The ``split`` questioner's either-or question ("is there a dog or anyone swimming?"):
-    :func:`choice_options` reads back ``[first, second]``, the simulated user answers the first
-    option its captions mention, else "neither"."""
-    return f"is there {_phrase(first)} or {_phrase(second)}?"
+def choice_question(*options: str) -> str:
+    """The ``split`` questioner's choice question over two or more words ("is there a dog or
+    anyone swimming?", "is there a dog, a ball or anyone swimming?"): :func:`choice_options`
+    reads back the options in order, the simulated user answers the first option its captions
+    mention, else "neither"."""
+    if len(options) < 2:
+        raise ValueError("a choice question needs at least two options")
+    phrases = [_phrase(w) for w in options]
+    return f"is there {', '.join(phrases[:-1])} or {phrases[-1]}?"
 
 
 YES_NO_STARTS = frozenset("is are does do can was were has have could would will did any".split())
@@ -162,15 +166,32 @@ def is_yes_no(question: str) -> bool:
     return bool(t) and t[0] in YES_NO_STARTS and "or" not in t[1:]
 
 
+_CHOICE_TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?|,")
+
+
 def choice_options(question: str) -> list[str]:
-    """The options of a choice question ("is it a boy or a girl?" -> [boy, girl]), else []."""
-    t = tokens(question)
+    """The options of a choice question, in order ("is it a boy or a girl?" -> [boy, girl];
+    "is there a dog, a ball or anyone swimming?" -> [dog, ball, swimming]), else []. Each
+    comma-separated part before "or" gives its last content word (back to the part that opens
+    the question), the part after "or" its first."""
+    t = _CHOICE_TOKEN.findall(question.lower().replace("-", " "))
     if not t or t[0] not in YES_NO_STARTS or "or" not in t[1:]:
         return []
     j = t.index("or", 1)
-    before = [w for w in t[1:j] if w not in STOPWORDS]
-    after = [w for w in t[j + 1 :] if w not in STOPWORDS]
-    return [normalize(w) for w in (before[-1:] + after[:1])]
+    parts: list[list[str]] = [[]]
+    for w in t[:j]:
+        if w == ",":
+            parts.append([])
+        else:
+            parts[-1].append(w)
+    before: list[str] = []
+    for k in range(len(parts) - 1, -1, -1):
+        words = [w for w in parts[k] if w not in STOPWORDS]
+        if not words:
+            break  # "in the picture, is it a boy or a girl?": stop at a part with no option
+        before.insert(0, words[-1])
+    after = [w for w in t[j + 1 :] if w != "," and w not in STOPWORDS]
+    return [normalize(w) for w in before + after[:1]]
 
 
 def question_topic(question: str) -> str | None:
@@ -196,19 +217,20 @@ def answer_polarity(answer: str) -> int:
 
 
 def choice_constraints(question: str, answer: str) -> list[tuple[str, int]]:
-    """What the answer to an either-or question says about its two options, as (word, +1/-1):
-    naming the first -> (first, +1); naming the second -> (first, -1), (second, +1) (the first
-    option is the one a user checks first); "neither"/"no"/"none" -> both -1; anything else
-    (e.g. "i don't know", "both") -> nothing."""
+    """What the answer to a choice question says about its options, as (word, +1/-1): each
+    option the answer names -> +1, and the options before the first one named -> -1 (a user
+    checks them in order: "is there a dog or a cat?" "cat" -> (dog, -1), (cat, +1));
+    "neither"/"no"/"none" -> every option -1; "both" (two options) -> both +1; anything else
+    (e.g. "i don't know") -> nothing."""
     options = choice_options(question)
-    if len(options) != 2 or options[0] == options[1]:
+    if len(options) < 2 or len(set(options)) != len(options):
         return []
     said = set(content_words(answer))
-    first, second = options
-    if first in said:
-        return [(first, 1)]
-    if second in said:
-        return [(first, -1), (second, 1)]
+    named = [k for k, o in enumerate(options) if o in said]
+    if named:
+        return [(o, -1) for o in options[: named[0]]] + [(options[k], 1) for k in named]
+    if len(options) == 2 and "both" in tokens(answer):
+        return [(o, 1) for o in options]
     if answer_polarity(answer) < 0:
-        return [(first, -1), (second, -1)]
+        return [(o, -1) for o in options]
     return []
