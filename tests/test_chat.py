@@ -147,7 +147,8 @@ def test_choice_questions_with_three_options():
     assert choice_options(q) == ["dog", "ball", "swimming"]
     assert choice_options("is it black, white or brown?") == ["black", "white", "brown"]
     assert choice_options("is the man wearing a hat or a cap in the picture?") == ["hat", "cap"]
-    assert choice_options("is there a dog?") == []
+    assert choice_options("is it sunny, or is it cloudy?") == ["sunny", "cloudy"]
+    assert choice_options("is there a dog?") == [] and choice_options("is it or?") == []
     user = SimulatedUser(["a boy swims with a ball", "a child in a pool"])
     assert user.answer(q) == "ball"  # the first option its captions mention
     d = Dialog("a photo", [Round(q, user.answer(q))])

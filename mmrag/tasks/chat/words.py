@@ -184,6 +184,8 @@ def choice_options(question: str) -> list[str]:
             parts.append([])
         else:
             parts[-1].append(w)
+    if len(parts) > 1 and not parts[-1]:
+        parts.pop()  # "is it sunny, or cloudy?": the comma before "or" ends no option
     before: list[str] = []
     for k in range(len(parts) - 1, -1, -1):
         words = [w for w in parts[k] if w not in STOPWORDS]
@@ -191,7 +193,8 @@ def choice_options(question: str) -> list[str]:
             break  # "in the picture, is it a boy or a girl?": stop at a part with no option
         before.insert(0, words[-1])
     after = [w for w in t[j + 1 :] if w != "," and w not in STOPWORDS]
-    return [normalize(w) for w in before + after[:1]]
+    options = [normalize(w) for w in before + after[:1]]
+    return options if len(options) >= 2 else []
 
 
 def question_topic(question: str) -> str | None:
