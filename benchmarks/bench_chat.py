@@ -34,6 +34,7 @@ Writes ``chat_dev.json``, ``chat_test.json`` and ``chat_hits10.png`` (Hits@10 pe
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -139,6 +140,7 @@ def main() -> None:
           f"{time.perf_counter() - t:.1f} s", file=sys.stderr)
     split_items = {s: [it for it in full.items if it.split == s] for s in ("dev", "test")}
 
+    @functools.cache
     def raw_feats():  # the caption-word fractions themselves (before viewer chances), a reference
         raw = CaptionWordFeatures(feats.source, describers=1)
         raw.compute(ids, V)
@@ -171,7 +173,7 @@ def main() -> None:
             if qn == "split":  # what each part adds, at split's chosen ranking
                 chosen = RankingConfig(**best["ranking"])
                 raw = raw_feats()
-                refs = [("yes/no questions only", create_questioner("split", choices=False), chosen, feats),
+                refs = [("yes/no questions only", create_questioner("split", max_options=1), chosen, feats),
                         ("up to 3 options per question", create_questioner("split", max_options=3), chosen, feats),
                         ("candidate temperature 0.05", create_questioner("split", temperature=0.05), chosen, feats),
                         ("raw caption fractions (describers=1)", create_questioner("split"), chosen, raw),
@@ -205,7 +207,7 @@ def main() -> None:
             cfgs = [("chosen on dev", chosen, create_questioner(qn), feats)]
             if ref:
                 cfgs += [("plain ChatIR", plain, create_questioner(qn), feats),
-                         ("yes/no questions only", chosen, create_questioner(qn, choices=False), feats),
+                         ("yes/no questions only", chosen, create_questioner(qn, max_options=1), feats),
                          ("before: raw fractions, linear 0.3, temperature 0.05",
                           RankingConfig(query="words", rescore_mode="linear", rescore_weight=0.3),
                           create_questioner(qn, temperature=0.05), raw_feats())]

@@ -98,7 +98,7 @@ def test_split_questioner_picks_the_word_that_halves_the_candidates():
     F = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]], np.float32)
     cand = Candidates(["a", "b", "c", "d"], np.array([0.5, 0.5, 0.5, 0.5], np.float32), sp.csr_matrix(F),
                       {w: i for i, w in enumerate(words)}, words)
-    yes_no = create_questioner("split", choices=False)
+    yes_no = create_questioner("split", max_options=1)
     q = yes_no.ask(Dialog("a photo"), cand)
     assert q.topic == "ball" and q.text == "is there a ball?" and q.info["gain_bits"] == pytest.approx(1.0, abs=1e-3)
     q2 = yes_no.ask(Dialog("a dog with a ball"), cand)  # described words are not asked

@@ -222,7 +222,7 @@ function showTurn(turn) {
   setStatus("#chat-status", `Round ${turn.round}: ${turn.hits.length} candidates` + (q ? "" : " (the questioner has nothing left to ask)"));
   $("#chat-dialog").hidden = false;
   $("#chat-send").disabled = !q;
-  // one-click answers: the two options and "neither" for an either-or question, else yes / no
+  // one-click answers: the options and "neither" for a choice question, else yes / no
   const quick = turn.question_options ? [...turn.question_options, "neither"] : ["yes", "no"];
   $("#chat-quick").replaceChildren(...quick.map((a) => el("button", {
     type: "button", class: "secondary", "data-answer": a, text: a.charAt(0).toUpperCase() + a.slice(1) })));

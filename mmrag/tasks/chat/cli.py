@@ -40,7 +40,7 @@ def _questioner(name: str, bank: Optional[Path], generator: str, gen_opts: list[
                 opts[k] = v
         return create_questioner("llm", generator=generator, generator_options=opts)
     if name == "split":
-        return create_questioner("split", choices=choices)
+        return create_questioner("split", max_options=2 if choices else 1)
     return create_questioner(name)
 
 

@@ -10,8 +10,8 @@ Registry :data:`QUESTIONERS`, chosen by name (:func:`create_questioner`):
            gain of the yes/no answer, ``H(sum_i pi_i p_i[w]) - sum_i pi_i H(p_i[w])``.
            Words of the description, words already asked and generic words are skipped. The
            question is a template by word class ("is there a dog?", "is anyone running?", ...).
-           With ``choices`` (default) it also weighs choice questions over ordered tuples of up to
-           ``max_options`` (default 2) of the ``choice_words`` best words ("is there a dog or
+           With ``max_options`` > 1 (default 2; 1: yes/no questions only) it also weighs choice
+           questions over ordered tuples of up to ``max_options`` of the ``choice_words`` best words ("is there a dog or
            anyone swimming?"; answers: the first option, the second, ..., neither) and asks one
            when its expected gain is higher (up to log2(3) = 1.58 bits for two options instead
            of 1). Either-or questions add 1.5 points of cumulative Hits@10 by round 5 over yes/no
@@ -171,11 +171,11 @@ class SplitQuestioner:
     name = "split"
 
     def __init__(self, top: int = 20, temperature: float | None = 0.1, min_fraction: float = 0.0,
-                 choices: bool = True, choice_words: int = 24, max_options: int = 2):
+                 choice_words: int = 24, max_options: int = 2):
         self.top = int(top)
         self.temperature = temperature
         self.min_fraction = float(min_fraction)
-        self.max_options = int(max_options) if choices else 1
+        self.max_options = int(max_options)
         if self.max_options < 1:
             raise ValueError(f"max_options must be >= 1, got {max_options}")
         self.choice_words = int(choice_words)

@@ -166,7 +166,7 @@ def is_yes_no(question: str) -> bool:
     return bool(t) and t[0] in YES_NO_STARTS and "or" not in t[1:]
 
 
-_CHOICE_TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?|,")
+_CHOICE_TOKEN = re.compile(_TOKEN.pattern + "|,")  # words and commas
 
 
 def choice_options(question: str) -> list[str]:
@@ -184,13 +184,12 @@ def choice_options(question: str) -> list[str]:
             parts.append([])
         else:
             parts[-1].append(w)
-    if len(parts) > 1 and not parts[-1]:
-        parts.pop()  # "is it sunny, or cloudy?": the comma before "or" ends no option
+    parts = [p for p in parts if p]  # "is it sunny, or cloudy?": a comma before "or" ends no option
     before: list[str] = []
-    for k in range(len(parts) - 1, -1, -1):
-        words = [w for w in parts[k] if w not in STOPWORDS]
+    for part in reversed(parts):
+        words = [w for w in part if w not in STOPWORDS]
         if not words:
-            break  # "in the picture, is it a boy or a girl?": stop at a part with no option
+            break  # "is it, like, a boy or a girl?": stop at a part with no option
         before.insert(0, words[-1])
     after = [w for w in t[j + 1 :] if w != "," and w not in STOPWORDS]
     options = [normalize(w) for w in before + after[:1]]
