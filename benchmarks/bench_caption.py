@@ -35,7 +35,6 @@ from mmrag.paths import cache_dir  # noqa: E402
 from mmrag.tasks.captioning import (  # noqa: E402
     CaptionDatastore,
     MRagCaptioner,
-    encoder_fingerprint,
     evaluate_captioner,
     refine_datastore,
 )
@@ -44,7 +43,7 @@ KEYS = ["BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"]
 
 
 def split_vectors(enc, corpus, split: str) -> np.ndarray:
-    f = cache_dir() / "caption_bench" / f"flickr8k_{split}_{encoder_fingerprint(enc)}_{len(corpus)}.npy"
+    f = cache_dir() / "caption_bench" / f"flickr8k_{split}_{enc.fingerprint()}_{len(corpus)}.npy"
     if f.exists():
         return np.load(f)
     f.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +145,7 @@ def main() -> None:
             print("after refinement, test: " + " ".join(f"{key} {r[key]:.1f}" for key in KEYS if key in r))
 
     out = {"dataset": "flickr8k", "datastore": {"split": "train", "captions": len(ds)},
-           "encoder": encoder_fingerprint(enc), "dev": dev_rows, "chosen": best, "test": test_rows,
+           "encoder": enc.fingerprint(), "dev": dev_rows, "chosen": best, "test": test_rows,
            "timing": timing, "refinement": refine,
            "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()}}
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)

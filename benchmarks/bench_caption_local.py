@@ -32,7 +32,7 @@ from mmrag.corpus.readers import read_corpus  # noqa: E402
 from mmrag.encoders import create_encoder  # noqa: E402
 from mmrag.paths import write_json  # noqa: E402
 from mmrag.generators import create_generator  # noqa: E402
-from mmrag.tasks.captioning import CaptionDatastore, MRagCaptioner, encoder_fingerprint, evaluate_captioner  # noqa: E402
+from mmrag.tasks.captioning import CaptionDatastore, MRagCaptioner, evaluate_captioner  # noqa: E402
 
 
 def main() -> None:
@@ -97,7 +97,7 @@ def main() -> None:
         print(f"{name:38s} | " + " | ".join(f"{row[k]:5.1f}" if row[k] is not None else "  -  " for k in KEYS)
               + f" | {row['s_per_image']:.3f}", flush=True)
 
-    out = {"dataset": "flickr8k", "encoder": encoder_fingerprint(enc), "datastore": {"split": "train", "captions": len(ds)},
+    out = {"dataset": "flickr8k", "encoder": enc.fingerprint(), "datastore": {"split": "train", "captions": len(ds)},
            "generator": {"name": "local", "model": str(getattr(local, "model_path", "")), "runtime": getattr(local, "runtime", "")},
            "dev_images": len(dev_s), "dev": dev_rows, "chosen": chosen, "test_images": len(test_s), "test": test_rows,
            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),

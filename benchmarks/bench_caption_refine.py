@@ -34,7 +34,6 @@ from mmrag.paths import write_json  # noqa: E402
 from mmrag.tasks.captioning import (  # noqa: E402
     CaptionDatastore,
     MRagCaptioner,
-    encoder_fingerprint,
     evaluate_captioner,
     refine_datastore,
 )
@@ -89,7 +88,7 @@ def main() -> None:
     test_rows = [score_test(base, f"{a.generator}, Flickr8k train datastore (start)")]
     for arm in arms:
         test_rows.append(score_test(arm.pop("_ds"), f"after refinement, {arm['arm']}"))
-    out = {"dataset": "flickr8k", "generator": a.generator, "encoder": encoder_fingerprint(enc),
+    out = {"dataset": "flickr8k", "generator": a.generator, "encoder": enc.fingerprint(),
            "train_images": len(train), "dev_images": len(dev), "test_images": len(test), "arms": arms,
            "test": test_rows, "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                                           "load_avg_end": os.getloadavg()}}

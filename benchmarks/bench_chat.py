@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmrag.corpus.readers import read_corpus  # noqa: E402
 from mmrag.encoders import create_encoder  # noqa: E402
 from mmrag.errors import MmragError  # noqa: E402
-from mmrag.tasks.captioning import default_datastore, encoder_fingerprint  # noqa: E402
+from mmrag.tasks.captioning import default_datastore  # noqa: E402
 from mmrag.tasks.chat.evaluate import evaluate_chat, targets_from_items  # noqa: E402
 from mmrag.tasks.chat.features import CaptionWordFeatures  # noqa: E402
 from mmrag.tasks.chat.questioners import create_questioner  # noqa: E402
@@ -154,7 +154,7 @@ def main() -> None:
     else:
         dev_items = split_items["dev"][: a.dev_limit] if a.dev_limit else split_items["dev"]
         targets = targets_from_items(dev_items, row_of)
-        dev = {"machine": machine, "encoder": encoder_fingerprint(enc), "n_queries": len(targets),
+        dev = {"machine": machine, "encoder": enc.fingerprint(), "n_queries": len(targets),
                "corpus_size": len(ids), "rows": [], "chosen": {}}
         print(f"\nDev: {len(targets)} targets among {len(ids)} images, cumulative Hits@10 (%)\n{HEADER}")
         for qn in a.questioners:
@@ -191,7 +191,7 @@ def main() -> None:
     # ---------------------------------------------------------------- test
     test_items = split_items["test"]
     spaces = {"test split (1,000 images)": [row_of[it.id] for it in test_items], "full corpus (8,091 images)": None}
-    test = {"machine": machine, "encoder": encoder_fingerprint(enc), "rounds": a.rounds, "runs": []}
+    test = {"machine": machine, "encoder": enc.fingerprint(), "rounds": a.rounds, "runs": []}
     plain = RankingConfig(query="chatir", rescore_weight=0.0)
     for space, rows_ in spaces.items():
         sids = ids if rows_ is None else [ids[r] for r in rows_]

@@ -70,14 +70,6 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def encoder_spec(encoder: Encoder) -> tuple[str, dict]:
-    """Registry name and options that rebuild the same encoder at search time."""
-    spec = getattr(encoder, "spec", None)
-    if callable(spec):
-        return spec()
-    return encoder.name, {}
-
-
 def build_index(
     corpus: Corpus,
     out_dir: str | Path,
@@ -88,7 +80,7 @@ def build_index(
     config = config or IndexConfig()
     if not corpus.items:
         raise CorpusError(f"corpus {corpus.name!r} is empty: nothing to index")
-    name, options = encoder_spec(encoder)
+    name, options = encoder.spec()
     manifest = IndexManifest(
         encoder=name, encoder_options=options, dim=encoder.dim, backend=config.backend,
         backend_options=config.backend_options, sources=[str(corpus.root)], mmrag_version=__version__,
@@ -182,8 +174,7 @@ def _index_batch(col: Collection, encoder: Encoder, batch: list[CorpusItem], kno
             cap_meta.append({"image_id": it.id, "text": c, "split": it.split})
     if cap_texts:
         cap_vecs = encoder.embed_texts(cap_texts)
-        prior_fn = getattr(encoder, "caption_prior", None)
-        prior = prior_fn(cap_vecs) if callable(prior_fn) else None
+        prior = encoder.caption_prior(cap_vecs)
         if prior is not None:  # hubness prior for image->caption search (see Bridge.caption_prior)
             for m, p in zip(cap_meta, prior):
                 m["prior"] = round(float(p), 6)
@@ -200,25 +191,7 @@ def _index_batch(col: Collection, encoder: Encoder, batch: list[CorpusItem], kno
 
 def _embed_images(encoder: Encoder, paths: list[Path], batch_size: int) -> tuple[np.ndarray, dict[int, str]]:
     """Embed, turning unreadable images into per-position errors instead of a failed batch."""
-    embed_safe = getattr(encoder, "embed_images_safe", None)
-    if callable(embed_safe):
-        return embed_safe(paths, batch_size=batch_size)
-    from mmrag.corpus.images import open_image
-    from mmrag.errors import ImageError
-
-    errors: dict[int, str] = {}
-    imgs = []
-    for i, p in enumerate(paths):
-        try:
-            imgs.append(open_image(p))
-        except ImageError as e:
-            errors[i] = str(e)
-            imgs.append(None)
-    ok = [i for i, im in enumerate(imgs) if im is not None]
-    out = np.zeros((len(paths), encoder.dim), np.float32)
-    if ok:
-        out[ok] = encoder.embed_images([imgs[i] for i in ok], batch_size=batch_size)
-    return out, errors
+    return encoder.embed_images_safe(paths, batch_size=batch_size)
 
 
 def _skip(col: Collection, report: IndexReport, source: str, reason: str) -> None:

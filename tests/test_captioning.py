@@ -126,7 +126,9 @@ def test_prompt_order_and_llm_request(small_ds, effnet_minilm):
     assert build_prompt(["a", "b"], "first") == "Similar images show:\na\nb\nThis image shows:"
     assert build_prompt(["a", "b"], "last") == "Similar images show:\nb\na\nThis image shows:"
 
-    class Echo:  # a stand-in generator that records the request (the LLMs have their own tests)
+    from mmrag.generators import Generator
+
+    class Echo(Generator):  # a stand-in generator that records the request (the LLMs have their own tests)
         name = "echo"
 
         def generate(self, request):

@@ -1,9 +1,23 @@
-"""The Encoder protocol and the registry of implementations, chosen by name."""
+"""The Encoder base class and the registry of implementations, chosen by name.
+
+An encoder puts images and texts in one vector space. Subclasses implement the two embedding
+methods; the rest of what callers use is declared here with defaults, so no caller needs to
+probe for optional members:
+
+* :meth:`embed_images_safe` -- embedding that skips unreadable images with a reason each;
+* :meth:`spec` -- the registry name and options that rebuild the encoder (stored in manifests);
+* :meth:`fingerprint` -- a short stable id of what the vectors depend on (cache keys);
+* :meth:`caption_prior` -- an optional per-caption hubness prior for image->caption scoring;
+* :meth:`set_threads` / :meth:`set_image_threads` -- intra-op thread control.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol, Sequence, TypeVar, Union, runtime_checkable
+from typing import Iterable, Iterator, Sequence, TypeVar, Union
 
 import numpy as np
 from PIL import Image
@@ -14,24 +28,75 @@ ImageInput = Union[str, Path, bytes, Image.Image]
 T = TypeVar("T")
 
 
-@runtime_checkable
-class Encoder(Protocol):
+class Encoder(ABC):
     """Puts images and texts in one vector space.
 
-    Both methods return float32 arrays of shape [n, dim] whose rows have unit L2 norm, so the
-    inner product is the cosine similarity.
+    Both embedding methods return float32 arrays of shape [n, dim] whose rows have unit L2 norm,
+    so the inner product is the cosine similarity.
     """
 
     name: str
     dim: int
 
+    @abstractmethod
     def embed_images(
         self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False
-    ) -> np.ndarray: ...
+    ) -> np.ndarray:
+        """Embed images; raises :class:`mmrag.errors.ImageError` if any is unreadable."""
 
+    @abstractmethod
     def embed_texts(
         self, texts: Sequence[str], batch_size: int = 128, progress: bool = False
     ) -> np.ndarray: ...
+
+    def embed_images_safe(
+        self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False
+    ) -> tuple[np.ndarray, dict[int, str]]:
+        """Like :meth:`embed_images`, but an unreadable image gives a zero row and a reason in
+        the returned ``{position: reason}`` instead of failing the batch."""
+        from mmrag.corpus.images import open_image
+        from mmrag.errors import ImageError
+
+        errors: dict[int, str] = {}
+        opened: list[Image.Image | None] = []
+        for i, im in enumerate(images):
+            try:
+                opened.append(open_image(im))
+            except ImageError as e:
+                errors[i] = str(e)
+                opened.append(None)
+        ok = [i for i, im in enumerate(opened) if im is not None]
+        out = np.zeros((len(opened), self.dim), np.float32)
+        if ok:
+            out[ok] = self.embed_images([opened[i] for i in ok], batch_size=batch_size, progress=progress)
+        return out, errors
+
+    def spec(self) -> tuple[str, dict]:
+        """Registry name and options that rebuild the same encoder (an index's manifest)."""
+        return self.name, {}
+
+    def fingerprint(self) -> str:
+        """A short stable id of what this encoder's vectors (and priors) depend on: its spec,
+        plus whatever :meth:`_fingerprint_update` adds (e.g. fitted weights)."""
+        name, kwargs = self.spec()
+        h = hashlib.sha1()
+        h.update(json.dumps([name, kwargs], sort_keys=True, default=str).encode())
+        self._fingerprint_update(h)
+        return f"{name}-{h.hexdigest()[:12]}"
+
+    def _fingerprint_update(self, h) -> None:
+        """Hook: feed state the spec does not name (e.g. a bridge's statistics) into ``h``."""
+
+    def caption_prior(self, text_vectors: np.ndarray) -> np.ndarray | None:
+        """Per-caption prior subtracted from image->caption cosines (``cos - prior``), or None
+        when the encoder has none."""
+        return None
+
+    def set_threads(self, threads: int | None) -> None:
+        """Intra-op threads of the text model (None: the runtime's default). No-op by default."""
+
+    def set_image_threads(self, threads: int | None) -> None:
+        """Intra-op threads of the image model (None: the runtime's default). No-op by default."""
 
 
 ENCODERS: Registry[Encoder] = Registry("encoder")

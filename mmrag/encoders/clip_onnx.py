@@ -30,7 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from mmrag.corpus.images import open_image
-from mmrag.encoders.base import ENCODERS, ImageInput, batched, l2_normalize, progress_bar
+from mmrag.encoders.base import ENCODERS, Encoder, ImageInput, batched, l2_normalize, progress_bar
 from mmrag.encoders.clip_tokenizer import CONTEXT_LENGTH, ClipTokenizer, openai_vocab_from_bpe_gz
 from mmrag.encoders.clip_transform import CLIP_MEAN, CLIP_STD, ClipTransform
 from mmrag.errors import ModelUnavailableError
@@ -192,7 +192,7 @@ def _run_rows(sess: ort.InferenceSession, output: str, feeds: dict, shape) -> np
 
 
 @ENCODERS.register("clip")
-class ClipOnnxEncoder:
+class ClipOnnxEncoder(Encoder):
     """CLIP image and text towers on ONNX Runtime; embeddings are L2-normalised float32."""
 
     def __init__(self, model: str | None = None, providers=None, threads: int | None = None):
@@ -202,6 +202,7 @@ class ClipOnnxEncoder:
         self.model_dir = resolve_model_dir(model)
         self.layout, vis_path, txt_path = find_towers(self.model_dir)
         providers = providers or ["CPUExecutionProvider"]
+        self._providers, self._vision_path, self._text_path = providers, vis_path, txt_path
         self._vision = _session(vis_path, providers, threads)
         self._text = _session(txt_path, providers, threads)
 
@@ -298,6 +299,14 @@ class ClipOnnxEncoder:
         """Registry name and options that rebuild this encoder (stored in an index's manifest)."""
         local = Path(self.model).expanduser()
         return "clip", {"model": str(local.resolve()) if local.is_dir() else self.model}
+
+    def set_threads(self, threads: int | None) -> None:
+        """Intra-op threads of the text tower (ONNX Runtime fixes them per session: rebuilt)."""
+        self._text = _session(self._text_path, self._providers, threads)
+
+    def set_image_threads(self, threads: int | None) -> None:
+        """Intra-op threads of the image tower (the session is rebuilt)."""
+        self._vision = _session(self._vision_path, self._providers, threads)
 
     def embed_images(self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         images = list(images)

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mmrag.encoders.base import ENCODERS, ImageInput, l2_normalize
+from mmrag.encoders.base import ENCODERS, Encoder, ImageInput, l2_normalize
 from mmrag.encoders.bridge import Bridge
 from mmrag.errors import ImageError, ModelUnavailableError
 
@@ -153,7 +153,7 @@ def fill_standardisation(recipe: FeatureRecipe, pooled: np.ndarray, mix: np.ndar
 
 
 @ENCODERS.register("effnet-minilm")
-class EffnetMinilmEncoder:
+class EffnetMinilmEncoder(Encoder):
     """The offline default: EfficientNet-Lite0 + bridge -> all-MiniLM-L6-v2 space (384-d)."""
 
     dim = 384
@@ -180,6 +180,16 @@ class EffnetMinilmEncoder:
 
     def spec(self) -> tuple[str, dict]:
         return "effnet-minilm", ({"bridge": self._bridge_arg} if self._bridge_arg else {})
+
+    def _fingerprint_update(self, h) -> None:
+        bridge = self.bridge
+        if bridge is not None:
+            h.update(np.ascontiguousarray(bridge.y_mean).tobytes())
+            bank = bridge.extras.get("hub_bank")
+            if bank is not None:
+                h.update(np.ascontiguousarray(bank[:64]).tobytes())
+            h.update(str(bridge.HUB_BETA).encode())
+        h.update(str(self.recipe.center_text).encode())
 
     def set_threads(self, threads: int | None) -> None:
         """Intra-op threads of the text model (the server's ``model_threads``)."""

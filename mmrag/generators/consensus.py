@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmrag.eval.caption_metrics import simple_ptb_tokenize
-from mmrag.generators.base import GENERATORS, GenerationRequest, GenerationResult, GeneratorError
+from mmrag.generators.base import GENERATORS, GenerationRequest, GenerationResult, Generator, GeneratorError
 
 __all__ = [
     "ConsensusGenerator",
@@ -222,8 +222,11 @@ def embedding_matrix(vectors: np.ndarray) -> np.ndarray:
     return x @ x.T
 
 
-class ConsensusGenerator:
+class ConsensusGenerator(Generator):
     """Returns the candidate in ``request.evidence`` with the highest consensus score."""
+
+    reads_messages = False
+    reads_evidence = True
 
     def __init__(
         self,

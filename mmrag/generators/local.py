@@ -36,6 +36,7 @@ from mmrag.errors import ModelUnavailableError
 from mmrag.paths import cache_dir
 from mmrag.generators.base import (
     GENERATORS,
+    Generator,
     GenerationRequest,
     GenerationResult,
     GeneratorError,
@@ -163,7 +164,7 @@ def load_gguf_with_transformers(path: Path):
     return tok, model
 
 
-class LocalGenerator:
+class LocalGenerator(Generator):
     """SmolLM2-135M-Instruct on the CPU; deterministic at temperature 0.
 
     ``runtime``: ``"transformers"`` (default) or ``"llama-cpp"`` (see the module docstring);

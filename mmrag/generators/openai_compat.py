@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from mmrag.generators.base import (
     GENERATORS,
+    Generator,
     EndpointError,
     EndpointTimeoutError,
     EndpointUnreachableError,
@@ -88,8 +89,10 @@ def build_payload(request: GenerationRequest, model: str | None,
     return body
 
 
-class OpenAIGenerator:
+class OpenAIGenerator(Generator):
     """Chat completions from an OpenAI-compatible server."""
+
+    reads_images = True
 
     def __init__(
         self,

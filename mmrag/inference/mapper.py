@@ -60,8 +60,7 @@ class EmbeddingMapper:
             texts.extend(caps)
             n_caps.append(len(caps))
         text = self.encoder.embed_texts(texts) if texts else np.zeros((0, dim), np.float32)
-        prior_fn = getattr(self.encoder, "caption_prior", None)
-        prior = prior_fn(text) if callable(prior_fn) and len(texts) else None
+        prior = self.encoder.caption_prior(text) if len(texts) else None
         priors: list[list[float]] = []
         off = 0
         for n in n_caps:

@@ -90,11 +90,9 @@ def run_embedding(items: Sequence[CorpusItem], out_folder: str | Path, encoder=N
     already written are kept. A folder holding another job's shards is refused unless
     ``overwrite`` (then it is cleared).
     """
-    from mmrag.indexer import encoder_spec
-
     job = job or EmbeddingJob()
     if encoder is not None:
-        encoder_name, encoder_options = encoder_spec(encoder)
+        encoder_name, encoder_options = encoder.spec()
         dim = encoder.dim
     elif encoder_name is None:
         raise ValueError("give an encoder or an encoder_name")

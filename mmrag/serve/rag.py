@@ -114,7 +114,7 @@ class RagPipeline:
         evidence = [hit_to_dict(h, "images") for h in hits]
         if not evidence:
             raise BadRequestError("the index returned nothing to answer from")
-        if getattr(gen, "name", "").startswith("consensus"):
+        if gen.reads_evidence:
             caps, scores = [], []
             for e in evidence:
                 for c in e["captions"]:
@@ -138,5 +138,5 @@ class RagPipeline:
                                     images=[raw] if raw is not None else [], max_tokens=max_tokens,
                                     temperature=temperature, stop=stop)
         res = await asyncio.to_thread(gen.generate, req)
-        return RagAnswer(text=res.text, generator=getattr(gen, "name", generator), evidence=evidence,
+        return RagAnswer(text=res.text, generator=gen.name, evidence=evidence,
                          usage=res.usage if isinstance(res.usage, dict) else None)

@@ -201,8 +201,8 @@ def ask_router(state: ServeState) -> APIRouter:
             from mmrag.serve.rag import RagPipeline
 
             gen = RagPipeline(state).generator(answerer)  # shared instance, server's options
-            if getattr(gen, "name", "").startswith("consensus"):
-                raise BadRequestError("the consensus generator picks a caption and cannot answer questions: "
+            if not gen.reads_messages:
+                raise BadRequestError(f"the {gen.name} generator picks among retrieved texts and cannot answer questions: "
                                       "use answerer=knn on an index with QA pairs, or a language-model "
                                       "generator (local, openai)")
             return RIRPipeline(provider, answerer="generator", generator=gen)

@@ -81,9 +81,7 @@ class _SearchJob:
 def _set_model_threads(encoder: Encoder, n: int) -> None:
     """Intra-op threads for the models: the encoder's ONNX Runtime text session (its
     ``set_threads``) and torch's process-wide count."""
-    set_threads = getattr(encoder, "set_threads", None)
-    if callable(set_threads):
-        set_threads(int(n))
+    encoder.set_threads(int(n))
     try:
         import torch
     except ImportError:  # an encoder without torch
@@ -119,9 +117,8 @@ class SearchService:
 
         if self.config.model_threads:
             _set_model_threads(self.encoder, self.config.model_threads)
-        set_image_threads = getattr(self.encoder, "set_image_threads", None)
-        if self.config.image_threads and callable(set_image_threads):
-            set_image_threads(self.config.image_threads)
+        if self.config.image_threads:
+            self.encoder.set_image_threads(self.config.image_threads)
         self.text_batcher = MicroBatcher(self._embed_texts, size, wait, "embed-texts", hook("embed_texts"),
                                          workers=self.config.text_workers)
         self.image_batcher = MicroBatcher(self._embed_images, min(size, 16), wait, "embed-images",
@@ -138,11 +135,8 @@ class SearchService:
         return list(self.encoder.embed_texts(texts))
 
     def _embed_images(self, images: list[Image.Image]) -> list[np.ndarray | Exception]:
-        safe = getattr(self.encoder, "embed_images_safe", None)
-        if callable(safe):
-            vecs, errors = safe(images)
-            return [ImageError(errors[i]) if i in errors else vecs[i] for i in range(len(images))]
-        return list(self.encoder.embed_images(images))
+        vecs, errors = self.encoder.embed_images_safe(images)
+        return [ImageError(errors[i]) if i in errors else vecs[i] for i in range(len(images))]
 
     def _search(self, jobs: list[_SearchJob]) -> list[list[Hit] | Exception]:
         out: list[list[Hit] | Exception] = [[] for _ in jobs]

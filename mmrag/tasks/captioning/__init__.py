@@ -13,7 +13,6 @@ from mmrag.tasks.captioning.datastore import (
     CaptionHit,
     DatastoreError,
     default_datastore,
-    encoder_fingerprint,
 )
 from mmrag.tasks.captioning.refine import RefineReport, refine_datastore
 
@@ -28,7 +27,6 @@ __all__ = [
     "RefineReport",
     "build_prompt",
     "default_datastore",
-    "encoder_fingerprint",
     "evaluate_captioner",
     "refine_datastore",
 ]

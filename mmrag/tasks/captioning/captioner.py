@@ -148,7 +148,7 @@ class MRagCaptioner:
                     opts["document_frequency"] = None
             generator = create_generator(name, **opts)
         self.generator = generator
-        self.uses_evidence = getattr(generator, "name", "").startswith("consensus")
+        self.uses_evidence = generator.reads_evidence
         # Picks the prompt's captions for a language model by their agreement with the others.
         self._selector = None
         if not self.uses_evidence and select == "consensus":
@@ -215,7 +215,7 @@ class MRagCaptioner:
         ok = [i for i in range(n) if i not in errors]
         hits_ok = self.datastore.search(np.asarray(vectors)[ok], self.k, [excl[i] for i in ok]) if ok else []
         hits = dict(zip(ok, hits_ok))
-        gname = getattr(self.generator, "name", type(self.generator).__name__)
+        gname = self.generator.name
         out = []
         for i in range(n):
             label = _label(images[i]) if images[i] is not None else str(ids[i])
@@ -277,7 +277,7 @@ def evaluate_captioner(captioner: MRagCaptioner, corpus, vectors: np.ndarray | N
     preds = {r.image_id: r.caption for r in results if r.caption is not None}
     refs = {it.id: it.captions for it in items}
     scores = caption_scores(preds, refs, metrics=metrics, java=java)
-    gname = getattr(captioner.generator, "name", "?")
+    gname = captioner.generator.name
     scores.update({
         "method": method or f"{gname} k={captioner.k}",
         "n_images": len(preds),

@@ -27,7 +27,7 @@ import numpy as np
 
 from mmrag.errors import MmragError
 
-__all__ = ["CaptionDatastore", "CaptionHit", "DatastoreError", "encoder_fingerprint", "default_datastore"]
+__all__ = ["CaptionDatastore", "CaptionHit", "DatastoreError", "default_datastore"]
 
 FORMAT_VERSION = 1
 
@@ -49,27 +49,6 @@ class CaptionHit:
     def as_dict(self) -> dict:
         return {"text": self.text, "score": round(float(self.score), 5), "image_id": self.image_id,
                 "synthetic": self.synthetic}
-
-
-def encoder_fingerprint(encoder) -> str:
-    """A short stable id of what an encoder's text vectors and priors depend on."""
-    h = hashlib.sha1()
-    try:
-        name, kwargs = encoder.spec()
-    except Exception:
-        name, kwargs = getattr(encoder, "name", type(encoder).__name__), {}
-    h.update(json.dumps([name, kwargs], sort_keys=True, default=str).encode())
-    bridge = getattr(encoder, "bridge", None)
-    if bridge is not None:
-        h.update(np.ascontiguousarray(bridge.y_mean).tobytes())
-        bank = bridge.extras.get("hub_bank")
-        if bank is not None:
-            h.update(np.ascontiguousarray(bank[:64]).tobytes())
-        h.update(str(getattr(bridge, "HUB_BETA", "")).encode())
-    recipe = getattr(encoder, "recipe", None)
-    if recipe is not None:
-        h.update(str(getattr(recipe, "center_text", "")).encode())
-    return f"{name}-{h.hexdigest()[:12]}"
 
 
 def _atomic_write_bytes(path: Path, write) -> None:
@@ -167,7 +146,7 @@ class CaptionDatastore:
         else:
             vecs, priors = np.zeros((0, encoder.dim), np.float32), None
         info = dict(info or {})
-        info.setdefault("encoder", encoder_fingerprint(encoder))
+        info.setdefault("encoder", encoder.fingerprint())
         return cls(texts, vecs, priors, image_ids, info=info, image_paths=image_paths)
 
     @classmethod
@@ -178,7 +157,7 @@ class CaptionDatastore:
         ids = [corpus.items[o].id for o in owner]
         paths = {it.id: str(Path(it.path).resolve()) for it in corpus.items}
         info = {"corpus": corpus.name, "root": str(corpus.root), "split": split,
-                "encoder": encoder_fingerprint(encoder), "n_images": len(corpus.items)}
+                "encoder": encoder.fingerprint(), "n_images": len(corpus.items)}
         cache_file = None
         if cache:
             folder = Path(cache) if not isinstance(cache, bool) else _default_cache_dir()

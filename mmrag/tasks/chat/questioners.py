@@ -370,4 +370,4 @@ class LLMQuestioner:
         text = parse_llm_question(self.generator.generate(req).text)
         if not text:
             raise QuestionerError("the language model returned no question")
-        return Question(text, topic=question_topic(text), info={"generator": getattr(self.generator, "name", "")})
+        return Question(text, topic=question_topic(text), info={"generator": self.generator.name})

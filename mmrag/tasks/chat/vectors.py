@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from mmrag.paths import cache_dir
-from mmrag.tasks.captioning.datastore import encoder_fingerprint
 
 
 def corpus_vectors_path(encoder, corpus) -> Path:
     ids = hashlib.sha1("\n".join(it.id for it in corpus.items).encode()).hexdigest()[:10]
     name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in corpus.name)
-    return cache_dir() / "chat" / f"{name}_{len(corpus)}_{encoder_fingerprint(encoder)}_{ids}.npy"
+    return cache_dir() / "chat" / f"{name}_{len(corpus)}_{encoder.fingerprint()}_{ids}.npy"
 
 
 def corpus_image_vectors(encoder, corpus, cache: bool = True, progress: bool = True) -> np.ndarray:

@@ -50,7 +50,7 @@ __all__ = [
     "short_caption",
 ]
 
-EXTRACTIVE = "extractive"
+EXTRACTIVE = "extractive"  # the default generator (a registry name)
 SHORT_CAPTION_WORDS = 16
 
 
@@ -183,15 +183,28 @@ def _rank_chunks(query: str, chunks: Sequence[Chunk], embedder, k: int) -> list[
     return [(chunks[i], float(sims[i])) for i in order]
 
 
-def _extractive_answer(query: str, ranked: list[tuple[Chunk, float]], max_sections: int) -> tuple[str, list[AnswerSection]]:
+def _evidence_answer(query: str, ranked: list[tuple[Chunk, float]], max_sections: int, gen) -> tuple[str, list[AnswerSection]]:
+    """For generators that choose among retrieved texts (``reads_evidence``): the ranked chunks
+    grouped by their document section (best section first, chunks in document order) are the
+    evidence; the sections the generator picks (``raw["indices"]`` or ``raw["index"]``) are the answer."""
+    from mmrag.generators import GenerationRequest
+
     groups: dict[tuple[str, int], list[tuple[Chunk, float]]] = {}
     for c, s in ranked:
         groups.setdefault((c.doc_id, c.section), []).append((c, s))
-    sections: list[AnswerSection] = []
+    candidates: list[AnswerSection] = []
+    scores: list[float] = []
     for (_, _), items in list(groups.items())[:max_sections]:
+        scores.append(max(s for _, s in items))
         items.sort(key=lambda cs: cs[0].id)  # document order inside a section
         heading = items[0][0].heading or "Details"
-        sections.append(AnswerSection(heading, 2, "\n\n".join(c.text for c, _ in items)))
+        candidates.append(AnswerSection(heading, 2, "\n\n".join(c.text for c, _ in items)))
+    res = gen.generate(GenerationRequest(evidence=[s.text for s in candidates], evidence_scores=scores))
+    raw = res.raw if isinstance(res.raw, dict) else {}
+    picked = raw.get("indices", [raw["index"]] if "index" in raw else None)
+    if picked is None:
+        raise ComposeError(f"generator {gen.name!r} did not say which passages it chose")
+    sections = [candidates[i] for i in picked]
     title = query.strip().rstrip("?.! ")
     return title[:1].upper() + title[1:], sections
 
@@ -201,10 +214,9 @@ _ANSWER_SYSTEM = ("You answer questions from the given passages only. Write Mark
                   "heading, followed by a paragraph. Do not include images or links.")
 
 
-def _generated_answer(query: str, ranked: list[tuple[Chunk, float]], config: ComposeConfig) -> tuple[str, list[AnswerSection]]:
-    from mmrag.generators import GenerationRequest, create_generator
+def _generated_answer(query: str, ranked: list[tuple[Chunk, float]], config: ComposeConfig, gen) -> tuple[str, list[AnswerSection]]:
+    from mmrag.generators import GenerationRequest
 
-    gen = create_generator(config.generator, **config.generator_options)
     passages = "\n\n".join(f"[{i}] ({c.heading}) {c.text}" for i, (c, _) in enumerate(ranked, 1))
     req = GenerationRequest.from_prompt(f"Passages:\n{passages}\n\nQuestion: {query}\n\nAnswer in Markdown:",
                                         system=_ANSWER_SYSTEM, max_tokens=config.max_tokens)
@@ -322,10 +334,13 @@ def compose(query: str, documents: Sequence[Document] | None = None, index: str 
         ranked = _rank_chunks(query, chunks, embedder, config.top_chunks)
     if not ranked:
         raise ComposeError("the documents hold no text to answer from")
-    if config.generator == EXTRACTIVE:
-        title, sections = _extractive_answer(query, ranked, config.max_sections)
+    from mmrag.generators import create_generator
+
+    gen = create_generator(config.generator, **config.generator_options)
+    if gen.reads_evidence:
+        title, sections = _evidence_answer(query, ranked, config.max_sections, gen)
     else:
-        title, sections = _generated_answer(query, ranked, config)
+        title, sections = _generated_answer(query, ranked, config, gen)
     used_docs = list(dict.fromkeys(c.doc_id for c, _ in ranked))
     qv = embedder.embed([query])[0]
     images, skipped = _candidates(docs, used_docs, qv, embedder, config, captioner)

@@ -70,7 +70,7 @@ def ingest_documents(documents: Sequence[Document], index_dir: str | Path, encod
     from mmrag.corpus.items import Corpus, CorpusItem
     from mmrag.encoders import create_encoder
     from mmrag.index.collection import Collection, IndexManifest
-    from mmrag.indexer import IndexConfig, build_index, encoder_spec
+    from mmrag.indexer import IndexConfig, build_index
 
     if not documents:
         raise MmragError("no documents to ingest")
@@ -98,7 +98,7 @@ def ingest_documents(documents: Sequence[Document], index_dir: str | Path, encod
         rep = build_index(Corpus("documents", corpus_root, items), root, encoder,
                           IndexConfig(progress=progress))
         report["images_added"], report["images_skipped"] = rep.added, len(rep.skipped)
-    name, options = encoder_spec(encoder)
+    name, options = encoder.spec()
     col = Collection.create_or_open(root, IndexManifest(encoder=name, encoder_options=options, dim=encoder.dim,
                                                         mmrag_version=__version__))
     try:

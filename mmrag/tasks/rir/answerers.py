@@ -165,7 +165,7 @@ class GeneratorAnswerer:
 
             generator = create_generator(generator)
         self.generator = generator
-        self.name = "generator:" + str(getattr(generator, "name", type(generator).__name__))
+        self.name = "generator:" + generator.name
         self.max_tokens = int(max_tokens)
         self.system = system
 

@@ -81,16 +81,10 @@ class QABank:
         return cls.from_metadata(provider.all_metadata(), provider.encoder, cache=cache)
 
 
-def _fingerprint(encoder) -> str:
-    from mmrag.tasks.captioning.datastore import encoder_fingerprint
-
-    return encoder_fingerprint(encoder)
-
-
 def _question_vectors(encoder, questions: list[str], cache: bool) -> np.ndarray:
     if not cache:
         return encoder.embed_texts(questions)
-    h = hashlib.sha1(_fingerprint(encoder).encode())
+    h = hashlib.sha1(encoder.fingerprint().encode())
     h.update(json.dumps(questions, ensure_ascii=False).encode())
     f = cache_dir() / "rir" / f"questions_{h.hexdigest()[:16]}.npy"
     if f.exists():
