@@ -11,6 +11,13 @@ published captioning results are computed:
 * BLEU (``closest`` reference length), ROUGE-L and CIDEr-D are pycocoevalcap's own scorers
   (pycocoevalcap's ``Cider`` is CIDEr-D: clipped n-gram counts, Gaussian length penalty,
   σ = 6, ×10; document frequencies come from the references of the evaluated images).
+* Every reference caption is kept, empty ones too (``""`` or only spaces: an empty token
+  list), as coco-caption keeps them: an empty reference adds nothing to an image's summed
+  similarity but counts in CIDEr-D's division by the number of references (and takes part in
+  BLEU's closest-length choice, ROUGE-L's and METEOR's maximum over references), so it lowers
+  the score. The result counts them in ``"n_empty_references"`` (present when any). An image
+  whose references are *all* empty, or a reference that is not a string, is an error (for
+  coco-caption an all-empty image silently scores 0; a non-string crashes its tokeniser).
 * METEOR 1.5 runs pycocoevalcap's jar in ``-stdio`` mode through :class:`MeteorProcess`, a wrapper
   that fixes the known failure modes of pycocoevalcap's own (hangs when Java writes to a full
   stderr pipe or dies; "could not convert string to float" under a locale with decimal commas;
@@ -447,12 +454,20 @@ def _prepare(predictions: Mapping[Hashable, str], references: Mapping[Hashable, 
         rs = references[i]
         if isinstance(rs, str):
             rs = [rs]
-        rs = [r for r in rs if isinstance(r, str) and r.strip()]
-        if not rs:
+        rs = list(rs)
+        bad = [r for r in rs if not isinstance(r, str)]
+        if bad:
+            raise CaptionMetricError(f"a reference caption of {i!r} is not a string: {type(bad[0]).__name__}")
+        # Empty references stay, as in coco-caption (they lower CIDEr-D: module docstring).
+        if not any(r.strip() for r in rs):
             raise CaptionMetricError(f"image {i!r} has only empty reference captions")
         preds.append(p)
         refs.append(rs)
     return ids, preds, refs
+
+
+def _n_empty(refs: Sequence[Sequence[str]]) -> int:
+    return sum(1 for rs in refs for r in rs if not _one_line(r))
 
 
 def _tokenized(preds, refs, java, timeout):
@@ -485,7 +500,8 @@ def caption_scores(
 
     Returns ``{"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE",
     "n_images", "skipped", "tokenizer"}`` (only the metrics asked for and computed);
-    ``skipped`` maps a metric that could not run to the reason.
+    ``skipped`` maps a metric that could not run to the reason. Empty reference captions are
+    kept, as coco-caption keeps them, and counted in ``"n_empty_references"`` (present when any).
 
     ``meteor``: a running :class:`MeteorProcess` to reuse (starting one costs seconds, mostly
     loading METEOR's paraphrase table); by default one is started and stopped for this call.
@@ -548,6 +564,8 @@ def caption_scores(
             except CaptionMetricError as e:
                 skipped["SPICE"] = str(e)
     out["n_images"] = len(ids)
+    if _n_empty(refs):
+        out["n_empty_references"] = _n_empty(refs)  # kept, as coco-caption does
     out["skipped"] = skipped
     out["tokenizer"] = how
     return out

@@ -13,7 +13,9 @@ against all image vectors with one matrix product; re-scoring and questions use 
 :class:`~.session.ChatSession`.
 
 :func:`evaluate_replay` replays recorded ChatIR dialogs (``[{"img", "dialog": [caption,
-"question? answer", ...]}]``): rounds are read from the file instead of asked and answered.
+"question? answer", ...]}]``): rounds are read from the file instead of asked and answered. In
+the ``chatir`` query mode the text at round ``r`` is ChatIR's ``", ".join(dialog[:r + 1])`` of the
+recorded strings, byte for byte (:meth:`~.dialog.Dialog.prefix` keeps them).
 """
 
 from __future__ import annotations
@@ -197,6 +199,12 @@ def match_images(names: Sequence[str], ids: Sequence[str], image_map: dict[str, 
     return out
 
 
+def dialogs_at_round(dialogs: Sequence[Dialog], r: int) -> list[Dialog]:
+    """What a replay ranks at round ``r``: each dialog's description and first ``r`` rounds, the
+    recorded strings kept, so the ``chatir`` query text is ``", ".join(dialog[:r + 1])``."""
+    return [d.prefix(r) for d in dialogs]
+
+
 def evaluate_replay(encoder, vectors: np.ndarray, ids: Sequence[str], dialogs: Sequence[tuple[str, Dialog]],
                     rounds: int | None = None, ranking: RankingConfig | None = None,
                     features: CaptionWordFeatures | None = None, image_map: dict[str, str] | None = None,
@@ -219,7 +227,7 @@ def evaluate_replay(encoder, vectors: np.ndarray, ids: Sequence[str], dialogs: S
 
         it = tqdm(it, desc="replay rounds", unit="round", leave=False)
     for r in it:
-        ds = [Dialog(d.description, d.rounds[:r]) for _, d in kept]
+        ds = dialogs_at_round([d for _, d in kept], r)
         ranks[r] = [x[0] for x in ranker.rank(ds, [row for row, _ in kept])]
     return {"questioner": "replay", "n_queries": len(kept), "unmatched": len(dialogs) - len(kept),
             "corpus_size": len(ids), "rounds": R, "ranking": ranking.to_dict(), **_summary(ranks, len(ids)),

@@ -2,7 +2,8 @@
 
 ``query`` (how the dialog becomes one vector):
 
-``chatir``  ChatIR's text, description + ``", "`` + ``"question? answer"`` per round, embedded once.
+``chatir``  ChatIR's text, description + ``", "`` + ``"question? answer"`` per round, embedded once
+            (a replayed dialog's recorded strings as recorded: ``", ".join(dialog[:r + 1])``).
 ``mean``    the mean of the unit embeddings of the description and of each round's text, the
             description weighted ``description_weight`` times a round (then normalized).
 ``chatir-yes`` ChatIR's text without the rounds answered "no" (a text encoder reads
