@@ -149,8 +149,8 @@ def bench_size(n: int, args, emb: np.ndarray | None, workdir: Path) -> dict:
         lat.append(time.perf_counter() - t)
         got.append([int(h.id[3:]) for h in hits])
     recall = float(np.mean([len(set(g) & set(w)) / K for g, w in zip(got, gt.tolist())]))
-    index, params = store._index, store._search_params()  # benchmark-only peek at internals
-    kf = K * (2 if info["index_type"] == "ivf_sq8" else 1)  # faiss_store.REFINE_FACTOR
+    index, params = store._ann.index, store._ann.search_params(store.count())  # benchmark-only peek at internals
+    kf = K * (2 if info["index_type"] == "ivf_sq8" else 1)  # faiss_ann.REFINE_FACTOR
     ilat = []
     nthreads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)  # as store.search does for single queries

@@ -34,7 +34,7 @@ from mmrag.tasks.rir import (
     split_by_image,
 )
 from mmrag.tasks.rir.evaluate import bootstrap_ci, compare, evaluate_vqa, score_question, summarize
-from mmrag.tasks.rir.vqa import VQADataset
+from mmrag.corpus.vqa_rad import VQADataset
 
 REPO = Path(__file__).resolve().parents[1]
 # Twelve train images that test questions are also asked about (11 chest, 1 head).
@@ -107,7 +107,7 @@ def test_closed_form_and_metrics():
 
 
 def _rec(answer_type, qt, pred, gold):
-    from mmrag.tasks.rir.vqa import VQAQuestion
+    from mmrag.corpus.vqa_rad import VQAQuestion
 
     return score_question(VQAQuestion("1", Path("x.jpg"), "x.jpg", "q?", [gold], answer_type, qt), pred)
 

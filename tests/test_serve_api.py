@@ -401,7 +401,7 @@ def test_serve_cli_help():
 
 def test_ask_with_reverse_image_retrieval(tmp_path, data_dir, effnet_minilm, served):
     from mmrag.tasks.rir import index_vqa, read_vqa_rad
-    from mmrag.tasks.rir.vqa import VQADataset
+    from mmrag.corpus.vqa_rad import VQADataset
 
     vqa = data_dir / "vqa_rad"
     if not (vqa / "trainset.json").exists():

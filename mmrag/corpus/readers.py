@@ -59,6 +59,10 @@ from mmrag.errors import CorpusError
 __all__ = [
     "READERS",
     "detect_kind",
+    "existing_path",
+    "file_problem",
+    "load_json",
+    "parse_jsonl",
     "read_coco",
     "read_corpus",
     "read_flickr8k",
@@ -87,9 +91,12 @@ def register_reader(name: str) -> Callable[[ReaderFn], ReaderFn]:
 
 
 # --------------------------------------------------------------------------- helpers
+# existing_path, load_json, file_problem and parse_jsonl are public: the other readers of
+# mmrag.corpus (e.g. vqa_rad) apply the same policies with them.
 
 
-def _existing(path: str | os.PathLike) -> Path:
+def existing_path(path: str | os.PathLike) -> Path:
+    """``path`` made absolute; a missing one is a CorpusError."""
     p = Path(path).expanduser()
     if not p.exists():
         raise CorpusError(f"{p}: no such file or directory")
@@ -117,7 +124,8 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
-def _load_json(path: Path) -> Any:
+def load_json(path: Path) -> Any:
+    """A UTF-8 JSON file; bad encoding or syntax is a CorpusError naming the place."""
     text = _read_text(path)
     try:
         return json.loads(text)
@@ -137,7 +145,7 @@ def _clean_captions(captions: Iterable[Any]) -> list[str]:
     return out
 
 
-def _file_problem(path: Path) -> str | None:
+def file_problem(path: Path) -> str | None:
     """Why ``path`` cannot be an image file, or None. A stat, never a read."""
     try:
         st = path.stat()
@@ -176,7 +184,7 @@ def _finish(
             skipped.append(Skipped(it.id, "duplicate id"))
             continue
         seen.add(it.id)
-        problem = _file_problem(it.path)
+        problem = file_problem(it.path)
         if problem:
             skipped.append(Skipped(str(it.path), problem))
             continue
@@ -238,7 +246,7 @@ def read_folder(
 ) -> Corpus:
     """Every image under ``path`` (recursive, sorted), with ``name.txt`` sidecar captions."""
     _check_limit(limit)
-    root = _existing(path)
+    root = existing_path(path)
     if not root.is_dir():
         raise CorpusError(f"{root}: not a directory (the folder reader needs one)")
     if split is not None:
@@ -312,7 +320,7 @@ def _coco_from_data(
         if isinstance(ann.get("caption"), str):
             captions[key].append(ann["caption"])
     if image_dir is not None:
-        base = _existing(image_dir)
+        base = existing_path(image_dir)
     else:
         base = _pick_image_dir(
             json_path.parent, [str(im["file_name"]) for im in by_id.values()], _COCO_IMAGE_DIRS
@@ -350,10 +358,10 @@ def read_coco(
     JSON's folder or its ``images/``, ``val2017/``, ``train2017/``, ``val2014/``... subfolder,
     whichever holds the images."""
     _check_limit(limit)
-    json_path = _existing(path)
+    json_path = existing_path(path)
     if json_path.is_dir():
         json_path = _find_one(json_path, "captions_*.json", "COCO captions JSON")
-    return _coco_from_data(_load_json(json_path), json_path, split, limit, image_dir)
+    return _coco_from_data(load_json(json_path), json_path, split, limit, image_dir)
 
 
 def _find_one(folder: Path, pattern: str, what: str) -> Path:
@@ -397,7 +405,7 @@ def _karpathy_from_data(
             rel = f"{str(img['filepath']).rstrip('/')}/{rel}"
         entries.append((rel, img))
     if image_dir is not None:
-        base = _existing(image_dir)
+        base = existing_path(image_dir)
     else:
         base = _pick_image_dir(
             json_path.parent,
@@ -451,20 +459,21 @@ def read_karpathy(
     ``metadata["karpathy_split"] = "restval"``.
     """
     _check_limit(limit)
-    json_path = _existing(path)
+    json_path = existing_path(path)
     if json_path.is_dir():
         json_path = _find_one(json_path, "dataset_*.json", "Karpathy split file")
     return _karpathy_from_data(
-        _load_json(json_path), json_path, split, limit, image_dir, restval_as_train
+        load_json(json_path), json_path, split, limit, image_dir, restval_as_train
     )
 
 
 # --------------------------------------------------------------------------- jsonl
 
 
-def _parse_jsonl(
+def parse_jsonl(
     path: Path, skipped: list[Skipped]
 ) -> list[tuple[int, dict]]:
+    """(line number, object) per JSON-object line; bad lines are appended to ``skipped``."""
     rows = []
     for n, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
@@ -533,12 +542,12 @@ def read_jsonl(
     image path; ``split`` (``"none"``/null mean no split) filters when ``split`` is given; every
     other key goes to ``metadata``."""
     _check_limit(limit)
-    jpath = _existing(path)
+    jpath = existing_path(path)
     if jpath.is_dir():
         raise CorpusError(f"{jpath}: a directory; the jsonl reader needs the manifest file")
-    base = _existing(image_dir) if image_dir is not None else jpath.parent
+    base = existing_path(image_dir) if image_dir is not None else jpath.parent
     skipped: list[Skipped] = []
-    items = _rows_to_items(_parse_jsonl(jpath, skipped), jpath, base, skipped)
+    items = _rows_to_items(parse_jsonl(jpath, skipped), jpath, base, skipped)
     present = {it.split for it in items}
     if split is not None:
         items = [it for it in items if it.split == split]
@@ -605,7 +614,7 @@ def read_flickr8k(
         )
     if source not in ("auto", "jsonl", "token"):
         raise CorpusError(f"unknown Flickr8k source {source!r}; use auto, jsonl or token")
-    p = _existing(path)
+    p = existing_path(path)
     jsonl = token = None
     if p.is_file():
         if p.suffix == ".jsonl":
@@ -631,8 +640,8 @@ def read_flickr8k(
         )
     skipped: list[Skipped] = []
     if jsonl is not None:
-        base = _existing(image_dir) if image_dir is not None else jsonl.parent
-        items = _rows_to_items(_parse_jsonl(jsonl, skipped), jsonl, base, skipped)
+        base = existing_path(image_dir) if image_dir is not None else jsonl.parent
+        items = _rows_to_items(parse_jsonl(jsonl, skipped), jsonl, base, skipped)
         for it in items:
             it.id = Path(it.id).name
         root = base
@@ -673,7 +682,7 @@ def _flickr_token_items(
             if line.strip():
                 splits[line.strip()] = sp
     if image_dir is not None:
-        base = _existing(image_dir)
+        base = existing_path(image_dir)
     else:
         base = _pick_image_dir(folder, list(caps), _FLICKR_IMAGE_DIRS)
     items = [
@@ -703,7 +712,7 @@ def detect_kind(path: str | os.PathLike) -> str:
       -> ``karpathy``
     * a ``.jsonl`` -> ``jsonl``; a ``Flickr8k.token.txt`` -> ``flickr8k``
     """
-    return _detect(_existing(path))[0]
+    return _detect(existing_path(path))[0]
 
 
 def _detect(p: Path) -> tuple[str, Path, Any]:
@@ -716,7 +725,7 @@ def _detect(p: Path) -> tuple[str, Path, Any]:
             return ("flickr8k", p, None) if _is_flickr_jsonl(manifest) else ("jsonl", manifest, None)
         coco = sorted(c for c in p.glob("captions_*.json") if c.is_file())
         if len(coco) == 1:
-            data = _load_json(coco[0])
+            data = load_json(coco[0])
             if _json_kind(data) == "coco":
                 return "coco", coco[0], data
         return "folder", p, None
@@ -724,7 +733,7 @@ def _detect(p: Path) -> tuple[str, Path, Any]:
     if suffix == ".jsonl":
         return "jsonl", p, None
     if suffix == ".json":
-        data = _load_json(p)
+        data = load_json(p)
         kind = _json_kind(data)
         if kind is None:
             raise CorpusError(
@@ -768,7 +777,7 @@ def read_corpus(
     ``restval_as_train=`` for karpathy, ``source=`` for flickr8k).
     """
     if kind == "auto":
-        detected, target, data = _detect(_existing(path))
+        detected, target, data = _detect(existing_path(path))
         if data is not None and detected == "coco":
             _check_limit(limit)
             return _coco_from_data(data, target, split, limit, options.get("image_dir"))

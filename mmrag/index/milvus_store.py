@@ -19,7 +19,8 @@ has probability ~3e-8), ``item_id`` VARCHAR (the caller's id), ``seq`` INT64 (in
 so ``ids()`` lists like the FAISS store), ``vector`` FLOAT_VECTOR, ``metadata`` JSON.
 Collections use Strong consistency: a search sees every add/delete that returned before it.
 
-Semantics match :mod:`mmrag.index.faiss_store` (the shared contract tests run on both):
+Semantics match :mod:`mmrag.index.faiss_store` (the shared contract tests run on both; argument
+checks are :mod:`mmrag.index.validation`, filter checks and matching :mod:`mmrag.index.filters`):
 ``add`` replaces ids that exist (upsert; a repeated id within one call: the last wins),
 ``delete`` returns how many existed, scores are inner products (``metric="l2"``: minus the
 squared distance), ``search`` filters ``{"key": value | [values]}`` by JSON type and value.
@@ -49,6 +50,8 @@ import numpy as np
 
 from mmrag.errors import IndexError_
 from mmrag.index.base import VECTOR_STORES, Hit
+from mmrag.index.filters import check_filter, filter_values, matches
+from mmrag.index.validation import as_matrix, check_ids, metadata_json
 
 MARKER_NAME = "milvus.json"
 LITE_FILE = "milvus.db"
@@ -79,40 +82,9 @@ def _collection_name(path: Path) -> str:
     return f"mmrag_{stem}_{digest}"
 
 
-def _matches(meta: dict[str, Any], filter: dict[str, Any]) -> bool:
-    """Exact JSON-typed filter semantics (as the FAISS store's SQL): 1 matches 1.0 but not true or "1"."""
-    for key, value in filter.items():
-        values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
-        if key not in meta:
-            return False
-        got = meta[key]
-        if not any(_json_equal(got, v) for v in values):
-            return False
-    return True
-
-
-def _json_equal(got: Any, want: Any) -> bool:
-    if want is None:
-        return got is None
-    if isinstance(want, (bool, np.bool_)):
-        return isinstance(got, bool) and got == bool(want)
-    if isinstance(want, (int, float, np.integer, np.floating)):
-        return isinstance(got, (int, float)) and not isinstance(got, bool) and got == want
-    if isinstance(want, str):
-        return isinstance(got, str) and got == want
-    return False
-
-
-def _check_filter(filter: dict[str, Any]) -> None:
-    for key, value in filter.items():
-        if not isinstance(key, str) or not key or any(c in key for c in "\"\\\x00"):
-            raise ValueError(f"filter keys must be non-empty strings without double quotes or backslashes, got {key!r}")
-        values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
-        for v in values:
-            if v is not None and not isinstance(v, (str, bool, int, float, np.bool_, np.integer, np.floating)):
-                raise ValueError(
-                    f"filter value for {key!r} must be a str, number, bool, None or a list of them; got {type(v).__name__}"
-                )
+def _check_id_bytes(i: str) -> None:
+    if len(i.encode("utf-8")) > ITEM_ID_MAX:
+        raise ValueError(f"ids are limited to {ITEM_ID_MAX} bytes in the milvus store, got {len(i.encode())}")
 
 
 def _literal(v: Any) -> str | None:
@@ -133,8 +105,7 @@ def filter_expression(filter: dict[str, Any]) -> str:
     """The Milvus boolean expression selecting a superset of ``filter``'s matches ("" = all)."""
     clauses = []
     for key, value in filter.items():
-        values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
-        lits = [_literal(v) for v in values]
+        lits = [_literal(v) for v in filter_values(value)]
         if not key.isprintable() or any(lit is None for lit in lits):
             continue  # not expressible: no server-side clause, the exact check decides
         ref = f'metadata["{key}"]'
@@ -295,32 +266,9 @@ class MilvusStore:
         if self._closed:
             raise IndexError_(f"store {self.path} is closed")
 
-    def _as_matrix(self, vectors: Any, what: str) -> np.ndarray:
-        x = np.asarray(vectors)
-        if x.ndim == 1:
-            x = x.reshape(1, -1)
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(
-                f"{what} must have shape (n, {self.dim}) for this {self.dim}-dimensional store, got {x.shape}"
-            )
-        if not np.issubdtype(x.dtype, np.number):
-            raise ValueError(f"{what} must be numeric, got dtype {x.dtype}")
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if not np.isfinite(x).all():
-            raise ValueError(f"{what} contain NaN or infinite values")
-        return x
-
     @staticmethod
     def _check_ids(ids: Sequence[str]) -> list[str]:
-        if isinstance(ids, str):
-            raise ValueError("ids must be a sequence of strings, not a single string")
-        ids = list(ids)
-        for i in ids:
-            if not isinstance(i, str) or not i:
-                raise ValueError(f"ids must be non-empty strings, got {i!r}")
-            if len(i.encode("utf-8")) > ITEM_ID_MAX:
-                raise ValueError(f"ids are limited to {ITEM_ID_MAX} bytes in the milvus store, got {len(i.encode())}")
-        return ids
+        return check_ids(ids, each=_check_id_bytes)
 
     def _next_seqs(self, n: int) -> np.ndarray:
         # Insertion order that survives reopening: nanoseconds since the epoch, strictly increasing.
@@ -344,24 +292,11 @@ class MilvusStore:
         self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]] | None = None
     ) -> int:
         ids = self._check_ids(ids)
-        x = self._as_matrix(vectors, "vectors")
+        x = as_matrix(vectors, self.dim, "vectors")
         if len(ids) != len(x):
             raise ValueError(f"{len(ids)} ids but {len(x)} vectors")
-        if metadata is None:
-            metas: list[dict[str, Any]] = [{} for _ in ids]
-        else:
-            metadata = list(metadata)
-            if len(metadata) != len(ids):
-                raise ValueError(f"{len(ids)} ids but {len(metadata)} metadata entries")
-            metas = []
-            for m in metadata:
-                m = {} if m is None else m
-                if not isinstance(m, dict):
-                    raise ValueError(f"metadata entries must be dicts, got {type(m).__name__}")
-                try:  # JSON round trip: what Milvus stores is exactly what get() returns
-                    metas.append(json.loads(json.dumps(m, ensure_ascii=False, allow_nan=False)))
-                except (TypeError, ValueError) as e:
-                    raise ValueError(f"metadata is not JSON-serialisable: {e}") from None
+        # JSON round trip: what Milvus stores is exactly what get() returns
+        metas: list[dict[str, Any]] = [json.loads(m) for m in metadata_json(metadata, len(ids))]
         if not ids:
             return 0
         last = {i: n for n, i in enumerate(ids)}  # a repeated id in one batch: the last one wins
@@ -416,12 +351,12 @@ class MilvusStore:
     def search(
         self, vectors: np.ndarray, k: int = 10, filter: dict[str, Any] | None = None
     ) -> list[list[Hit]]:
-        q = self._as_matrix(vectors, "query vectors")
+        q = as_matrix(vectors, self.dim, "query vectors")
         k = int(k)
         if k <= 0 or len(q) == 0:
             return [[] for _ in range(len(q))]
         if filter:
-            _check_filter(filter)
+            check_filter(filter)
             if any(isinstance(v, (list, tuple, set, frozenset)) and not v for v in filter.values()):
                 return [[] for _ in range(len(q))]  # "any of nothing" matches nothing
         with self._lock:
@@ -437,7 +372,7 @@ class MilvusStore:
                 rows = self._raw_search(q[todo], limit, expr)
                 again = []
                 for qi, row in zip(todo.tolist(), rows):
-                    good = [Hit(id=i, score=s, metadata=m) for s, i, m in row if _matches(m, filter)]
+                    good = [Hit(id=i, score=s, metadata=m) for s, i, m in row if matches(m, filter)]
                     out[qi] = good[:k]
                     # a full page with too few exact matches: the server filter was a superset
                     if len(good) < k and len(row) >= limit and limit < MAX_TOPK:

@@ -23,8 +23,22 @@ generator of :data:`mmrag.generators.GENERATORS`); 2. context-aware captions of 
 3. insertion as an optimal assignment (:mod:`.insertion`). Evaluation: figure-position recovery
 (:func:`evaluate_figure_positions`) scored by :mod:`mmrag.eval.image_position`; LLM-as-judge text
 score (:func:`judge_answer`). CLI: ``mmrag compose``, ``mmrag eval imageref``, ``mmrag eval judge``.
+
+The document readers (Markdown, HTML, JSONL) live in :mod:`mmrag.corpus.documents` and are
+re-exported here; chunking for retrieval is :mod:`.chunks`.
 """
 
+from mmrag.corpus.documents import (
+    DocImage,
+    Document,
+    DocumentError,
+    DocumentSet,
+    Section,
+    parse_html,
+    parse_markdown,
+    read_documents,
+)
+from mmrag.tasks.imageref.chunks import Chunk, chunk_document
 from mmrag.tasks.imageref.compose import (
     AnswerSection,
     ComposeConfig,
@@ -36,18 +50,6 @@ from mmrag.tasks.imageref.compose import (
     compose,
     place_images,
     short_caption,
-)
-from mmrag.tasks.imageref.documents import (
-    Chunk,
-    DocImage,
-    Document,
-    DocumentError,
-    DocumentSet,
-    Section,
-    chunk_document,
-    parse_html,
-    parse_markdown,
-    read_documents,
 )
 from mmrag.tasks.imageref.evaluate import dev_test_split, evaluate_figure_positions, figure_tasks
 from mmrag.tasks.imageref.insertion import Relevance, assign_images

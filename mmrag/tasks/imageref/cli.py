@@ -144,7 +144,7 @@ def eval_judge_cmd(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every judgement and the mean here."),
 ):
     """LLM-as-judge text score of ImageRef-VL: a 1-10 rating per answer (written as \\[\\[n]]), image markup stripped."""
-    from mmrag.tasks.imageref.documents import _read_text
+    from mmrag.corpus.documents import read_document_text as _read_text
     from mmrag.tasks.imageref.judge import judge_many
 
     rows = []

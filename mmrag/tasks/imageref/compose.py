@@ -26,8 +26,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mmrag.corpus.documents import DocImage, Document, Section, parse_markdown
 from mmrag.errors import MmragError
-from mmrag.tasks.imageref.documents import Chunk, DocImage, Document, Section, chunk_document, parse_markdown
+from mmrag.tasks.imageref.chunks import Chunk, chunk_document
 from mmrag.tasks.imageref.insertion import (
     DEFAULT_LEXICAL_WEIGHT,
     DEFAULT_POOL,

@@ -18,6 +18,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from mmrag.corpus.documents import Document
 from mmrag.eval.image_position import evaluate_positions, sample_metrics
 from mmrag.tasks.imageref.compose import (
     AnswerSection,
@@ -26,7 +27,6 @@ from mmrag.tasks.imageref.compose import (
     build_markdown,
     place_images,
 )
-from mmrag.tasks.imageref.documents import Document
 from mmrag.tasks.imageref.insertion import Relevance, default_text_embedder
 from mmrag.tasks.imageref.render import find_references, invalid_references
 

@@ -25,8 +25,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mmrag.corpus.documents import DocImage, Document, Section
 from mmrag.errors import ImageError, IndexError_, MmragError
-from mmrag.tasks.imageref.documents import Chunk, DocImage, Document, Section, chunk_document
+from mmrag.tasks.imageref.chunks import Chunk, chunk_document
 
 __all__ = ["DOCUMENTS_FILE", "CHUNK_STORE", "DocumentIndex", "ingest_documents"]
 

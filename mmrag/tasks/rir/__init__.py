@@ -19,17 +19,26 @@ Python API::
     pipe.ask("scan.jpg", "...", exclude_same_image=True)                 # neighbours = other images
 
 Parts (one module each): ``providers`` (reverse image search: ``index`` default, ``web`` slot),
-``knowledge`` (the QA pairs of an index with question vectors), ``cues`` (the cue block),
-``answerers`` (``knn`` vote, ``generator`` over any shared generator), ``pipeline``,
-``vqa`` (VQA-RAD and JSONL readers, indexing QA pairs), ``normalize`` (answer normalisation and
-the two metrics), ``evaluate`` (with/without RIR evaluation, bootstrap intervals), ``cli``
-(``mmrag ask``, ``mmrag eval ask``).
+``knowledge`` (the QA pairs of an index with question vectors; :func:`index_vqa`), ``cues`` (the
+cue block), ``answerers`` (``knn`` vote, ``generator`` over any shared generator), ``pipeline``,
+``normalize`` (answer normalisation and the two metrics), ``evaluate`` (with/without RIR
+evaluation, bootstrap intervals), ``cli`` (``mmrag ask``, ``mmrag eval ask``). The VQA dataset
+readers (VQA-RAD, JSONL) live in :mod:`mmrag.corpus.vqa_rad` and are re-exported here.
 
 An index for RIR answering is a normal mmrag index whose image metadata carries ``qa`` pairs
 (``[{question, answer, answer_type, question_type}]``); :func:`index_vqa` builds one from a VQA
 dataset. Any index works with generator answerers (captions are shown as cues).
 """
 
+from mmrag.corpus.vqa_rad import (
+    VQADataset,
+    VQAQuestion,
+    qa_corpus,
+    read_vqa,
+    read_vqa_jsonl,
+    read_vqa_rad,
+    split_by_image,
+)
 from mmrag.tasks.rir.answerers import (
     ANSWERERS,
     Answerer,
@@ -41,7 +50,7 @@ from mmrag.tasks.rir.answerers import (
     KnnConfig,
 )
 from mmrag.tasks.rir.cues import CueBlock, Evidence, build_cue_block
-from mmrag.tasks.rir.knowledge import QABank, QAPair
+from mmrag.tasks.rir.knowledge import QABank, QAPair, index_vqa
 from mmrag.tasks.rir.normalize import answer_in_prediction, closed_form, exact_match, normalize_answer
 from mmrag.tasks.rir.pipeline import DEFAULT_K, Answer, RIRPipeline, answer_question
 from mmrag.tasks.rir.providers import (
@@ -52,16 +61,6 @@ from mmrag.tasks.rir.providers import (
     ReverseSearchProvider,
     WebProvider,
     create_provider,
-)
-from mmrag.tasks.rir.vqa import (
-    VQADataset,
-    VQAQuestion,
-    index_vqa,
-    qa_corpus,
-    read_vqa,
-    read_vqa_jsonl,
-    read_vqa_rad,
-    split_by_image,
 )
 
 __all__ = [

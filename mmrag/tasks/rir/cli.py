@@ -88,7 +88,7 @@ def run_eval(dataset: str = "vqa-rad", data_dir: Optional[Path] = None, train: O
     from mmrag.tasks.rir.evaluate import HEADLINE, SETTINGS, evaluate_vqa, vqa_index_dir
     from mmrag.tasks.rir.pipeline import RIRPipeline
     from mmrag.tasks.rir.providers import create_provider
-    from mmrag.tasks.rir.vqa import index_vqa, read_vqa_jsonl, read_vqa_rad
+    from mmrag.tasks.rir import index_vqa, read_vqa_jsonl, read_vqa_rad
 
     settings = tuple(settings or SETTINGS)
     if dataset == "vqa-rad":

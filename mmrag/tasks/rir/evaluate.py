@@ -32,8 +32,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mmrag.corpus.vqa_rad import VQADataset, VQAQuestion
 from mmrag.tasks.rir.normalize import answer_in_prediction, exact_match
-from mmrag.tasks.rir.vqa import VQADataset, VQAQuestion
 
 __all__ = ["SETTINGS", "score_question", "summarize", "bootstrap_ci", "evaluate_vqa", "compare",
            "vqa_index_dir", "EvalRecord"]

@@ -1,4 +1,5 @@
-"""The QA knowledge of an index: every stored (image, question, answer) with question vectors.
+"""The QA knowledge of an index: every stored (image, question, answer) with question vectors,
+and :func:`index_vqa`, which builds such an index from a VQA dataset.
 
 Both answerers need to compare the user's question with known questions (by the encoder's text
 side): the ``knn`` answerer votes with the answers of similar questions, the cue block lists each
@@ -11,14 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from os import PathLike
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from mmrag.corpus.vqa_rad import VQADataset, qa_corpus
 from mmrag.paths import cache_dir
 from mmrag.tasks.rir.normalize import normalize_answer
 
-__all__ = ["QAPair", "QABank"]
+__all__ = ["QAPair", "QABank", "index_vqa"]
 
 
 @dataclass(frozen=True)
@@ -100,3 +103,14 @@ def _question_vectors(encoder, questions: list[str], cache: bool) -> np.ndarray:
     np.save(tmp, v)
     tmp.replace(f)
     return v
+
+
+def index_vqa(dataset: VQADataset, out_dir: str | PathLike, encoder, progress: bool = True):
+    """Index a VQA dataset's images with their QA pairs as metadata
+    (:func:`mmrag.corpus.vqa_rad.qa_corpus`) using the normal indexer (resumable). Returns the
+    :class:`~mmrag.indexer.IndexReport`.
+
+    Index only questions whose answers may be shown (e.g. a train split, never test answers)."""
+    from mmrag.indexer import IndexConfig, build_index
+
+    return build_index(qa_corpus(dataset), out_dir, encoder, IndexConfig(progress=progress))

@@ -5,7 +5,7 @@ Registry names (:data:`PROVIDERS`, :func:`create_provider`):
 ``index`` (default)
     A local mmrag index (``mmrag index`` / :func:`mmrag.indexer.build_index`). Each neighbour
     carries the index metadata of its image: captions, ``qa`` pairs (``[{question, answer, ...}]``,
-    as :func:`mmrag.tasks.rir.vqa.qa_corpus` stores them) and any other fields.
+    as :func:`mmrag.corpus.vqa_rad.qa_corpus` stores them) and any other fields.
 ``web``
     The slot for a web reverse-image-search service (Google Lens, Bing Visual Search, TinEye, ...),
     as in the RIR paper. Such services need network access, an API key and their terms of use;

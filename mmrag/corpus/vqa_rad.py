@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mmrag.corpus.items import Corpus, CorpusItem, Skipped
-from mmrag.corpus.readers import _existing, _file_problem, _load_json, _parse_jsonl
+from mmrag.corpus.readers import existing_path, file_problem, load_json, parse_jsonl
 from mmrag.errors import CorpusError
 
 __all__ = ["VQAQuestion", "VQADataset", "VQA_READERS", "read_vqa", "read_vqa_rad", "read_vqa_jsonl",
-           "qa_corpus", "split_by_image", "index_vqa", "YES_NO"]
+           "qa_corpus", "split_by_image", "YES_NO"]
 
 YES_NO = frozenset({"yes", "no"})
 
@@ -81,7 +81,7 @@ def _finish(name: str, questions: list[VQAQuestion], skipped: list[Skipped], lim
     kept = []
     for q in questions:
         if q.image not in missing:
-            missing[q.image] = _file_problem(q.image)
+            missing[q.image] = file_problem(q.image)
         if missing[q.image]:
             skipped.append(Skipped(f"{q.qid}: {q.image}", missing[q.image] or ""))
             continue
@@ -96,14 +96,14 @@ def _finish(name: str, questions: list[VQAQuestion], skipped: list[Skipped], lim
 
 def read_vqa_rad(data_dir: str | os.PathLike, split: str = "test", limit: int | None = None) -> VQADataset:
     """VQA-RAD (``trainset.json`` / ``testset.json`` + ``images/``); ``split``: train or test."""
-    root = _existing(data_dir)
+    root = existing_path(data_dir)
     if split not in ("train", "test"):
         raise CorpusError(f"VQA-RAD has the splits 'train' and 'test', not {split!r}")
     path = root / f"{split}set.json"
     if not path.is_file():
         raise CorpusError(f"{root} does not look like VQA-RAD: {path.name} is missing")
     image_dir = root / "images" if (root / "images").is_dir() else root
-    rows = _load_json(path)
+    rows = load_json(path)
     if not isinstance(rows, list):
         raise CorpusError(f"{path}: expected a JSON list of questions")
     skipped: list[Skipped] = []
@@ -128,13 +128,13 @@ def read_vqa_rad(data_dir: str | os.PathLike, split: str = "test", limit: int | 
 def read_vqa_jsonl(path: str | os.PathLike, split: str | None = None, limit: int | None = None,
                    image_dir: str | os.PathLike | None = None) -> VQADataset:
     """A JSONL VQA file (see the module docstring); ``split`` keeps rows whose ``split`` matches."""
-    jpath = _existing(path)
+    jpath = existing_path(path)
     if jpath.is_dir():
         raise CorpusError(f"{jpath}: a directory; give the .jsonl file")
-    base = _existing(image_dir) if image_dir is not None else jpath.parent
+    base = existing_path(image_dir) if image_dir is not None else jpath.parent
     skipped: list[Skipped] = []
     questions = []
-    for n, row in _parse_jsonl(jpath, skipped):
+    for n, row in parse_jsonl(jpath, skipped):
         where = f"{jpath}:{n}"
         image, question = row.get("image"), row.get("question")
         if not isinstance(image, str) or not image.strip():
@@ -206,13 +206,3 @@ def split_by_image(dataset: VQADataset, dev_fraction: float = 0.2, seed: int = 0
     fit = [q for q in dataset.questions if q.image_id not in dev_ids]
     dev = [q for q in dataset.questions if q.image_id in dev_ids]
     return (VQADataset(dataset.name + "-fit", fit), VQADataset(dataset.name + "-dev", dev))
-
-
-def index_vqa(dataset: VQADataset, out_dir: str | os.PathLike, encoder, progress: bool = True):
-    """Index a VQA dataset's images with their QA pairs as metadata (:func:`qa_corpus`) using the
-    normal indexer (resumable). Returns the :class:`~mmrag.indexer.IndexReport`.
-
-    Index only questions whose answers may be shown (e.g. a train split, never test answers)."""
-    from mmrag.indexer import IndexConfig, build_index
-
-    return build_index(qa_corpus(dataset), out_dir, encoder, IndexConfig(progress=progress))

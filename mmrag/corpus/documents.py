@@ -1,4 +1,6 @@
-"""Documents with images: readers (Markdown, HTML, JSONL), sections and text chunks.
+"""Documents with images: readers (Markdown, HTML, JSONL) into sections and images.
+
+(Chunking a document for retrieval is task behaviour; it lives with the imageref task.)
 
 A :class:`Document` is a title, a list of :class:`Section` (heading + plain text, code left out)
 and the :class:`DocImage` it contains, each knowing its section and its surrounding text. Readers:
@@ -31,28 +33,27 @@ when read on its own; when a folder is read it is skipped with the reason in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from mmrag.errors import MmragError
 
 __all__ = [
     "DOCUMENT_SUFFIXES",
-    "Chunk",
     "DocImage",
     "Document",
     "DocumentError",
     "DocumentSet",
     "Section",
-    "chunk_document",
+    "clean_inline",
     "parse_html",
     "parse_markdown",
     "read_document_file",
+    "read_document_text",
     "read_documents",
     "split_paragraphs",
 ]
@@ -118,17 +119,6 @@ class Document:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class Chunk:
-    """A piece of a section's text, the unit of retrieval."""
-
-    id: str
-    doc_id: str
-    section: int
-    heading: str
-    text: str
 
 
 @dataclass
@@ -467,7 +457,8 @@ def _jsonl_documents(path: Path, text: str, root: Path) -> DocumentSet:
 
 # ----------------------------------------------------------------------------- files and folders
 
-def _read_text(path: Path) -> str:
+def read_document_text(path: Path) -> str:
+    """A file's UTF-8 text (BOM accepted); unreadable or not UTF-8 is a DocumentError naming it."""
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -488,7 +479,7 @@ def read_document_file(path: str | Path, root: str | Path | None = None, kind: s
     if kind is None:
         raise DocumentError(f"{path}: unknown document format (use {', '.join(sorted(DOCUMENT_SUFFIXES))})")
     root = Path(root) if root else path.parent
-    text = _read_text(path)
+    text = read_document_text(path)
     try:
         doc_id = path.relative_to(root).as_posix()
     except ValueError:
@@ -534,40 +525,3 @@ def read_documents(path: str | Path, kind: str | None = None, limit: int | None 
         why = "; ".join(f"{s}: {r}" for s, r in out.skipped[:3])
         raise DocumentError(f"{path}: no readable documents (.md, .html, .jsonl){' — ' + why if why else ''}")
     return out
-
-
-def chunk_document(doc: Document, max_words: int = 120) -> list[Chunk]:
-    """Split each section into chunks of whole paragraphs, at most ``max_words`` words each
-    (a longer paragraph is cut at word boundaries). The heading is not repeated in the text."""
-    chunks: list[Chunk] = []
-    for s_idx, sec in enumerate(doc.sections):
-        pieces: list[str] = []
-        for para in sec.paragraphs():
-            w = para.split()
-            for i in range(0, len(w), max_words):
-                pieces.append(" ".join(w[i : i + max_words]))
-        cur: list[str] = []
-        n = 0
-
-        def flush() -> None:
-            if cur:
-                chunks.append(Chunk(f"{doc.id}#s{s_idx}c{len([c for c in chunks if c.section == s_idx])}",
-                                    doc.id, s_idx, sec.heading, "\n\n".join(cur)))
-
-        for piece in pieces:
-            k = len(piece.split())
-            if cur and n + k > max_words:
-                flush()
-                cur, n = [], 0
-            cur.append(piece)
-            n += k
-        flush()
-    return chunks
-
-
-def text_fingerprint(texts: Iterable[str]) -> str:
-    h = hashlib.sha256()
-    for t in texts:
-        h.update(t.encode("utf-8"))
-        h.update(b"\0")
-    return h.hexdigest()[:16]
