@@ -4,20 +4,26 @@ Work goes in batches. For each batch: read and hash the image files, drop duplic
 bytes as an image already indexed), embed the images (unreadable ones are skipped with a
 reason), commit caption vectors, then commit image vectors. A batch is visible only once its
 image vectors are committed, so a rerun after a crash re-does at most one batch.
+
+Both engines run the same runner (reader rows -> mapper -> writer) and commit with the same
+:class:`~mmrag.embedding.committer.Committer`; only the distributor and its writer differ:
+``sequential`` embeds here and its writer commits each batch straight into the index; ``ray``
+embeds on actors into embedding shards (clip-retrieval layout), then the index is filled from them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from mmrag import __version__
 from mmrag.corpus.items import Corpus, CorpusItem
+from mmrag.embedding.committer import Committer, IndexReport, indexed_hashes
+from mmrag.embedding.distributor import create_distributor
+from mmrag.embedding.reader import item_records
+from mmrag.embedding.runner import EmbeddingJob, EmbeddingRunner, commit_shards, run_embedding
+from mmrag.embedding.writer import CollectionWriter
 from mmrag.encoders.base import Encoder
 from mmrag.errors import CorpusError
 from mmrag.index.collection import Collection, IndexManifest
@@ -30,44 +36,14 @@ class IndexConfig:
     backend: str = "faiss"
     backend_options: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
-    # "sequential": embed here, batch by batch; "ray": embed with Ray Data into embedding shards
-    # (clip-retrieval layout, see mmrag.inference), then index from them -- the same index.
+    # "sequential": embed here, batch by batch, straight into the index; "ray": embed with Ray
+    # Data into embedding shards (clip-retrieval layout, see mmrag.embedding), then index from
+    # them -- the same index.
     engine: str = "sequential"
     ray_address: str | None = None  # ray: None = local runtime, "auto", "ray://head:10001"
     num_workers: int = 2            # ray: encoder actors
     shard_size: int = 1000          # ray: images per embedding shard
     embeddings_dir: str | None = None  # ray: where shards go (default <index>/embeddings)
-
-
-@dataclass
-class IndexReport:
-    added: int = 0
-    already_indexed: int = 0
-    duplicates: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    captions_added: int = 0
-    total_images: int = 0
-    total_captions: int = 0
-
-    def as_dict(self) -> dict:
-        return {
-            "added": self.added,
-            "already_indexed": self.already_indexed,
-            "duplicates": self.duplicates,
-            "skipped": len(self.skipped),
-            "skipped_reasons": [{"source": s, "reason": r} for s, r in self.skipped],
-            "captions_added": self.captions_added,
-            "total_images": self.total_images,
-            "total_captions": self.total_captions,
-        }
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_index(
@@ -90,48 +66,22 @@ def build_index(
         col.manifest.sources.append(str(corpus.root))
         col.manifest.save(col.root)
     report = IndexReport()
+    committer = Committer(col, report, indexed_hashes(col))
     for s in corpus.skipped:
-        report.skipped.append((s.source, s.reason))
-        col.record_skipped(s.source, s.reason)
+        committer.skip(s.source, s.reason)
 
-    # Content hashes of what is already indexed, so identical images are stored once.
-    known_hashes: dict[str, str] = {}
     existing = set(col.images.ids())
-    if existing:
-        for id_, meta in zip(existing, col.images.get(list(existing))):
-            if meta and meta.get("sha256"):
-                known_hashes[meta["sha256"]] = id_
-
     todo = [it for it in corpus.items if it.id not in existing]
     report.already_indexed = len(corpus.items) - len(todo)
-    if config.engine != "sequential":
-        from mmrag.inference.runner import index_with_engine
-
-        try:
-            if todo:
-                index_with_engine(col, encoder, corpus.items, todo, known_hashes, report, config)
-        finally:
-            col.save()
-            report.total_images = col.images.count()
-            report.total_captions = col.captions.count()
-            col.close()
-        return report
-    bar = None
-    if config.progress and todo:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), desc="indexing", unit="img", file=sys.stderr)
     try:
-        for start in range(0, len(todo), config.batch_size):
-            batch = todo[start : start + config.batch_size]
-            _index_batch(col, encoder, batch, known_hashes, report, config)
-            if bar is not None:
-                bar.update(len(batch))
-            if on_progress is not None:
-                on_progress(min(start + len(batch), len(todo)), len(todo))
+        if todo and config.engine == "sequential":
+            create_distributor("sequential").run(
+                item_records(todo), EmbeddingRunner, {"embed_batch_size": config.embed_batch_size},
+                config.batch_size, encoder=encoder, writer=CollectionWriter(committer),
+                progress=config.progress, desc="indexing", on_progress=on_progress)
+        elif todo:
+            _index_from_shards(col, encoder, corpus.items, todo, committer, config)
     finally:
-        if bar is not None:
-            bar.close()
         col.save()
         report.total_images = col.images.count()
         report.total_captions = col.captions.count()
@@ -139,61 +89,16 @@ def build_index(
     return report
 
 
-def _index_batch(col: Collection, encoder: Encoder, batch: list[CorpusItem], known: dict[str, str],
-                 report: IndexReport, config: IndexConfig) -> None:
-    fresh: list[tuple[CorpusItem, str]] = []
-    for item in batch:
-        try:
-            digest = file_sha256(item.path)
-        except OSError as e:
-            _skip(col, report, str(item.path), f"cannot read file ({e.strerror or e})")
-            continue
-        if digest in known:
-            report.duplicates += 1
-            _skip(col, report, str(item.path), f"duplicate of {known[digest]} (same bytes)")
-            continue
-        known[digest] = item.id
-        fresh.append((item, digest))
-    if not fresh:
-        return
-    vecs, errors = _embed_images(encoder, [it.path for it, _ in fresh], config.embed_batch_size)
-    good = [i for i in range(len(fresh)) if i not in errors]
-    for i, reason in errors.items():
-        item, digest = fresh[i]
-        known.pop(digest, None)
-        _skip(col, report, str(item.path), reason)
-    if not good:
-        return
-    items = [fresh[i][0] for i in good]
-    # Captions first: the image row is the batch's commit mark (see module docstring).
-    cap_ids, cap_texts, cap_meta = [], [], []
-    for it in items:
-        for k, c in enumerate(it.captions):
-            cap_ids.append(f"{it.id}#{k}")
-            cap_texts.append(c)
-            cap_meta.append({"image_id": it.id, "text": c, "split": it.split})
-    if cap_texts:
-        cap_vecs = encoder.embed_texts(cap_texts)
-        prior = encoder.caption_prior(cap_vecs)
-        if prior is not None:  # hubness prior for image->caption search (see Bridge.caption_prior)
-            for m, p in zip(cap_meta, prior):
-                m["prior"] = round(float(p), 6)
-        col.captions.add(cap_ids, cap_vecs, cap_meta)
-        report.captions_added += len(cap_texts)
-    meta = [
-        {"path": str(Path(it.path).resolve()), "captions": it.captions, "split": it.split,
-         "sha256": fresh[i][1], **it.metadata}
-        for i, it in zip(good, items)
-    ]
-    col.images.add([it.id for it in items], vecs[good], meta)
-    report.added += len(items)
-
-
-def _embed_images(encoder: Encoder, paths: list[Path], batch_size: int) -> tuple[np.ndarray, dict[int, str]]:
-    """Embed, turning unreadable images into per-position errors instead of a failed batch."""
-    return encoder.embed_images_safe(paths, batch_size=batch_size)
-
-
-def _skip(col: Collection, report: IndexReport, source: str, reason: str) -> None:
-    report.skipped.append((source, reason))
-    col.record_skipped(source, reason)
+def _index_from_shards(col: Collection, encoder: Encoder, items: list[CorpusItem], todo: list[CorpusItem],
+                       committer: Committer, config: IndexConfig) -> dict:
+    """The distributed path: embed ``todo`` (the corpus ``items`` not yet indexed) into
+    ``<index>/embeddings`` with the chosen distributor, keeping the shards of an interrupted
+    run over the same corpus, then commit from the shards."""
+    job = EmbeddingJob(distributor=config.engine, ray_address=config.ray_address, num_workers=config.num_workers,
+                       shard_size=config.shard_size, embed_batch_size=config.embed_batch_size,
+                       progress=config.progress)
+    folder = Path(config.embeddings_dir) if config.embeddings_dir else col.root / "embeddings"
+    only = {it.id for it in todo}
+    summary = run_embedding(items, folder, encoder=encoder, job=job, overwrite=True, only=only)
+    commit_shards(folder, committer, batch_size=config.batch_size, only=only, progress=config.progress)
+    return summary

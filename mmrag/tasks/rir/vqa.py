@@ -210,9 +210,9 @@ def split_by_image(dataset: VQADataset, dev_fraction: float = 0.2, seed: int = 0
 
 def index_vqa(dataset: VQADataset, out_dir: str | os.PathLike, encoder, progress: bool = True):
     """Index a VQA dataset's images with their QA pairs as metadata (:func:`qa_corpus`) using the
-    normal indexer (resumable). Returns the :class:`~mmrag.indexer.IndexReport`.
+    normal indexer (resumable). Returns the :class:`~mmrag.embedding.IndexReport`.
 
     Index only questions whose answers may be shown (e.g. a train split, never test answers)."""
-    from mmrag.indexer import IndexConfig, build_index
+    from mmrag.embedding import IndexConfig, build_index
 
     return build_index(qa_corpus(dataset), out_dir, encoder, IndexConfig(progress=progress))
