@@ -3,7 +3,7 @@
     nice -n 10 python benchmarks/bench_engines.py [--images 400] [--workers 2]
         [--json benchmarks/results/engines.json]
 
-Both engines run ``mmrag.inference.run_embedding`` (the same reader -> mapper -> writer code,
+Both engines run ``mmrag.embedding.run_embedding`` (the same reader -> mapper -> writer code,
 so the same work: hash the file, embed the image, embed its 5 captions, write the shard) on the
 first --images Flickr8k test images. ``sequential``: one process, the encoder already loaded
 (its load time is reported apart). ``ray``: a local Ray runtime with --workers CPUs and one
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmrag.corpus.readers import read_corpus  # noqa: E402
 from mmrag.encoders import create_encoder  # noqa: E402
-from mmrag.inference import EmbeddingJob, index_from_embeddings, run_embedding  # noqa: E402
+from mmrag.embedding import EmbeddingJob, index_from_embeddings, run_embedding  # noqa: E402
 
 
 def main() -> None:
@@ -73,7 +73,7 @@ def main() -> None:
               f"{fixed:.1f} s (ray.init, actors, encoders); steady {n / steady:.2f} img/s", flush=True)
 
         from mmrag.index.collection import Collection, IndexManifest
-        from mmrag.indexer import IndexReport
+        from mmrag.embedding import IndexReport
 
         col = Collection.create_or_open(tmp / "index", IndexManifest(encoder="effnet-minilm", encoder_options={}, dim=enc.dim))
         t = time.perf_counter()

@@ -69,7 +69,7 @@ def index(
 ):
     """Build or extend an index. Safe to interrupt: run it again to resume."""
     from mmrag.corpus.readers import read_corpus
-    from mmrag.indexer import IndexConfig, build_index
+    from mmrag.embedding import IndexConfig, build_index
 
     c = read_corpus(kind, corpus, split=split, limit=limit)
     enc = _encoder(encoder, encoder_model, bridge)

@@ -17,7 +17,7 @@ TEXT_QUERIES = ["a cat", "a cup of coffee", "a rocket launch", "coins on a table
 def run_quickstart(out_dir: Path | None = None, console: Console | None = None) -> dict:
     from mmrag.corpus.samples import sample_photos_corpus
     from mmrag.encoders import create_encoder
-    from mmrag.indexer import IndexConfig, build_index
+    from mmrag.embedding import IndexConfig, build_index
     from mmrag.paths import cache_dir
     from mmrag.search import Searcher
 

@@ -15,7 +15,7 @@ def build_serve_index(flickr8k_dir: Path, out_dir: Path, encoder) -> tuple[Path,
     """Index the first Flickr8k dev and test images (with their 5 captions each)."""
     from mmrag.corpus.items import Corpus
     from mmrag.corpus.readers import read_corpus
-    from mmrag.indexer import IndexConfig, build_index
+    from mmrag.embedding import IndexConfig, build_index
 
     items = []
     for split in ("dev", "test"):

@@ -40,7 +40,7 @@ def test_corpus(flickr8k_dir):
 
 @pytest.fixture(scope="module")
 def index(test_corpus, effnet_minilm, tmp_path_factory):
-    from mmrag.indexer import IndexConfig, build_index
+    from mmrag.embedding import IndexConfig, build_index
 
     out = tmp_path_factory.mktemp("chatidx") / "idx"
     build_index(test_corpus, out, effnet_minilm, IndexConfig(batch_size=64))

@@ -351,7 +351,7 @@ def test_missing_or_invalid_directory_gives_clear_error(tmp_path):
 
 def test_clip_index_and_search_round_trip(exported, sample_corpus, tmp_path):
     """An index built with the clip encoder records how to rebuild it; search reopens it."""
-    from mmrag.indexer import IndexConfig, build_index
+    from mmrag.embedding import IndexConfig, build_index
     from mmrag.search import Searcher
 
     enc = create_encoder("clip", model=str(exported["hf"]))

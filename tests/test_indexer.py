@@ -16,7 +16,7 @@ import pytest
 from mmrag.corpus.readers import read_corpus
 from mmrag.errors import CorpusError
 from mmrag.index.collection import Collection
-from mmrag.indexer import IndexConfig, build_index
+from mmrag.embedding import IndexConfig, build_index
 from mmrag.search import Searcher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +69,57 @@ def test_index_messy_folder_and_search(effnet_minilm, messy_folder, tmp_path):
     assert rep2.added == 0 and rep2.total_images == n_good
 
 
+def _index_contents(index_dir: Path) -> dict:
+    col = Collection.open(index_dir)
+    try:
+        out = {name: (ids, store.get(ids), store.vectors(ids))
+               for name, store in (("images", col.images), ("captions", col.captions)) for ids in [store.ids()]}
+        out["skipped"] = [(s["source"], s["reason"]) for s in col.skipped()]
+        return out
+    finally:
+        col.close()
+
+
+def test_shard_path_commits_like_the_local_path(effnet_minilm, messy_folder, tmp_path):
+    """One committer: embedding shards then index_from_embeddings give the local path's index,
+    report and skip reasons -- also for two identical undecodable files in one batch (the second
+    is a duplicate of the first on both paths; shards of 5, one commit batch) -- and the local
+    path writes no shard folder."""
+    from mmrag.embedding import EmbeddingJob, IndexReport, index_from_embeddings, run_embedding
+    from mmrag.index.collection import IndexManifest
+
+    shutil.copy(messy_folder / "corrupt.jpg", messy_folder / "corrupt_again.jpg")
+    corpus = read_corpus("folder", messy_folder)
+    local = build_index(corpus, tmp_path / "local", effnet_minilm, IndexConfig(batch_size=64, progress=False))
+    assert not (tmp_path / "local" / "embeddings").exists()
+    reasons = dict(local.skipped)
+    assert reasons[str(messy_folder / "corrupt_again.jpg")] == "duplicate of corrupt.jpg (same bytes)"
+
+    run_embedding(corpus.items, tmp_path / "emb", encoder=effnet_minilm,
+                  job=EmbeddingJob(distributor="sequential", shard_size=5, progress=False))
+    name, options = effnet_minilm.spec()
+    col = Collection.create_or_open(tmp_path / "shards", IndexManifest(encoder=name, encoder_options=options,
+                                                                        dim=effnet_minilm.dim))
+    rep = IndexReport()
+    for s in corpus.skipped:  # what build_index records before committing
+        rep.skipped.append((s.source, s.reason))
+        col.record_skipped(s.source, s.reason)
+    index_from_embeddings(tmp_path / "emb", col, rep, {}, batch_size=64, progress=False)
+    col.save()
+    rep.total_images, rep.total_captions = col.images.count(), col.captions.count()
+    col.close()
+    assert rep.as_dict() == local.as_dict()
+    a, b = _index_contents(tmp_path / "local"), _index_contents(tmp_path / "shards")
+    assert a["skipped"] == b["skipped"]
+    for store in ("images", "captions"):
+        (ids_a, meta_a, vec_a), (ids_b, meta_b, vec_b) = a[store], b[store]
+        # other batch sizes: vectors and the priors computed from them within batched-inference noise
+        prior_a, prior_b = [m.pop("prior", 0.0) for m in meta_a], [m.pop("prior", 0.0) for m in meta_b]
+        assert ids_a == ids_b and meta_a == meta_b
+        np.testing.assert_allclose(prior_a, prior_b, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(vec_a, vec_b, rtol=0, atol=1e-5)
+
+
 def test_empty_corpus_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CorpusError, match="no images"):
@@ -90,7 +141,7 @@ KILLER = r"""
 import sys
 from mmrag.corpus.readers import read_corpus
 from mmrag.encoders import create_encoder
-from mmrag.indexer import IndexConfig, build_index
+from mmrag.embedding import IndexConfig, build_index
 c = read_corpus("flickr8k", sys.argv[1], split="dev", limit=int(sys.argv[3]))
 enc = create_encoder("effnet-minilm")
 print("ready", flush=True)

@@ -18,8 +18,7 @@ pytest.importorskip("ray.data", reason="the ray engine needs Ray Data (pip insta
 
 from mmrag.corpus.readers import read_corpus  # noqa: E402
 from mmrag.index.collection import Collection  # noqa: E402
-from mmrag.indexer import IndexConfig, build_index  # noqa: E402
-from mmrag.inference import EmbeddingJob, load_embeddings, run_embedding  # noqa: E402
+from mmrag.embedding import EmbeddingJob, IndexConfig, build_index, load_embeddings, run_embedding  # noqa: E402
 
 N_IMAGES = 10
 

@@ -24,6 +24,16 @@ from mmrag.index.base import VectorStore, open_store
 MANIFEST = "manifest.json"
 
 
+def caption_id(image_id: str, k: int) -> str:
+    """Id of caption ``k`` of image ``image_id`` in the captions store (the one place it is spelled)."""
+    return f"{image_id}#{k}"
+
+
+def caption_image_id(cid: str) -> str:
+    """The image id a caption id belongs to (inverse of :func:`caption_id`; image ids may hold '#')."""
+    return cid.rpartition("#")[0]
+
+
 @dataclass
 class IndexManifest:
     encoder: str
@@ -124,7 +134,7 @@ class Collection:
     def remove(self, image_ids: list[str]) -> tuple[int, int]:
         """Delete images and their captions (no rebuild). Returns (images, captions) removed."""
         metas = self.images.get(image_ids)
-        cap_ids = [f"{i}#{k}" for i, m in zip(image_ids, metas) if m for k in range(len(m.get("captions") or []))]
+        cap_ids = [caption_id(i, k) for i, m in zip(image_ids, metas) if m for k in range(len(m.get("captions") or []))]
         n_caps = self.captions.delete(cap_ids) if cap_ids else 0
         return self.images.delete(image_ids), n_caps
 

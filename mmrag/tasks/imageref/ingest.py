@@ -71,7 +71,7 @@ def ingest_documents(documents: Sequence[Document], index_dir: str | Path, encod
     from mmrag.corpus.items import Corpus, CorpusItem
     from mmrag.encoders import create_encoder
     from mmrag.index.collection import Collection, IndexManifest
-    from mmrag.indexer import IndexConfig, build_index
+    from mmrag.embedding import IndexConfig, build_index
 
     if not documents:
         raise MmragError("no documents to ingest")

@@ -108,9 +108,9 @@ def _question_vectors(encoder, questions: list[str], cache: bool) -> np.ndarray:
 def index_vqa(dataset: VQADataset, out_dir: str | PathLike, encoder, progress: bool = True):
     """Index a VQA dataset's images with their QA pairs as metadata
     (:func:`mmrag.corpus.vqa_rad.qa_corpus`) using the normal indexer (resumable). Returns the
-    :class:`~mmrag.indexer.IndexReport`.
+    :class:`~mmrag.embedding.IndexReport`.
 
     Index only questions whose answers may be shown (e.g. a train split, never test answers)."""
-    from mmrag.indexer import IndexConfig, build_index
+    from mmrag.embedding import IndexConfig, build_index
 
     return build_index(qa_corpus(dataset), out_dir, encoder, IndexConfig(progress=progress))

@@ -3,7 +3,7 @@
 Registry names (:data:`PROVIDERS`, :func:`create_provider`):
 
 ``index`` (default)
-    A local mmrag index (``mmrag index`` / :func:`mmrag.indexer.build_index`). Each neighbour
+    A local mmrag index (``mmrag index`` / :func:`mmrag.embedding.build_index`). Each neighbour
     carries the index metadata of its image: captions, ``qa`` pairs (``[{question, answer, ...}]``,
     as :func:`mmrag.corpus.vqa_rad.qa_corpus` stores them) and any other fields.
 ``web``

@@ -1,4 +1,11 @@
-"""writer: embedding shards (npy) and their metadata (parquet) in the clip-retrieval layout."""
+"""writer: where a mapped batch goes -- straight into an index (:class:`CollectionWriter`, the
+local path) or into embedding shards, npy + parquet in the clip-retrieval layout
+(:class:`ShardWriter`, what Ray actors write; :func:`mmrag.embedding.runner.index_from_embeddings`
+commits them later with the same :class:`~mmrag.embedding.committer.Committer`).
+
+A writer has ``admit(rows, sha256, errors) -> positions to embed`` (the mapper asks it between
+hashing and embedding) and ``write(name, batch) -> summary``.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +17,9 @@ from typing import Iterator
 
 import numpy as np
 
+from mmrag.embedding.committer import Committer
+from mmrag.embedding.mapper import MappedBatch
 from mmrag.errors import IndexError_
-from mmrag.inference.mapper import MappedBatch
 
 IMG_DIR, TEXT_DIR, META_DIR = "img_emb", "text_emb", "metadata"
 
@@ -25,6 +33,29 @@ def _atomic_npy(path: Path, x: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def _summary(name: str, batch: MappedBatch) -> dict:
+    return {"shard": name, "rows": len(batch.rows), "errors": sum(1 for e in batch.errors if e),
+            "captions": int(sum(batch.n_captions))}
+
+
+class CollectionWriter:
+    """Commits each mapped batch into an index as it comes (no shard files, no second copy of
+    the vectors on disk). Admission runs before embedding, so duplicates are not embedded."""
+
+    def __init__(self, committer: Committer):
+        self.committer = committer
+
+    def admit(self, rows: list[dict], sha: list[str], errors: list[str]) -> list[int]:
+        return self.committer.admit(rows, sha, errors)
+
+    def write(self, name: str, batch: MappedBatch) -> dict:
+        if batch.admitted is None:  # mapped without asking this writer: admit now
+            self.committer.add(batch)
+        else:
+            self.committer.commit(batch, batch.admitted)
+        return _summary(name, batch)
+
+
 class ShardWriter:
     """Writes one shard per mapped batch under ``folder``; the parquet file is the commit mark."""
 
@@ -32,6 +63,10 @@ class ShardWriter:
         self.folder = Path(folder)
         for d in (IMG_DIR, TEXT_DIR, META_DIR):
             (self.folder / d).mkdir(parents=True, exist_ok=True)
+
+    def admit(self, rows: list[dict], sha: list[str], errors: list[str]) -> list[int]:
+        """Embed every readable file: what is a duplicate is decided when the index is filled."""
+        return [i for i in range(len(rows)) if sha[i]]
 
     def write(self, shard: str, batch: MappedBatch) -> dict:
         import pyarrow as pa
@@ -44,6 +79,7 @@ class ShardWriter:
             "index": pa.array([int(r["index"]) for r in batch.rows], pa.int64()),
             "id": pa.array([r["id"] for r in batch.rows], pa.string()),
             "path": pa.array([r["path"] for r in batch.rows], pa.string()),
+            "source": pa.array([r["source"] for r in batch.rows], pa.string()),
             "split": pa.array([r["split"] for r in batch.rows], pa.string()),
             "captions": pa.array([json.loads(r["captions"]) for r in batch.rows], pa.list_(pa.string())),
             "metadata": pa.array([r["metadata"] for r in batch.rows], pa.string()),
@@ -59,8 +95,7 @@ class ShardWriter:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
-        return {"shard": shard, "rows": len(batch.rows), "errors": sum(1 for e in batch.errors if e),
-                "captions": int(sum(batch.n_captions))}
+        return _summary(shard, batch)
 
 
 @dataclass
@@ -90,6 +125,8 @@ def read_shards(folder: str | Path) -> Iterator[Shard]:
             text = np.load(folder / TEXT_DIR / f"text_emb_{name}.npy", mmap_mode="r")
         except (OSError, ValueError) as e:
             raise IndexError_(f"embedding shard {name!r} in {folder} is unreadable ({e}); delete it and rerun") from None
+        if "source" not in meta.column_names:  # written before the column existed: the path was opened
+            meta = meta.append_column("source", meta.column("path"))
         if len(img) != meta.num_rows or len(text) != sum(meta.column("n_captions").to_pylist()):
             raise IndexError_(f"embedding shard {name!r} in {folder} is inconsistent; delete it and rerun")
         yield Shard(name, meta, img, text)

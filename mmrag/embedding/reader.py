@@ -7,11 +7,13 @@ from typing import Sequence
 
 from mmrag.corpus.items import CorpusItem
 
-COLUMNS = ("index", "id", "path", "captions", "split", "metadata")
+COLUMNS = ("index", "id", "path", "source", "captions", "split", "metadata")
 
 
 def item_records(items: Sequence[CorpusItem], start: int = 0) -> list[dict]:
-    """One row per image: its position in the corpus, id, absolute path, captions and metadata.
+    """One row per image: its position in the corpus, id, absolute path (symlinks resolved: what
+    the index stores), source (the path as the reader gave it: what is opened, hashed and named
+    in skip reasons), captions and metadata.
 
     Captions and metadata travel as JSON strings so every column is a plain scalar (Arrow and
     numpy batches stay rectangular whatever the number of captions).
@@ -21,6 +23,7 @@ def item_records(items: Sequence[CorpusItem], start: int = 0) -> list[dict]:
             "index": start + n,
             "id": it.id,
             "path": str(it.path.resolve()) if hasattr(it.path, "resolve") else str(it.path),
+            "source": str(it.path),
             "captions": json.dumps(list(it.captions), ensure_ascii=False),
             "split": it.split or "",
             "metadata": json.dumps(it.metadata or {}, ensure_ascii=False, default=str),

@@ -1,9 +1,11 @@
-"""distributor: who runs the shard runner over the rows -- this process, or a Ray cluster.
+"""distributor: who runs the embedding runner over the rows -- this process, or a Ray cluster.
 
-``sequential`` (default) runs :class:`~mmrag.inference.runner.ShardRunner` here, one shard after
-another. ``ray`` hands the rows to Ray Data and maps them with ``map_batches`` over a pool of
-actors (a callable class, so each actor loads the encoder once); each actor writes its shards
-itself, so on a cluster the output folder (and the images) must be on storage every node sees.
+``sequential`` (default) builds one runner here and feeds it one batch after another; it can
+reuse an already loaded encoder and take an in-process writer (the local path commits straight
+into the index). ``ray`` hands the rows to Ray Data and maps them with ``map_batches`` over a
+pool of actors (a callable class, so each actor loads the encoder once); each actor writes its
+shards itself, so on a cluster the output folder (and the images) must be on storage every node
+sees.
 """
 
 from __future__ import annotations
@@ -11,18 +13,21 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
+from mmrag.embedding.reader import rows_batch
 from mmrag.registry import Registry
 
 
 class Distributor(Protocol):
     name: str
 
-    def run(self, records: Sequence[dict], runner_kwargs: dict[str, Any], shard_size: int,
-            encoder=None, progress: bool = True) -> list[dict]:
-        """Embed ``records`` in shards of at most ``shard_size`` rows with
-        ``ShardRunner(**runner_kwargs)``; return one summary per shard written."""
+    def run(self, records: Sequence[dict], runner_cls: type, runner_kwargs: dict[str, Any], batch_size: int,
+            encoder=None, writer=None, progress: bool = True, desc: str = "embedding",
+            on_progress: Callable[[int, int], None] | None = None) -> list[dict]:
+        """Map ``records`` in batches of at most ``batch_size`` rows with
+        ``runner_cls(**runner_kwargs)`` (plus ``encoder`` and ``writer`` where the runner lives in
+        this process); return one writer summary per batch."""
 
 
 DISTRIBUTORS: Registry[Distributor] = Registry("distributor")
@@ -34,33 +39,33 @@ def create_distributor(name: str = "sequential", **options) -> Distributor:
 
 @DISTRIBUTORS.register("sequential")
 class SequentialDistributor:
-    """In-process: one runner (reusing an already loaded encoder when given), shard by shard."""
+    """In-process: one runner (reusing an already loaded encoder, and the given writer), batch by batch."""
 
     name = "sequential"
 
     def __init__(self, **_ignored):
         pass
 
-    def run(self, records, runner_kwargs, shard_size, encoder=None, progress=True) -> list[dict]:
-        from mmrag.inference.reader import rows_batch
-        from mmrag.inference.runner import ShardRunner
-
+    def run(self, records, runner_cls, runner_kwargs, batch_size, encoder=None, writer=None, progress=True,
+            desc="embedding", on_progress=None) -> list[dict]:
         if not records:
             return []
-        runner = ShardRunner(**runner_kwargs, encoder=encoder)
+        runner = runner_cls(**runner_kwargs, encoder=encoder, writer=writer)
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(records), desc="embedding", unit="img", file=sys.stderr)
+            bar = tqdm(total=len(records), desc=desc, unit="img", file=sys.stderr)
         out = []
         try:
-            for a in range(0, len(records), shard_size):
-                part = records[a : a + shard_size]
+            for a in range(0, len(records), batch_size):
+                part = records[a : a + batch_size]
                 res = runner(rows_batch(part))
                 out.extend(dict(zip(res, vals)) for vals in zip(*(v.tolist() for v in res.values())))
                 if bar is not None:
                     bar.update(len(part))
+                if on_progress is not None:
+                    on_progress(a + len(part), len(records))
         finally:
             if bar is not None:
                 bar.close()
@@ -87,7 +92,7 @@ def _probe(address: str | None, timeout: float = 5.0) -> None:
 
 @DISTRIBUTORS.register("ray")
 class RayDistributor:
-    """Ray Data: ``from_items`` -> ``map_batches(ShardRunner, concurrency=num_workers)``.
+    """Ray Data: ``from_items`` -> ``map_batches(EmbeddingRunner, concurrency=num_workers)``.
 
     ``address``: None starts a local Ray runtime with ``num_workers`` CPUs (and stops it after);
     ``"auto"`` joins the cluster this machine belongs to; ``"ray://head:10001"`` connects
@@ -107,16 +112,17 @@ class RayDistributor:
         self.runtime_env = runtime_env
         self.object_store_memory = object_store_memory
 
-    def run(self, records, runner_kwargs, shard_size, encoder=None, progress=True) -> list[dict]:
+    def run(self, records, runner_cls, runner_kwargs, batch_size, encoder=None, writer=None, progress=True,
+            desc="embedding", on_progress=None) -> list[dict]:
         from mmrag.errors import MmragError
 
+        if writer is not None:  # actors live in other processes: they write shards themselves
+            raise ValueError("the ray distributor takes no in-process writer; its actors write shards")
         try:
             import ray
             import ray.data  # noqa: F401
         except ImportError as e:
             raise MmragError(f"--engine ray needs Ray Data: pip install 'ray[data]==2.60.0' ({e})") from None
-        from mmrag.inference.runner import ShardRunner
-
         if not records:
             return []
         started = False
@@ -140,10 +146,10 @@ class RayDistributor:
             ctx.print_on_execution_start = False
             logging.getLogger("ray.data").setLevel(logging.WARNING)
             # at least two shards per worker when there is enough work, so no actor sits idle
-            size = max(1, min(shard_size, math.ceil(len(records) / (2 * self.num_workers))))
+            size = max(1, min(batch_size, math.ceil(len(records) / (2 * self.num_workers))))
             ds = ray.data.from_items(list(records), override_num_blocks=math.ceil(len(records) / size))
             out = ds.map_batches(
-                ShardRunner,
+                runner_cls,
                 fn_constructor_kwargs=runner_kwargs,
                 batch_size=size,
                 batch_format="numpy",

@@ -1,8 +1,9 @@
-"""runner: the shard runner (reader rows -> mapper -> writer) and the jobs built on it.
+"""runner: the embedding runner (reader rows -> mapper -> writer) and the jobs built on it.
 
-:func:`run_embedding` embeds a corpus into an embeddings folder with a distributor;
-:func:`index_from_embeddings` fills an index from that folder, making the same decisions as the
-sequential indexer (:mod:`mmrag.indexer`), so both paths give the same index.
+:func:`run_embedding` embeds a corpus into an embeddings folder (shards) with a distributor;
+:func:`index_from_embeddings` fills an index from that folder with the
+:class:`~mmrag.embedding.committer.Committer` the local path commits with, so both paths give
+the same index.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from mmrag.corpus.items import CorpusItem
+from mmrag.embedding.committer import Committer, IndexReport
+from mmrag.embedding.distributor import create_distributor
+from mmrag.embedding.mapper import EmbeddingMapper, MappedBatch
+from mmrag.embedding.reader import batch_rows, item_records
+from mmrag.embedding.writer import META_DIR, ShardWriter, read_shards, shard_names
 from mmrag.errors import IndexError_
-from mmrag.inference.distributor import create_distributor
-from mmrag.inference.mapper import EmbeddingMapper
-from mmrag.inference.reader import batch_rows, item_records
-from mmrag.inference.writer import META_DIR, ShardWriter, read_shards, shard_names
 
 MANIFEST = "manifest.json"
 
@@ -42,14 +44,18 @@ class EmbeddingJob:
     distributor_options: dict[str, Any] = field(default_factory=dict)
 
 
-class ShardRunner:
-    """One batch of rows -> one shard on disk. Ray builds one per actor (``map_batches`` with a
-    callable class), so the encoder is loaded once per actor, not per batch."""
+class EmbeddingRunner:
+    """One batch of rows -> mapper -> writer (by default a shard on disk under ``out_folder``).
+    Ray builds one per actor (``map_batches`` with a callable class), so the encoder is loaded
+    once per actor, not per batch; in-process, ``encoder`` and ``writer`` may be given."""
 
-    def __init__(self, out_folder: str, encoder_name: str, encoder_options: dict[str, Any] | None = None,
-                 embed_batch_size: int = 32, encoder=None):
+    def __init__(self, out_folder: str | None = None, encoder_name: str = "effnet-minilm",
+                 encoder_options: dict[str, Any] | None = None, embed_batch_size: int = 32,
+                 encoder=None, writer=None):
+        if writer is None and out_folder is None:
+            raise ValueError("give an out_folder (shards) or a writer")
         self.mapper = EmbeddingMapper(encoder, encoder_name, encoder_options, embed_batch_size)
-        self.writer = ShardWriter(out_folder)
+        self.writer = writer if writer is not None else ShardWriter(out_folder)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = batch_rows(batch)
@@ -57,7 +63,7 @@ class ShardRunner:
             return {"shard": np.asarray([], object), "rows": np.asarray([], np.int64),
                     "errors": np.asarray([], np.int64), "captions": np.asarray([], np.int64)}
         shard = f"{min(int(r['index']) for r in rows):010d}"  # unique: every row is in one batch
-        s = self.writer.write(shard, self.mapper(rows))
+        s = self.writer.write(shard, self.mapper(rows, admit=self.writer.admit))
         return {"shard": np.asarray([s["shard"]], object), "rows": np.asarray([s["rows"]]),
                 "errors": np.asarray([s["errors"]]), "captions": np.asarray([s["captions"]])}
 
@@ -127,7 +133,7 @@ def run_embedding(items: Sequence[CorpusItem], out_folder: str | Path, encoder=N
     runner_kwargs = {"out_folder": str(folder.resolve()), "encoder_name": encoder_name,
                      "encoder_options": encoder_options or {}, "embed_batch_size": job.embed_batch_size}
     t0 = time.perf_counter()
-    shards = dist.run(pending, runner_kwargs, job.shard_size, encoder=encoder, progress=job.progress)
+    shards = dist.run(pending, EmbeddingRunner, runner_kwargs, job.shard_size, encoder=encoder, progress=job.progress)
     wanted = len(records) if only is None else sum(1 for r in records if r["id"] in only)
     return {"folder": str(folder), "items": wanted, "resumed": wanted - len(pending),
             "embedded": len(pending), "shards_written": len(shards), "shards": len(shard_names(folder)),
@@ -135,14 +141,17 @@ def run_embedding(items: Sequence[CorpusItem], out_folder: str | Path, encoder=N
             "distributor": job.distributor}
 
 
-def index_from_embeddings(folder: str | Path, col, report, known: dict[str, str], batch_size: int = 256,
-                          only: set[str] | None = None, progress: bool = True) -> None:
+def index_from_embeddings(folder: str | Path, col, report: IndexReport, known: dict[str, str],
+                          batch_size: int = 256, only: set[str] | None = None, progress: bool = True) -> None:
     """Add the shards' images and captions to Collection ``col`` in corpus order, batch by batch,
-    with the sequential indexer's rules: an unreadable image is skipped with its reason, an image
-    whose bytes are already indexed (``known``: sha256 -> id) is a duplicate, captions are
-    committed before their images. ``only``: restrict to these image ids."""
-    from mmrag.indexer import _skip
+    with the local path's :class:`~mmrag.embedding.committer.Committer` (``known``: sha256 -> id
+    of what is indexed). ``only``: restrict to these image ids."""
+    commit_shards(folder, Committer(col, report, known), batch_size, only, progress)
 
+
+def commit_shards(folder: str | Path, committer: Committer, batch_size: int = 256,
+                  only: set[str] | None = None, progress: bool = True) -> None:
+    """:func:`index_from_embeddings` with a given committer."""
     shards = list(read_shards(folder))
     order: list[tuple[int, int, int]] = []  # (corpus index, shard, row)
     for si, s in enumerate(shards):
@@ -160,26 +169,7 @@ def index_from_embeddings(folder: str | Path, col, report, known: dict[str, str]
     try:
         for a in range(0, len(order), batch_size):
             batch = order[a : a + batch_size]
-            fresh, failed = [], []
-            for _, si, ri in batch:  # as the indexer: unreadable files and duplicates first...
-                c = cols[si]
-                err, sha, path = c["error"][ri], c["sha256"][ri], c["path"][ri]
-                if err and not sha:
-                    _skip(col, report, path, err)
-                    continue
-                if sha in known:
-                    report.duplicates += 1
-                    _skip(col, report, path, f"duplicate of {known[sha]} (same bytes)")
-                    continue
-                if err:  # ...then the images the encoder could not decode
-                    failed.append((path, err))
-                    continue
-                known[sha] = c["id"][ri]
-                fresh.append((si, ri))
-            for path, err in failed:
-                _skip(col, report, path, err)
-            if fresh:
-                _add_rows(col, shards, cols, fresh, report)
+            committer.add(_shard_batch(shards, cols, [(si, ri) for _, si, ri in batch]))
             if bar is not None:
                 bar.update(len(batch))
     finally:
@@ -187,47 +177,24 @@ def index_from_embeddings(folder: str | Path, col, report, known: dict[str, str]
             bar.close()
 
 
-def _add_rows(col, shards, cols, rows: list[tuple[int, int]], report) -> None:
-    cap_ids, cap_vecs, cap_meta, img_ids, img_vecs, img_meta = [], [], [], [], [], []
-    for si, ri in rows:
+def _shard_batch(shards, cols, picks: list[tuple[int, int]]) -> MappedBatch:
+    """Rows of several shards as one mapped batch (what the mapper gave for them)."""
+    rows, img, sha, errors, text, n_caps, priors = [], [], [], [], [], [], []
+    for si, ri in picks:
         c, s = cols[si], shards[si]
-        id_, split = c["id"][ri], c["split"][ri] or None
-        caps = c["captions"][ri]
-        off, n = c["text_offset"][ri], c["n_captions"][ri]
-        prior = c["caption_prior"][ri] or []
-        for k, text in enumerate(caps[:n]):
-            cap_ids.append(f"{id_}#{k}")
-            m = {"image_id": id_, "text": text, "split": split}
-            if prior:
-                m["prior"] = round(float(prior[k]), 6)
-            cap_meta.append(m)
-        if n:
-            cap_vecs.append(np.asarray(s.text_emb[off : off + n]))
-        img_ids.append(id_)
-        img_vecs.append(np.asarray(s.img_emb[ri]))
-        img_meta.append({"path": c["path"][ri], "captions": caps, "split": split, "sha256": c["sha256"][ri],
-                         **json.loads(c["metadata"][ri])})
-    if cap_ids:
-        col.captions.add(cap_ids, np.concatenate(cap_vecs), cap_meta)
-        report.captions_added += len(cap_ids)
-    col.images.add(img_ids, np.stack(img_vecs), img_meta)
-    report.added += len(img_ids)
+        rows.append({"index": c["index"][ri], "id": c["id"][ri], "path": c["path"][ri], "source": c["source"][ri],
+                     "captions": json.dumps(c["captions"][ri], ensure_ascii=False), "split": c["split"][ri],
+                     "metadata": c["metadata"][ri]})
+        img.append(np.asarray(s.img_emb[ri]))
+        sha.append(c["sha256"][ri])
+        errors.append(c["error"][ri])
+        off, n = int(c["text_offset"][ri]), int(c["n_captions"][ri])
+        text.append(np.asarray(s.text_emb[off : off + n]))
+        n_caps.append(n)
+        priors.append(c["caption_prior"][ri] or [])
+    dim = shards[picks[0][0]].img_emb.shape[1] if picks else 0
+    return MappedBatch(rows, np.stack(img) if img else np.zeros((0, dim), np.float32), sha, errors,
+                       np.concatenate(text) if text else np.zeros((0, dim), np.float32), n_caps, priors)
 
 
-def index_with_engine(col, encoder, items: list[CorpusItem], todo: list[CorpusItem], known: dict[str, str],
-                      report, config) -> dict:
-    """The indexer's ``--engine`` path: embed ``todo`` (the corpus ``items`` not yet indexed) into
-    ``<index>/embeddings`` with the chosen distributor, keeping the shards of an interrupted
-    run over the same corpus, then index from the shards."""
-    job = EmbeddingJob(distributor=config.engine, ray_address=config.ray_address, num_workers=config.num_workers,
-                       shard_size=config.shard_size, embed_batch_size=config.embed_batch_size,
-                       progress=config.progress)
-    folder = Path(config.embeddings_dir) if config.embeddings_dir else col.root / "embeddings"
-    only = {it.id for it in todo}
-    summary = run_embedding(items, folder, encoder=encoder, job=job, overwrite=True, only=only)
-    index_from_embeddings(folder, col, report, known, batch_size=config.batch_size, only=only,
-                          progress=config.progress)
-    return summary
-
-
-__all__ = ["EmbeddingJob", "ShardRunner", "run_embedding", "index_from_embeddings", "index_with_engine"]
+__all__ = ["EmbeddingJob", "EmbeddingRunner", "run_embedding", "index_from_embeddings", "commit_shards"]
