@@ -22,8 +22,8 @@ Parts (one module each): ``providers`` (reverse image search: ``index`` default,
 ``knowledge`` (the QA pairs of an index with question vectors), ``cues`` (the cue block),
 ``answerers`` (``knn`` vote, ``generator`` over any shared generator), ``pipeline``,
 ``vqa`` (VQA-RAD and JSONL readers, indexing QA pairs), ``normalize`` (answer normalisation and
-the two metrics), ``evaluate`` (with/without RIR evaluation, bootstrap intervals), ``cli``
-(``mmrag ask``, ``mmrag eval ask``).
+the two metrics), ``evaluate`` (with/without RIR evaluation, bootstrap intervals, ``run_eval``
+behind ``mmrag eval ask``). Command line: ``mmrag ask``, ``mmrag eval ask`` (:mod:`mmrag.cli.ask`).
 
 An index for RIR answering is a normal mmrag index whose image metadata carries ``qa`` pairs
 (``[{question, answer, answer_type, question_type}]``); :func:`index_vqa` builds one from a VQA
