@@ -43,8 +43,7 @@ from mmrag.tasks.rir import (  # noqa: E402
     read_vqa_rad,
     split_by_image,
 )
-from mmrag.tasks.rir.cli import run_eval  # noqa: E402
-from mmrag.tasks.rir.evaluate import score_question, summarize, vqa_index_dir  # noqa: E402
+from mmrag.tasks.rir.evaluate import run_eval, score_question, summarize, vqa_index_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,7 +113,7 @@ def main() -> None:
     knn = {"top_m": best["top_m"], "tau_q": best["tau_q"], "tau_img": tau_img, "mix": best["mix"]}
 
     t = time.perf_counter()
-    rep = run_eval("vqa-rad", Path(a.data_dir), k=best["k"], knn_options=knn)
+    rep = run_eval("vqa-rad", Path(a.data_dir), k=best["k"], knn_options=knn, encoder=enc)
     test_s = time.perf_counter() - t
     out = {
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
@@ -133,7 +132,7 @@ def main() -> None:
 
         try:
             t = time.perf_counter()
-            g = run_eval("vqa-rad", Path(a.data_dir), generator=a.generator, limit=a.gen_limit)
+            g = run_eval("vqa-rad", Path(a.data_dir), generator=a.generator, limit=a.gen_limit, encoder=enc)
             out["test_generator"] = {k_: v for k_, v in g.items() if k_ != "records"}
             out["test_generator_seconds"] = round(time.perf_counter() - t, 1)
             out["test_generator_records"] = g["records"]

@@ -379,4 +379,4 @@ def test_cli_chat_and_eval_replay(index, test_corpus, small_datastore, tmp_path)
     j = json.loads(res.read_text())
     assert j["questioner"] == "replay" and j["n_queries"] == 4 and len(j["hits@10"]) == 3
     r = runner.invoke(app, ["chat", "--index", str(index), "--questioner", "nope", "-d", "x", "-a", "y"])
-    assert r.exit_code != 0 and "unknown questioner" in str(r.exception or r.output)
+    assert r.exit_code == 2 and "error: unknown questioner" in r.output  # one-line error, exit 2

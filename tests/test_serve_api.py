@@ -258,7 +258,7 @@ def test_chat_session_resource(served):
 
 
 def test_chat_sessions_expire():
-    from mmrag.serve.routes_tasks import ChatSessions
+    from mmrag.serve.routes.chat import ChatSessions
     from mmrag.serve.service import NotFoundError
 
     seen = []

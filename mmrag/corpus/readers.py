@@ -40,6 +40,10 @@ Policies shared by every reader:
 * Items are sorted by id; a repeated id is skipped ("duplicate id"). ``limit`` keeps the first
   ``limit`` usable items after sorting.
 * A missing path is a :class:`CorpusError`; so is a corpus with no items, with a hint about why.
+
+Splits (``split`` of :func:`read_corpus`): a split name filters; ``None`` or ``"all"`` keep every
+image; ``"default"`` (:data:`DEFAULT_SPLIT`) means ``"test"`` when the corpus has splits and every
+image otherwise (:func:`resolve_split`), so evaluating one's own unsplit photos just works.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from mmrag.corpus.items import Corpus, CorpusItem, Skipped
 from mmrag.errors import CorpusError
 
 __all__ = [
+    "DEFAULT_SPLIT",
     "READERS",
     "detect_kind",
     "existing_path",
@@ -70,6 +75,7 @@ __all__ = [
     "read_jsonl",
     "read_karpathy",
     "register_reader",
+    "resolve_split",
 ]
 
 ReaderFn = Callable[..., Corpus]
@@ -763,6 +769,30 @@ def _json_kind(data: Any) -> str | None:
 
 # --------------------------------------------------------------------------- dispatcher
 
+#: ``split`` value meaning "test when the corpus has splits, else all images".
+DEFAULT_SPLIT = "default"
+_ALWAYS_SPLIT = ("flickr8k", "karpathy")  # readers whose every corpus has splits
+_NEVER_SPLIT = ("folder", "coco")         # readers that refuse a split
+
+
+def resolve_split(kind: str, path: str | os.PathLike, split: str | None, **options: Any) -> str | None:
+    """The split :func:`read_corpus` filters on: ``None``/``"all"`` -> None (every image);
+    ``"default"`` -> ``"test"`` when the corpus has splits, else None; any other name as given."""
+    if split is None or split == "all":
+        return None
+    if split != DEFAULT_SPLIT:
+        return split
+    if kind == "auto":
+        kind = detect_kind(path)
+    if kind in _ALWAYS_SPLIT:
+        return "test"
+    if kind in _NEVER_SPLIT:
+        return None
+    # other formats (jsonl, registered readers): splits are per row, so look at the rows
+    whole = read_corpus(kind, path, split=None, **options)
+    return "test" if any(it.split is not None for it in whole.items) else None
+
+
 
 def read_corpus(
     kind: str,
@@ -774,8 +804,10 @@ def read_corpus(
     """Read a corpus of the given ``kind`` (one of :data:`READERS`, or ``"auto"``).
 
     ``options`` go to the reader (``image_dir=`` for coco/karpathy/jsonl/flickr8k,
-    ``restval_as_train=`` for karpathy, ``source=`` for flickr8k).
+    ``restval_as_train=`` for karpathy, ``source=`` for flickr8k). ``split``: see
+    :func:`resolve_split` (``"all"``, ``"default"`` or a split name; None = all).
     """
+    split = resolve_split(kind, path, split, **options)
     if kind == "auto":
         detected, target, data = _detect(existing_path(path))
         if data is not None and detected == "coco":

@@ -1,11 +1,10 @@
 """The FastAPI app: ``create_app(index_dir)`` -> an ASGI app serving one index.
 
-Areas, one router module each: search and clip-retrieval's ``/knn-service``
-(:mod:`~mmrag.serve.routes_search`), images by id (:mod:`~mmrag.serve.routes_images`), captions
-(:mod:`~mmrag.serve.routes_caption`), the OpenAI-compatible ``/v1/chat/completions`` facade
-(:mod:`~mmrag.serve.routes_openai`), and the tasks built by their own packages -- chat-retrieval
-sessions, ask (RIR), compose (ImageRef) -- in :mod:`~mmrag.serve.routes_tasks`, mounted when
-their packages import. Plus ``/healthz``, ``/metrics`` (Prometheus), the web page at ``/`` and
+Areas, one router module each under :mod:`mmrag.serve.routes`: search and clip-retrieval's
+``/knn-service`` (``search``), images by id (``images``), captions (``caption``), the
+OpenAI-compatible ``/v1/chat/completions`` facade (``openai``), and the tasks built by their own
+packages -- chat-retrieval sessions (``chat``), ask/RIR (``ask``), compose/ImageRef (``compose``),
+mounted when their packages import. Plus ``/healthz``, ``/metrics`` (Prometheus), the web page at ``/`` and
 the OpenAPI schema at ``/openapi.json`` (``/docs`` for a browser).
 
 Errors are JSON ``{"detail": message}``: 400 unreadable input (bad image, bad base64, decompression
@@ -179,13 +178,9 @@ def create_app(index_dir: str | Path, config: ServeConfig | None = None, encoder
     app.state.mmrag = state
     _install_error_handlers(app)
 
-    from mmrag.serve import routes_caption, routes_images, routes_openai, routes_search, routes_tasks
+    from mmrag.serve.routes import include_routers
 
-    app.include_router(routes_search.router)
-    app.include_router(routes_images.router)
-    app.include_router(routes_caption.router)
-    app.include_router(routes_openai.router)
-    state.extras["task_features"] = routes_tasks.mount(app, state)
+    state.extras["task_features"] = include_routers(app, state)
 
     @app.get("/healthz", tags=["service"], summary="Liveness and what this server offers")
     def healthz() -> dict[str, Any]:

@@ -85,7 +85,7 @@ class RagPipeline:
         if url.startswith("data:"):
             return decode_base64_image(url)
         if url.startswith(("http://", "https://")):
-            from mmrag.serve.routes_search import fetch_image_url
+            from mmrag.serve.routes.search import fetch_image_url
 
             return await fetch_image_url(self.state, url)
         raise BadRequestError("image_url must be a data: URL (or http(s) when the server allows URL fetching)")

@@ -23,8 +23,8 @@ Parts (each a small module): :mod:`.dialog` (state and ChatIR query text), :mod:
 candidates' nearest captions), :mod:`.questioners` (registry :data:`QUESTIONERS`: ``split``,
 ``bank``, ``llm``), :mod:`.answerers` (:class:`SimulatedUser`, :class:`ReplayAnswerer`,
 :class:`HumanAnswerer`; the simulated user's rules are in that module's docstring),
-:mod:`.evaluate` (Hits@K per round, ChatIR dialog replay), :mod:`.cli` (``mmrag chat``,
-``mmrag eval chat``).
+:mod:`.evaluate` (Hits@K per round, ChatIR dialog replay). Command line: ``mmrag chat``,
+``mmrag eval chat`` (:mod:`mmrag.cli.chat`).
 """
 
 from mmrag.tasks.chat.answerers import (

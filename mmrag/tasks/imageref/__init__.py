@@ -12,7 +12,7 @@ Python API::
     c.to_dict()     # JSON-friendly (the HTTP service returns this)
     c.render()      # Markdown with IMAGE_k resolved to files; render(markdown, images, mode="data"|"html")
 
-    ingest_documents(docs.documents, "idx/")           # text chunks + images into an index
+    ingest_documents(docs.documents, "idx/", encoder)  # text chunks + images into an index
     compose("...", index="idx/")                       # answer from the index instead
 
     compose(..., generator="local")                    # or "openai" with

@@ -64,18 +64,19 @@ def _save_documents(root: Path, docs: dict[str, Document]) -> None:
     os.replace(tmp, root / DOCUMENTS_FILE)
 
 
-def ingest_documents(documents: Sequence[Document], index_dir: str | Path, encoder=None, chunk_words: int = 120,
+def ingest_documents(documents: Sequence[Document], index_dir: str | Path, encoder, chunk_words: int = 120,
                      index_images: bool = True, captioner=None, progress: bool = False) -> dict[str, Any]:
-    """Add ``documents`` to the index at ``index_dir`` (created if needed). Returns counts."""
+    """Add ``documents`` to the index at ``index_dir`` (created if needed) with ``encoder`` (for an
+    existing index: the one it was built with). Returns counts."""
     from mmrag import __version__
     from mmrag.corpus.items import Corpus, CorpusItem
-    from mmrag.encoders import create_encoder
     from mmrag.index.collection import Collection, IndexManifest
     from mmrag.embedding import IndexConfig, build_index
 
     if not documents:
         raise MmragError("no documents to ingest")
-    encoder = encoder or create_encoder("effnet-minilm")
+    if encoder is None:
+        raise MmragError("ingest_documents needs the encoder (for an existing index, the one it was built with)")
     root = Path(index_dir)
     n_captioned = 0
     if captioner is not None:

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 from mmrag.generators import GenerationRequest, Generator, create_generator
 from mmrag.tasks.imageref.render import strip_image_markup
 
-__all__ = ["JUDGE_PROMPTS", "JudgeResult", "judge_answer", "judge_many", "parse_rating"]
+__all__ = ["JUDGE_PROMPTS", "JudgeResult", "judge_answer", "judge_many", "parse_rating", "read_judge_rows"]
 
 JUDGE_PROMPTS = {
     "single-v1": (
@@ -100,3 +100,26 @@ def judge_many(items: Iterable[dict[str, Any]], generator: Generator | str = "op
         "mean_rating": (sum(ratings) / len(ratings)) if ratings else None,
         "results": [r.to_dict() for r in results],
     }
+
+
+def read_judge_rows(path) -> list[dict[str, Any]]:
+    """The answers to judge: a UTF-8 JSONL file of ``{question, answer, reference?}`` rows."""
+    import json
+
+    from mmrag.errors import MmragError
+    from mmrag.corpus.documents import read_document_text
+
+    rows = []
+    for n, line in enumerate(read_document_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MmragError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
+            raise MmragError(f"{path}:{n}: a row needs 'question' and 'answer' strings")
+        rows.append(row)
+    if not rows:
+        raise MmragError(f"{path}: no answers to judge")
+    return rows

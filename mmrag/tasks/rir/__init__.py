@@ -22,8 +22,9 @@ Parts (one module each): ``providers`` (reverse image search: ``index`` default,
 ``knowledge`` (the QA pairs of an index with question vectors; :func:`index_vqa`), ``cues`` (the
 cue block), ``answerers`` (``knn`` vote, ``generator`` over any shared generator), ``pipeline``,
 ``normalize`` (answer normalisation and the two metrics), ``evaluate`` (with/without RIR
-evaluation, bootstrap intervals), ``cli`` (``mmrag ask``, ``mmrag eval ask``). The VQA dataset
-readers (VQA-RAD, JSONL) live in :mod:`mmrag.corpus.vqa_rad` and are re-exported here.
+evaluation, bootstrap intervals, ``run_eval`` behind ``mmrag eval ask``). Command line: ``mmrag ask``,
+``mmrag eval ask`` (:mod:`mmrag.cli.ask`). The VQA dataset readers (VQA-RAD, JSONL) live in
+:mod:`mmrag.corpus.vqa_rad` and are re-exported here.
 
 An index for RIR answering is a normal mmrag index whose image metadata carries ``qa`` pairs
 (``[{question, answer, answer_type, question_type}]``); :func:`index_vqa` builds one from a VQA

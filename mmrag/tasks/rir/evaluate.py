@@ -36,7 +36,7 @@ from mmrag.corpus.vqa_rad import VQADataset, VQAQuestion
 from mmrag.tasks.rir.normalize import answer_in_prediction, exact_match
 
 __all__ = ["SETTINGS", "score_question", "summarize", "bootstrap_ci", "evaluate_vqa", "compare",
-           "vqa_index_dir", "EvalRecord"]
+           "vqa_index_dir", "EvalRecord", "run_eval"]
 
 SETTINGS = ("query_image_excluded", "query_image_included")
 HEADLINE = "query_image_excluded"
@@ -192,3 +192,73 @@ def evaluate_vqa(pipeline, test: VQADataset, settings: Sequence[str] = SETTINGS,
     timing["embed_s"] = round(embed_s, 2)
     result["timing"] = timing
     return result
+
+
+def run_eval(dataset: str = "vqa-rad", data_dir: Path | None = None, train: Path | None = None,
+             test: Path | None = None, index_dir: Path | None = None, answerer: str = "knn",
+             generator=None, k: int | None = None, settings: tuple[str, ...] | None = None,
+             limit: int | None = None, n_boot: int = 2000, progress: bool = True,
+             knn_options: dict[str, Any] | None = None, encoder=None) -> dict[str, Any]:
+    """The evaluation behind ``mmrag eval ask``: answer every test question with and without RIR
+    and return the report (headline metrics with 95 % CIs, every setting, timing, per-question records).
+
+    The knowledge is ``index_dir`` (searched with its own encoder) or, without one, an index of the
+    train questions built (and cached) with ``encoder``, which is then required. ``generator``: a
+    registry name or a :class:`~mmrag.generators.base.Generator` answering instead of ``answerer``."""
+    from mmrag.errors import CorpusError, MmragError
+    from mmrag.tasks.rir.pipeline import RIRPipeline
+    from mmrag.tasks.rir.providers import create_provider
+    from mmrag.corpus.vqa_rad import read_vqa_jsonl, read_vqa_rad
+    from mmrag.tasks.rir.knowledge import index_vqa
+
+    settings = tuple(settings or SETTINGS)
+    if dataset == "vqa-rad":
+        if data_dir is None:
+            raise MmragError("the VQA-RAD folder (with trainset.json, testset.json, images/) is required for vqa-rad")
+        train_ds, test_ds = read_vqa_rad(data_dir, "train"), read_vqa_rad(data_dir, "test", limit=limit)
+    elif dataset == "jsonl":
+        if test is None:
+            raise MmragError("--test FILE.jsonl is required with --kind jsonl")
+        test_ds = read_vqa_jsonl(test, limit=limit)
+        train_ds = read_vqa_jsonl(train) if train is not None else None
+        if train_ds is None and index_dir is None:
+            raise MmragError("give --train FILE.jsonl (indexed with its QA pairs) or --index IDX")
+    else:
+        raise MmragError(f"unknown dataset {dataset!r}; use vqa-rad or jsonl")
+    if not any(q.answers for q in test_ds.questions):
+        raise CorpusError(f"{test_ds.name}: no question has a reference answer; nothing to score")
+
+    built = None
+    if index_dir is None:
+        if encoder is None:
+            raise MmragError("run_eval needs encoder= to build the knowledge index of the train questions (or index_dir=)")
+        index_dir = vqa_index_dir(train_ds, encoder)
+        built = index_vqa(train_ds, index_dir, encoder, progress=progress).as_dict()
+        prov = create_provider("index", index_dir=index_dir, encoder=encoder)
+    else:
+        prov = create_provider("index", index_dir=index_dir)
+    if generator:
+        pipe = RIRPipeline(prov, answerer="generator", generator=generator, k=k)
+    else:
+        pipe = RIRPipeline(prov, answerer=answerer, k=k, **({} if answerer != "knn" else (knn_options or {})))
+    try:
+        res = evaluate_vqa(pipe, test_ds, settings=settings, k=pipe.k, n_boot=n_boot, progress=progress)
+    finally:
+        pipe.close()
+    head = HEADLINE if HEADLINE in res["settings"] else settings[0]
+    h = res["settings"][head]
+    report: dict[str, Any] = {
+        "dataset": test_ds.name, "n_questions": len(test_ds),
+        "n_closed": h["rir"]["n_closed"], "n_open": h["rir"]["n_open"],
+        "answerer": pipe.answerer.name, "k": pipe.k, "headline_setting": head,
+        "knn_config": getattr(getattr(pipe.answerer, "config", None), "__dict__", None),
+        "index": str(index_dir), "index_build": built and {key: built[key] for key in ("added", "total_images")},
+    }
+    for m in ("closed_acc", "open_recall", "open_exact", "overall"):
+        report[m] = {"rir": h["rir"][m], "no_rir": h["no_rir"][m]}
+        report[m + "_ci95"] = {"rir": h["rir"][m + "_ci95"], "no_rir": h["no_rir"][m + "_ci95"],
+                               "gain": h["gain"].get(m, {}).get("ci95")}
+    report["settings"] = res["settings"]
+    report["timing"] = res["timing"]
+    report["records"] = res["records"]
+    return report

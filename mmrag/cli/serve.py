@@ -1,37 +1,14 @@
-"""``mmrag serve``: the HTTP service and web page for one index (registered by ``mmrag.cli``)."""
+"""``mmrag serve``: the HTTP service and web page for one index (routes in :mod:`mmrag.serve.routes`)."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from mmrag.errors import MmragError
-
-
-class ServeOptionError(MmragError):
-    """A ``mmrag serve`` option is malformed."""
-
-
-def parse_generator_options(items: list[str]) -> dict[str, dict]:
-    """``["openai.base_url=http://h:8080/v1", "openai.timeout=30"]`` ->
-    ``{"openai": {"base_url": "http://h:8080/v1", "timeout": 30}}`` (values parsed as JSON when
-    they are JSON, else kept as strings)."""
-    out: dict[str, dict] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        name, dot, opt = key.partition(".")
-        if not sep or not dot or not name or not opt:
-            raise ServeOptionError(f"--generator-opt takes GENERATOR.KEY=VALUE, got {item!r}")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        out.setdefault(name, {})[opt] = parsed
-    return out
+from mmrag.cli.common import err, fail, parse_generator_options
 
 
 def serve(
@@ -72,13 +49,10 @@ def serve(
 
         from mmrag.serve.app import create_app
     except ModuleNotFoundError as e:
-        raise ServeOptionError(f"`mmrag serve` needs {e.name}, which is not installed: "
-                               "pip install fastapi uvicorn python-multipart prometheus-client") from None
-    from rich.console import Console
-
+        fail(f"`mmrag serve` needs {e.name}, which is not installed: "
+             "pip install fastapi uvicorn python-multipart prometheus-client")
     from mmrag.serve.config import MIB, ServeConfig
 
-    err = Console(stderr=True)
     try:
         config = ServeConfig(batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms,
                              text_workers=text_workers, model_threads=model_threads or None,
@@ -87,14 +61,10 @@ def serve(
                              generator=generator, generator_options=parse_generator_options(generator_opt),
                              caption_datastore=caption_datastore, cors_origins=list(cors_origin))
     except ValueError as e:  # the config's own checks, reported like any other bad option
-        raise ServeOptionError(str(e)) from None
+        fail(str(e))
     err.print(f"loading {index_dir} ...")
     app = create_app(index_dir, config)
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     err.print(f"[bold]mmrag[/] serving {index_dir} at http://{shown}:{port}/  (API docs: /docs)")
     # one worker: the model and index are loaded once; concurrency comes from micro-batching
     uvicorn.run(app, host=host, port=port, workers=1, log_level=log_level, access_log=access_log)
-
-
-def register(app: typer.Typer, eval_app: typer.Typer) -> None:
-    app.command("serve")(serve)

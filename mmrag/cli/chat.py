@@ -7,38 +7,31 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from mmrag.cli.common import (
+    BridgeOpt, CorpusArg, DataDirAlias, DatasetAlias, EncoderModelOpt, EncoderOpt, GenOpt, KindOpt, SplitOpt,
+    corpus_source, err, fail, out, parse_gen_opts, resolve_encoder, write_json_report,
+)
 from mmrag.errors import MmragError
-from mmrag.paths import write_json
 
-out = Console()
-err = Console(stderr=True)
-
-
-class ChatCliError(MmragError):
-    """Bad command-line input for the chat verbs."""
+_CHOICES_HELP = ("split: may ask either-or questions ('is there a dog or a cat?') when they separate the "
+                 "candidates better than a yes/no question.")
+_QUERY_HELP = "Query mode: chatir, mean, chatir-yes or words (default: chosen on dev)."
+_RESCORE_HELP = ("Weight of the answers in re-scoring (0: off; default 0.15, chosen on dev for split; bank's "
+                 "dev choice was 0.25).")
+_MODE_HELP = "Re-scoring: loglik (log-likelihood of the answers under each image, default) or linear."
 
 
 def _questioner(name: str, bank: Optional[Path], generator: str, gen_opts: list[str], choices: bool = True):
     from mmrag.tasks.chat.questioners import QUESTIONERS, create_questioner
 
     if name not in QUESTIONERS.names():
-        raise ChatCliError(f"unknown questioner {name!r}; available: {', '.join(QUESTIONERS.names())}")
+        fail(f"unknown questioner {name!r}; available: {', '.join(QUESTIONERS.names())}")
     if name == "bank":
         return create_questioner("bank", bank=str(bank) if bank else None)
     if name == "llm":
-        opts = {}
-        for kv in gen_opts:
-            if "=" not in kv:
-                raise ChatCliError(f"--gen-opt takes key=value, got {kv!r}")
-            k, v = kv.split("=", 1)
-            try:
-                opts[k] = json.loads(v)
-            except json.JSONDecodeError:
-                opts[k] = v
-        return create_questioner("llm", generator=generator, generator_options=opts)
+        return create_questioner("llm", generator=generator, generator_options=parse_gen_opts(gen_opts))
     if name == "split":
         return create_questioner("split", max_options=2 if choices else 1)
     return create_questioner(name)
@@ -53,12 +46,7 @@ def _ranking(query: Optional[str], rescore_weight: Optional[float], pool: Option
     try:
         return RankingConfig(**kw)
     except ValueError as e:
-        raise ChatCliError(str(e)) from None
-
-
-def _write_json(path: Optional[Path], data) -> None:
-    if path is not None:
-        err.print(f"wrote {write_json(path, data)}")
+        fail(str(e))
 
 
 def _show_turn(turn) -> None:
@@ -74,7 +62,7 @@ def _show_turn(turn) -> None:
 
 
 def chat(
-    index_dir: Path = typer.Option(..., "--index", "-i", help="Index directory built by `mmrag index`."),
+    index_dir: Path = typer.Option(..., "--index", "-i", help="Index directory built by `mmrag index` (its encoder is used)."),
     description: Optional[str] = typer.Option(None, "--description", "-d", help="The first description (asked for if not given)."),
     questioner: str = typer.Option("split", help="Questioner: split, bank or llm."),
     k: int = typer.Option(10, "-k", help="Results shown per round."),
@@ -82,12 +70,12 @@ def chat(
     answers: list[str] = typer.Option([], "--answer", "-a", help="Scripted answers, in order (repeatable); without them the chat is interactive."),
     captions: str = typer.Option("auto", help="Where candidates' captions come from: auto, index, datastore (Flickr8k train)."),
     bank: Optional[Path] = typer.Option(None, help="bank: question file (one per line, JSON list or ChatIR dialogs)."),
-    choices: bool = typer.Option(True, "--choices/--no-choices", help="split: may ask either-or questions ('is there a dog or a cat?') when they separate the candidates better than a yes/no question."),
+    choices: bool = typer.Option(True, "--choices/--no-choices", help=_CHOICES_HELP),
     generator: str = typer.Option("local", help="llm: generator registry name (local, openai)."),
-    gen_opt: list[str] = typer.Option([], "--gen-opt", help="llm: generator option key=value (repeatable)."),
-    query: Optional[str] = typer.Option(None, help="Query mode: chatir, mean, chatir-yes or words (default: chosen on dev)."),
-    rescore_weight: Optional[float] = typer.Option(None, help="Weight of the answers in re-scoring (0: off; default 0.15, chosen on dev for split; bank's dev choice was 0.25)."),
-    rescore_mode: Optional[str] = typer.Option(None, help="Re-scoring: loglik (log-likelihood of the answers under each image, default) or linear."),
+    gen_opt: GenOpt = [],
+    query: Optional[str] = typer.Option(None, help=_QUERY_HELP),
+    rescore_weight: Optional[float] = typer.Option(None, help=_RESCORE_HELP),
+    rescore_mode: Optional[str] = typer.Option(None, help=_MODE_HELP),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the transcript (every turn) here."),
 ):
     """Find an image by chatting: describe it, see the top results, answer questions.
@@ -99,13 +87,13 @@ def chat(
     from mmrag.tasks.chat.session import ChatSession
 
     if k < 1 or rounds < 0:
-        raise ChatCliError("-k must be >= 1 and --rounds >= 0")
+        fail("-k must be >= 1 and --rounds >= 0")
     session = ChatSession(Searcher(index_dir), _questioner(questioner, bank, generator, gen_opt, choices), k=k,
                           ranking=_ranking(query, rescore_weight, None, rescore_mode), captions=captions)
     interactive = not answers
     if description is None:
         if not interactive:
-            raise ChatCliError("--answer needs --description")
+            fail("--answer needs --description")
         description = typer.prompt("Describe the image you are looking for")
     turn = session.start(description)
     _show_turn(turn)
@@ -124,72 +112,70 @@ def chat(
         _show_turn(turn)
     if turn.question is None:
         out.print("(no further question to ask)")
-    _write_json(json_out, session.to_dict())
+    write_json_report(json_out, session.to_dict())
 
 
 def eval_chat(
-    dataset: str = typer.Option("flickr8k", help="Corpus format of --data-dir (flickr8k, coco, karpathy, jsonl)."),
-    data_dir: Optional[Path] = typer.Option(None, help="Dataset folder (default: ../shared/data/flickr8k)."),
-    split: str = typer.Option("test", help="Targets: every image of this split."),
-    search_space: str = typer.Option("split", help="split: search among the split's images; all: among every image of the dataset."),
+    corpus: CorpusArg = None,
+    kind: KindOpt = "flickr8k",
+    split: SplitOpt = "default",
+    search_space: str = typer.Option("split", help="split: search among the split's images; all: among every image of the corpus."),
     questioner: str = typer.Option("split", help="Questioner: split, bank or llm."),
     rounds: int = typer.Option(10, help="Question rounds (0..R are reported)."),
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N targets (quick runs)."),
     description_index: int = typer.Option(0, help="Which reference caption is the description (the others answer)."),
     dialogs: Optional[Path] = typer.Option(None, help="Replay ChatIR dialog files ([{img, dialog}]) instead of asking."),
     image_map: Optional[Path] = typer.Option(None, help="Replay: JSON object dialog img -> corpus id."),
-    index_dir: Optional[Path] = typer.Option(None, "--index", help="Replay against an index's images instead of a dataset."),
+    index_dir: Optional[Path] = typer.Option(None, "--index", help="Replay against an index's images (and its encoder) instead of a corpus."),
     bank: Optional[Path] = typer.Option(None, help="bank: question file (default: ChatIR's VisDial questions)."),
-    choices: bool = typer.Option(True, "--choices/--no-choices", help="split: may ask either-or questions ('is there a dog or a cat?') when they separate the candidates better than a yes/no question."),
+    choices: bool = typer.Option(True, "--choices/--no-choices", help=_CHOICES_HELP),
     generator: str = typer.Option("local", help="llm: generator registry name."),
-    gen_opt: list[str] = typer.Option([], "--gen-opt", help="llm: generator option key=value (repeatable)."),
-    query: Optional[str] = typer.Option(None, help="Query mode: chatir, mean, chatir-yes or words (default: chosen on dev)."),
-    rescore_weight: Optional[float] = typer.Option(None, help="Weight of the answers in re-scoring (0: off; default 0.15, chosen on dev for split; bank's dev choice was 0.25)."),
-    rescore_mode: Optional[str] = typer.Option(None, help="Re-scoring: loglik (log-likelihood of the answers under each image, default) or linear."),
+    gen_opt: GenOpt = [],
+    query: Optional[str] = typer.Option(None, help=_QUERY_HELP),
+    rescore_weight: Optional[float] = typer.Option(None, help=_RESCORE_HELP),
+    rescore_mode: Optional[str] = typer.Option(None, help=_MODE_HELP),
     pool: Optional[int] = typer.Option(None, help="Candidates re-scored per round."),
     datastore: Optional[Path] = typer.Option(None, help="Saved caption datastore for candidates' caption words "
                                              "(default: Flickr8k train captions, built once and cached)."),
+    encoder: EncoderOpt = None,
+    encoder_model: EncoderModelOpt = None,
+    bridge: BridgeOpt = None,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write results here."),
+    dataset: DatasetAlias = None,
+    data_dir: DataDirAlias = None,
 ):
     """Cumulative Hits@1/5/10 and mean rank at rounds 0..R with a simulated user (ChatIR protocol),
-    or replayed dialogs with --dialogs. Image vectors of the dataset are cached."""
-    from mmrag.corpus.readers import read_corpus
-    from mmrag.encoders import create_encoder
+    or replayed dialogs with --dialogs. PATH defaults to ../shared/data/flickr8k; its image vectors are cached."""
+    from mmrag.corpus.readers import read_corpus, resolve_split
     from mmrag.paths import repo_data_dir
-    from mmrag.tasks.chat.evaluate import (
-        evaluate_chat,
-        evaluate_replay,
-        load_chatir_dialogs,
-        targets_from_items,
-    )
+    from mmrag.tasks.captioning import default_datastore
+    from mmrag.tasks.chat.evaluate import evaluate_chat, evaluate_replay, load_chatir_dialogs, targets_from_items
     from mmrag.tasks.chat.features import CaptionWordFeatures
     from mmrag.tasks.chat.vectors import corpus_image_vectors
-    from mmrag.tasks.captioning import default_datastore
 
     if search_space not in ("split", "all"):
-        raise ChatCliError("--search-space must be split or all")
+        fail("--search-space must be split or all")
     ranking = _ranking(query, rescore_weight, pool, rescore_mode)
+    enc = resolve_encoder(index_dir, encoder, encoder_model, bridge)
     if index_dir is not None:
         if dialogs is None:
-            raise ChatCliError("--index is for replaying --dialogs; simulated-user runs need --dataset/--data-dir")
+            fail("--index is for replaying --dialogs; simulated-user runs need a corpus PATH")
         from mmrag.search import Searcher
 
-        s = Searcher(index_dir)
-        enc, ids = s.encoder, s.collection.images.ids()
+        s = Searcher(index_dir, encoder=enc)
+        ids = s.collection.images.ids()
         vecs = s.collection.images.vectors(ids)
     else:
-        if data_dir is None:
-            base = repo_data_dir()
-            if base is None or not (base / "flickr8k").exists():
-                raise ChatCliError("give --data-dir (the dataset folder)")
-            data_dir = base / "flickr8k"
-        enc = create_encoder("effnet-minilm")
-        # one cached embedding of the whole dataset serves every split and search space
-        full = read_corpus(dataset, data_dir)
+        base = repo_data_dir()
+        default = base / "flickr8k" if base is not None and (base / "flickr8k").exists() else None
+        path, kind = corpus_source(corpus, data_dir, kind, dataset, default_path=default)
+        split = resolve_split(kind, path, split)
+        # one cached embedding of the whole corpus serves every split and search space
+        full = read_corpus(kind, path)
         vecs = corpus_image_vectors(enc, full)
-        keep = [i for i, it in enumerate(full.items) if search_space == "all" or it.split == split]
+        keep = [i for i, it in enumerate(full.items) if search_space == "all" or split is None or it.split == split]
         if not keep:
-            raise ChatCliError(f"no image of {data_dir} is in split {split!r}")
+            fail(f"no image of {path} is in split {split!r}")
         ids = [full.items[i].id for i in keep]
         vecs = vecs[keep]
     try:
@@ -211,15 +197,15 @@ def eval_chat(
             try:
                 imap = json.loads(image_map.read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
-                raise ChatCliError(f"--image-map {image_map}: {e}") from None
+                fail(f"--image-map {image_map}: {e}")
         res = evaluate_replay(enc, vecs, ids, dl, rounds=rounds, ranking=ranking, features=feats, image_map=imap)
         res["dialogs"] = str(dialogs)
     else:
-        tc = read_corpus(dataset, data_dir, split=split, limit=limit)
+        tc = read_corpus(kind, path, split=split, limit=limit)
         targets = targets_from_items(tc.items, {x: i for i, x in enumerate(ids)}, description_index)
         q = _questioner(questioner, bank, generator, gen_opt, choices)
         res = evaluate_chat(enc, vecs, ids, targets, q, rounds=rounds, ranking=ranking, features=feats)
-        res.update({"dataset": dataset, "split": split, "search_space": search_space})
+        res.update({"dataset": kind, "split": split, "search_space": search_space})
     t = Table(title=f"{res['questioner']}: {res['n_queries']} targets among {res['corpus_size']} images")
     t.add_column("round", justify="right")
     for c in ("Hits@1", "Hits@5", "Hits@10", "mean rank"):
@@ -228,9 +214,4 @@ def eval_chat(
         t.add_row(str(r), f"{res['hits@1'][r]:.1f}", f"{res['hits@5'][r]:.1f}", f"{res['hits@10'][r]:.1f}",
                   f"{res['mean_rank'][r]:.1f}")
     out.print(t)
-    _write_json(json_out, res)
-
-
-def register(app: typer.Typer, eval_app: typer.Typer) -> None:
-    app.command("chat")(chat)
-    eval_app.command("chat")(eval_chat)
+    write_json_report(json_out, res)

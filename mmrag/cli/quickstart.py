@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import typer
 from rich.console import Console
 from rich.table import Table
+
+from mmrag.cli.common import out
 
 TEXT_QUERIES = ["a cat", "a cup of coffee", "a rocket launch", "coins on a table", "an astronaut"]
 
@@ -58,3 +61,10 @@ def run_quickstart(out_dir: Path | None = None, console: Console | None = None) 
                   "`mmrag index PATH --out DIR`.")
     searcher.close()
     return results
+
+
+def quickstart(
+    out_dir: Path = typer.Option(None, "--out", help="Where to build the sample index (default: cache)."),
+):
+    """Build an index of the sample photos bundled with scikit-image and run a few queries."""
+    run_quickstart(out_dir, out)

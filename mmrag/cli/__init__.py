@@ -1,0 +1,58 @@
+"""The ``mmrag`` command line: one module per verb (or verb group), registered here.
+
+Behaviour lives in the library (``mmrag.tasks.*`` and the layers below); a verb module only turns
+flags into calls and prints results. Shared conventions (errors, JSON output, ``--gen-opt``, how
+an encoder and a corpus are named) are in :mod:`mmrag.cli.common`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from rich.markup import escape
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub unless the user asks
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from mmrag.cli import ask, bridge, caption, chat, compose, index, info, quickstart, search, serve  # noqa: E402
+from mmrag.cli.common import err  # noqa: E402
+from mmrag.errors import MmragError  # noqa: E402
+
+__all__ = ["app", "eval_app", "bridge_app", "main"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multimodal RAG over image collections.")
+bridge_app = typer.Typer(no_args_is_help=True, help="Fit and inspect the image->text bridge of effnet-minilm.")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate with each task's published metrics.")
+app.add_typer(bridge_app, name="bridge")
+app.add_typer(eval_app, name="eval")
+
+# One line per verb: the whole command set is readable here.
+app.command("index")(index.index)
+app.command("search")(search.search)
+app.command("info")(info.info)
+app.command("remove")(info.remove)
+app.command("encoders")(info.encoders)
+bridge_app.command("fit")(bridge.bridge_fit)
+app.command("caption")(caption.caption)
+app.command("caption-refine")(caption.caption_refine)
+app.command("chat")(chat.chat)
+app.command("ask")(ask.ask)
+app.command("compose")(compose.compose)
+app.command("serve")(serve.serve)
+app.command("quickstart")(quickstart.quickstart)
+eval_app.command("retrieval")(search.eval_retrieval)
+eval_app.command("caption")(caption.eval_caption)
+eval_app.command("chat")(chat.eval_chat)
+eval_app.command("ask")(ask.eval_ask)
+eval_app.command("imageref")(compose.eval_imageref)
+eval_app.command("judge")(compose.eval_judge)
+
+
+def main() -> None:
+    try:
+        app()
+    except MmragError as e:
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,5 @@
+"""``python -m mmrag.cli``: the same as the ``mmrag`` console script."""
+
+from mmrag.cli import main
+
+main()

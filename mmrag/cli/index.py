@@ -1,0 +1,63 @@
+"""``mmrag index``: build or extend an index from a corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mmrag.cli.common import (
+    BridgeOpt, CorpusArg, DataDirAlias, DatasetAlias, EncoderModelOpt, EncoderOpt, KindOpt, SplitOpt,
+    corpus_source, encoder_from_options, fail, out,
+)
+
+
+def index(
+    corpus: CorpusArg = None,
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Index directory (created, or resumed if it exists)."),
+    kind: KindOpt = "auto",
+    split: SplitOpt = None,
+    limit: Optional[int] = typer.Option(None, help="Index at most this many images (quick runs)."),
+    encoder: EncoderOpt = None,
+    encoder_model: EncoderModelOpt = None,
+    bridge: BridgeOpt = None,
+    store: str = typer.Option("faiss", help="Vector store backend: faiss or milvus."),
+    index_type: str = typer.Option("auto", help="faiss: auto, flat, ivf, ivf_sq8, hnsw. milvus: FLAT, IVF_FLAT, HNSW, AUTOINDEX (auto = FLAT)."),
+    store_uri: Optional[str] = typer.Option(None, "--store-uri", help="milvus: a .db file (Milvus Lite) or http://host:19530 (server; token from $MILVUS_TOKEN). Default: Milvus Lite inside the index directory."),
+    engine: str = typer.Option("sequential", help="Embedding engine: sequential (this process) or ray (Ray Data actors, shards under <out>/embeddings)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="ray: cluster address ('auto', 'ray://head:10001'); default: a local Ray runtime."),
+    batch_size: int = typer.Option(256, help="Images per committed batch (the unit of resume)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    dataset: DatasetAlias = None,
+    data_dir: DataDirAlias = None,
+):
+    """Build or extend an index (every image of the corpus unless --split names one). Safe to
+    interrupt: run it again to resume."""
+    from mmrag.corpus.readers import read_corpus
+    from mmrag.embedding import IndexConfig, build_index
+
+    path, kind = corpus_source(corpus, data_dir, kind, dataset)
+    c = read_corpus(kind, path, split=split, limit=limit)
+    enc = encoder_from_options(encoder, encoder_model, bridge)
+    if engine not in ("sequential", "ray"):
+        fail(f"--engine must be sequential or ray, got {engine!r}")
+    if store_uri and store != "milvus":
+        fail("--store-uri applies to --store milvus")
+    opts = {"index_type": index_type} if store == "faiss" or index_type != "auto" else {}
+    if store_uri:
+        opts["uri"] = store_uri if "://" in store_uri else str(Path(store_uri).expanduser().resolve())
+    rep = build_index(c, out_dir, enc, IndexConfig(batch_size=batch_size, backend=store, backend_options=opts,
+                                                   engine=engine, ray_address=ray_address))
+    d = rep.as_dict()
+    if as_json:
+        print(json.dumps(d, indent=2, ensure_ascii=False))
+        return
+    out.print(f"[bold]{out_dir}[/]: +{d['added']} images (+{d['captions_added']} captions); "
+              f"{d['already_indexed']} already indexed, {d['duplicates']} duplicates, {d['skipped']} skipped; "
+              f"total {d['total_images']} images, {d['total_captions']} captions")
+    for s in d["skipped_reasons"][:20]:
+        out.print(f"  skipped {s['source']}: {s['reason']}")
+    if d["skipped"] > 20:
+        out.print(f"  ... and {d['skipped'] - 20} more (see {out_dir}/skipped.jsonl)")

@@ -1,0 +1,48 @@
+"""``mmrag info``, ``mmrag remove`` and ``mmrag encoders``: look at and edit an index."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from mmrag.cli.common import err, out
+
+
+def info(index_dir: Path = typer.Option(..., "--index", "-i"), as_json: bool = typer.Option(False, "--json")):
+    """What an index holds and how it was built."""
+    from mmrag.index.collection import Collection
+
+    c = Collection.open(index_dir)
+    d = c.info()
+    c.close()
+    if as_json:
+        print(json.dumps(d, indent=2, ensure_ascii=False))
+    else:
+        for key, v in d.items():
+            out.print(f"[bold]{key}[/]: {v}")
+
+
+def remove(
+    ids: list[str] = typer.Argument(..., help="Image ids to delete (as shown by search)."),
+    index_dir: Path = typer.Option(..., "--index", "-i"),
+):
+    """Delete images (and their captions) from an index, without a rebuild."""
+    from mmrag.index.collection import Collection
+
+    c = Collection.open(index_dir)
+    n_img, n_cap = c.remove(ids)
+    c.save()
+    c.close()
+    out.print(f"removed {n_img} images and {n_cap} captions")
+    if n_img < len(ids):
+        err.print(f"[yellow]{len(ids) - n_img} of the ids were not in the index[/]")
+
+
+def encoders():
+    """List the encoders that can be chosen by name."""
+    from mmrag.encoders import ENCODERS
+
+    for n in ENCODERS.names():
+        out.print(n)

@@ -1,0 +1,86 @@
+"""``mmrag search`` (text/image queries on an index) and ``mmrag eval retrieval`` (Recall@K)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from mmrag.cli.common import (
+    BridgeOpt, CorpusArg, DataDirAlias, DatasetAlias, EncoderModelOpt, EncoderOpt, KindOpt, SplitOpt,
+    corpus_source, encoder_from_options, fail, out, write_json_report,
+)
+
+
+def _print_hits(hits, target: str) -> None:
+    t = Table(show_header=True, header_style="bold")
+    t.add_column("#", justify="right")
+    t.add_column("score", justify="right")
+    t.add_column("id")
+    t.add_column("caption" if target == "images" else "text")
+    for i, h in enumerate(hits, 1):
+        text = h.metadata.get("text") if target == "captions" else (h.metadata.get("captions") or [""])[0]
+        t.add_row(str(i), f"{h.score:.3f}", h.id, text or "")
+    out.print(t)
+
+
+def search(
+    index_dir: Path = typer.Option(..., "--index", "-i", help="Index directory."),
+    text: Optional[str] = typer.Option(None, "--text", "-t", help="Text query."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Image query (file)."),
+    weight: float = typer.Option(0.5, help="With both text and image: the text's weight in [0, 1]."),
+    k: int = typer.Option(10, "-k", help="Number of results."),
+    target: str = typer.Option("images", help="images (text/image -> image) or captions (image -> caption)."),
+    where: list[str] = typer.Option([], "--where", help="Metadata filter key=value (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="JSON output."),
+):
+    """Search an index by text, by image, or both."""
+    from mmrag.search import Searcher
+
+    flt = {}
+    for w in where:
+        if "=" not in w:
+            fail(f"--where takes key=value, got {w!r}")
+        key, val = w.split("=", 1)
+        flt[key] = val  # metadata values compare as strings
+    s = Searcher(index_dir)
+    hits = s.search(text=text, image=image, k=k, weight=weight, target=target, filter=flt or None)
+    if as_json:
+        print(json.dumps([{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits], indent=2, ensure_ascii=False))
+    else:
+        _print_hits(hits, target)
+
+
+def eval_retrieval(
+    corpus: CorpusArg = None,
+    kind: KindOpt = "auto",
+    split: SplitOpt = "default",
+    encoder: EncoderOpt = None,
+    encoder_model: EncoderModelOpt = None,
+    bridge: BridgeOpt = None,
+    limit: Optional[int] = typer.Option(None, help="Evaluate on the first N images only."),
+    hubness: bool = typer.Option(True, help="Apply the captions' hubness prior to image->caption (when the encoder has one)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write results here."),
+    dataset: DatasetAlias = None,
+    data_dir: DataDirAlias = None,
+):
+    """Recall@1/5/10 both ways (every caption queries the images; every image the captions)."""
+    from mmrag.corpus.readers import read_corpus, resolve_split
+    from mmrag.eval.retrieval import evaluate_retrieval
+
+    path, kind = corpus_source(corpus, data_dir, kind, dataset)
+    split = resolve_split(kind, path, split)
+    c = read_corpus(kind, path, split=split, limit=limit)
+    res = evaluate_retrieval(c, encoder_from_options(encoder, encoder_model, bridge), hubness=hubness)
+    res["split"] = split
+    t = Table(title=f"{res['dataset']} {split or 'all'}: {res['n_images']} images, {res['n_captions']} captions ({res['encoder']})")
+    t.add_column("direction")
+    for key in ("R@1", "R@5", "R@10"):
+        t.add_column(key, justify="right")
+    for d in ("t2i", "i2t"):
+        t.add_row(d, *(f"{res[d][key]:.1f}" for key in ("R@1", "R@5", "R@10")))
+    out.print(t)
+    write_json_report(json_out, res)
