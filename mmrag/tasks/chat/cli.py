@@ -95,7 +95,7 @@ def chat(
     Answer yes/no questions with yes or no, either-or questions ("is there a dog or a cat?") with the option you see or "neither", other questions in a few words.
 
     Interactive unless --answer is given; an empty answer (or 'q') ends the chat."""
-    from mmrag.search import Searcher
+    from mmrag.retrieval import Searcher
     from mmrag.tasks.chat.session import ChatSession
 
     if k < 1 or rounds < 0:
@@ -163,8 +163,7 @@ def eval_chat(
         targets_from_items,
     )
     from mmrag.tasks.chat.features import CaptionWordFeatures
-    from mmrag.tasks.chat.vectors import corpus_image_vectors
-    from mmrag.tasks.captioning import default_datastore
+    from mmrag.retrieval import corpus_image_vectors, default_datastore
 
     if search_space not in ("split", "all"):
         raise ChatCliError("--search-space must be split or all")
@@ -172,11 +171,11 @@ def eval_chat(
     if index_dir is not None:
         if dialogs is None:
             raise ChatCliError("--index is for replaying --dialogs; simulated-user runs need --dataset/--data-dir")
-        from mmrag.search import Searcher
+        from mmrag.retrieval import Searcher
 
         s = Searcher(index_dir)
-        enc, ids = s.encoder, s.collection.images.ids()
-        vecs = s.collection.images.vectors(ids)
+        enc, ids = s.encoder, s.ids()
+        vecs = s.vectors(ids)
     else:
         if data_dir is None:
             base = repo_data_dir()
@@ -194,7 +193,7 @@ def eval_chat(
         vecs = vecs[keep]
     try:
         if datastore is not None:
-            from mmrag.tasks.captioning import CaptionDatastore
+            from mmrag.retrieval import CaptionDatastore
 
             feats = CaptionWordFeatures(CaptionDatastore.load(datastore))
         else:

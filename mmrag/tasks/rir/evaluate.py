@@ -130,9 +130,8 @@ def vqa_index_dir(train: VQADataset, encoder) -> Path:
     """Where the knowledge index of ``train`` lives in the mmrag cache (keyed by the QA pairs, the
     image files and the encoder)."""
     from mmrag.paths import cache_dir
-    from mmrag.tasks.rir.knowledge import _fingerprint
 
-    h = hashlib.sha1(_fingerprint(encoder).encode())
+    h = hashlib.sha1(encoder.fingerprint().encode())
     for q in train.questions:
         h.update(json.dumps([q.image_id, str(q.image), q.question, q.answers], ensure_ascii=False).encode())
     return cache_dir() / "rir" / f"index_{train.name}_{h.hexdigest()[:12]}"
