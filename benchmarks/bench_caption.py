@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmrag.corpus.readers import read_corpus  # noqa: E402
 from mmrag.encoders import create_encoder  # noqa: E402
-from mmrag.paths import cache_dir  # noqa: E402
+from mmrag.retrieval import corpus_image_vectors  # noqa: E402
 from mmrag.tasks.captioning import (  # noqa: E402
     CaptionDatastore,
     MRagCaptioner,
@@ -43,16 +43,7 @@ KEYS = ["BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"]
 
 
 def split_vectors(enc, corpus, split: str) -> np.ndarray:
-    f = cache_dir() / "caption_bench" / f"flickr8k_{split}_{enc.fingerprint()}_{len(corpus)}.npy"
-    if f.exists():
-        return np.load(f)
-    f.parent.mkdir(parents=True, exist_ok=True)
-    t = time.perf_counter()
-    v = enc.embed_images([it.path for it in corpus.items], progress=True)
-    print(f"embedded {len(corpus)} {split} images in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    np.save(f.with_suffix(".tmp.npy"), v)
-    f.with_suffix(".tmp.npy").replace(f)
-    return v
+    return corpus_image_vectors(enc, corpus)
 
 
 def main() -> None:

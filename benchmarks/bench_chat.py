@@ -54,7 +54,7 @@ from mmrag.tasks.chat.evaluate import evaluate_chat, targets_from_items  # noqa:
 from mmrag.tasks.chat.features import CaptionWordFeatures  # noqa: E402
 from mmrag.tasks.chat.questioners import create_questioner  # noqa: E402
 from mmrag.tasks.chat.ranking import RankingConfig  # noqa: E402
-from mmrag.tasks.chat.vectors import corpus_image_vectors  # noqa: E402
+from mmrag.retrieval import corpus_image_vectors  # noqa: E402
 
 GRID = [  # (query mode, re-scoring mode, weight); pool 200 (500 lost on dev before)
     ("chatir", "linear", 0.0), ("chatir-yes", "loglik", 0.15), ("words", "linear", 0.3), ("words", "loglik", 0.1),

@@ -7,7 +7,7 @@ section (optimal assignment with "Not Insert"). Gold: the section each figure ca
 Chapters are split into dev/test by a hash of their path (``dev_test_split``). The relevance
 weights, pooling, header rule and threshold are chosen on dev by F1; the chosen configuration is
 reported on test and on all chapters, next to the best semantic-only and lexical-only variants
-(also chosen on dev). Section and caption vectors are cached (``mmrag.tasks.imageref.textcache``),
+(also chosen on dev). Section and caption vectors are cached (``mmrag.retrieval.cache``),
 so only the first run embeds the book (minutes on a small CPU).
 
     nice -n 10 python benchmarks/bench_imageref.py [--data ../shared/data/d2l]

@@ -14,13 +14,13 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]
 from mmrag.corpus.readers import read_corpus
 from mmrag.encoders import create_encoder
 from mmrag.tasks.captioning import CaptionDatastore, MRagCaptioner, evaluate_captioner
-from mmrag.paths import cache_dir
+from mmrag.retrieval import corpus_image_vectors
 enc = create_encoder("effnet-minilm")
 D = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "shared/data/flickr8k")
 train = read_corpus("flickr8k", D, split="train")
 dev = read_corpus("flickr8k", D, split="dev")
 ds = CaptionDatastore.from_corpus(train, enc, split="train")
-dv = np.load(cache_dir() / "caption_bench" / f"flickr8k_dev_{enc.fingerprint()}_1000.npy")
+dv = corpus_image_vectors(enc, dev)
 for spec in sys.argv[1:]:
     k, opts = spec.split(":", 1) if ":" in spec else (spec, "")
     o = dict(kv.split("=") for kv in opts.split(",") if kv)

@@ -49,7 +49,7 @@ def index(test_corpus, effnet_minilm, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def searcher(index, effnet_minilm):
-    from mmrag.search import Searcher
+    from mmrag.retrieval import Searcher
 
     s = Searcher(index, encoder=effnet_minilm)
     yield s
@@ -178,8 +178,8 @@ def test_choice_questions_with_three_options():
 
 
 def test_caption_word_features_are_viewer_chances(searcher, small_datastore):
-    ids = searcher.collection.images.ids()[:10]
-    V = searcher.collection.images.vectors(ids)
+    ids = searcher.ids()[:10]
+    V = searcher.vectors(ids)
     raw = CaptionWordFeatures(small_datastore, describers=1)
     four = CaptionWordFeatures(small_datastore)
     assert four.describers == 4
@@ -271,7 +271,7 @@ def test_answers_move_the_ranking_through_rescoring(searcher, small_datastore, m
     for s in (plain, scored):
         s.start("a person outdoors")
         s.answer("yes", question="is there a dog?")
-    ids_with_dog = {i for i in searcher.collection.images.ids() if feats.row(i).get("dog", 0) > 0.5}
+    ids_with_dog = {i for i in searcher.ids() if feats.row(i).get("dog", 0) > 0.5}
     assert ids_with_dog, "some test images' nearest train captions mention dogs"
 
     def mean_pos(turn):
@@ -308,8 +308,8 @@ def test_llm_questioner(searcher):
 
 
 def test_evaluate_chat_against_direct_ranking(searcher, test_corpus, small_datastore, effnet_minilm):
-    ids = searcher.collection.images.ids()
-    V = searcher.collection.images.vectors(ids)
+    ids = searcher.ids()
+    V = searcher.vectors(ids)
     targets = targets_from_items(test_corpus.items, {x: i for i, x in enumerate(ids)})
     assert all(t.description not in t.captions for t in targets)  # the user never holds the description
     feats = CaptionWordFeatures(small_datastore)
@@ -329,8 +329,8 @@ def test_evaluate_chat_against_direct_ranking(searcher, test_corpus, small_datas
 
 
 def test_replay_chatir_dialogs(searcher, test_corpus, effnet_minilm, tmp_path, data_dir):
-    ids = searcher.collection.images.ids()
-    V = searcher.collection.images.vectors(ids)
+    ids = searcher.ids()
+    V = searcher.vectors(ids)
     items = test_corpus.items[:5]
     rows = [{"img": f"flickr/{it.id}", "dialog": [it.captions[0]] + [f"{c.rstrip(' .')}? yes" for c in it.captions[1:3]]}
             for it in items] + [{"img": "unlabeled2017/000000185565.jpg", "dialog": ["a bedroom", "is it dark? no", "x? y"]}]

@@ -146,7 +146,7 @@ def test_caption_uses_the_index_encoder(bridged_index, coco_sample, tmp_path):
 
 def test_chat_and_ask_search_with_the_index_encoder(bridged_index, tmp_path):
     from mmrag.encoders import create_encoder
-    from mmrag.search import Searcher
+    from mmrag.retrieval import Searcher
 
     idx, bridge = bridged_index
     enc = create_encoder("effnet-minilm", bridge=str(bridge))

@@ -352,13 +352,13 @@ def test_missing_or_invalid_directory_gives_clear_error(tmp_path):
 def test_clip_index_and_search_round_trip(exported, sample_corpus, tmp_path):
     """An index built with the clip encoder records how to rebuild it; search reopens it."""
     from mmrag.embedding import IndexConfig, build_index
-    from mmrag.search import Searcher
+    from mmrag.retrieval import Searcher
 
     enc = create_encoder("clip", model=str(exported["hf"]))
     rep = build_index(sample_corpus, tmp_path / "idx", enc, IndexConfig(progress=False))
     assert rep.total_images == len(sample_corpus)
     s = Searcher(tmp_path / "idx")  # rebuilds the encoder from the manifest
-    assert s.collection.manifest.encoder == "clip"
+    assert s.manifest.encoder == "clip"
     item = sample_corpus.items[0]
     hit = s.search(image=item.path, k=1)[0]
     assert hit.id == item.id and hit.score > 0.999

@@ -17,7 +17,7 @@ from mmrag.corpus.readers import read_corpus
 from mmrag.errors import CorpusError
 from mmrag.index.collection import Collection
 from mmrag.embedding import IndexConfig, build_index
-from mmrag.search import Searcher
+from mmrag.retrieval import Searcher
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -98,7 +98,7 @@ def test_cli_index_and_search_on_milvus(flickr8k_dir, effnet_minilm, tmp_path):
     from mmrag.cli import app
     from mmrag.corpus.readers import read_corpus
     from mmrag.embedding import IndexConfig, build_index
-    from mmrag.search import Searcher
+    from mmrag.retrieval import Searcher
 
     runner = CliRunner()
     uri = tmp_path / "lite" / "mmrag.db"

@@ -83,7 +83,7 @@ def chat(
     Answer yes/no questions with yes or no, either-or questions ("is there a dog or a cat?") with the option you see or "neither", other questions in a few words.
 
     Interactive unless --answer is given; an empty answer (or 'q') ends the chat."""
-    from mmrag.search import Searcher
+    from mmrag.retrieval import Searcher
     from mmrag.tasks.chat.session import ChatSession
 
     if k < 1 or rounds < 0:
@@ -148,10 +148,9 @@ def eval_chat(
     or replayed dialogs with --dialogs. PATH defaults to ../shared/data/flickr8k; its image vectors are cached."""
     from mmrag.corpus.readers import read_corpus, resolve_split
     from mmrag.paths import repo_data_dir
-    from mmrag.tasks.captioning import default_datastore
     from mmrag.tasks.chat.evaluate import evaluate_chat, evaluate_replay, load_chatir_dialogs, targets_from_items
+    from mmrag.retrieval import corpus_image_vectors, default_datastore
     from mmrag.tasks.chat.features import CaptionWordFeatures
-    from mmrag.tasks.chat.vectors import corpus_image_vectors
 
     if search_space not in ("split", "all"):
         fail("--search-space must be split or all")
@@ -160,11 +159,11 @@ def eval_chat(
     if index_dir is not None:
         if dialogs is None:
             fail("--index is for replaying --dialogs; simulated-user runs need a corpus PATH")
-        from mmrag.search import Searcher
+        from mmrag.retrieval import Searcher
 
         s = Searcher(index_dir, encoder=enc)
-        ids = s.collection.images.ids()
-        vecs = s.collection.images.vectors(ids)
+        ids = s.ids()
+        vecs = s.vectors(ids)
     else:
         base = repo_data_dir()
         default = base / "flickr8k" if base is not None and (base / "flickr8k").exists() else None
@@ -180,7 +179,7 @@ def eval_chat(
         vecs = vecs[keep]
     try:
         if datastore is not None:
-            from mmrag.tasks.captioning import CaptionDatastore
+            from mmrag.retrieval import CaptionDatastore
 
             feats = CaptionWordFeatures(CaptionDatastore.load(datastore))
         else:

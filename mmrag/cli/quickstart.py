@@ -22,7 +22,7 @@ def run_quickstart(out_dir: Path | None = None, console: Console | None = None) 
     from mmrag.encoders import create_encoder
     from mmrag.embedding import IndexConfig, build_index
     from mmrag.paths import cache_dir
-    from mmrag.search import Searcher
+    from mmrag.retrieval import Searcher
 
     console = console or Console()
     corpus = sample_photos_corpus()

@@ -38,7 +38,7 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="JSON output."),
 ):
     """Search an index by text, by image, or both."""
-    from mmrag.search import Searcher
+    from mmrag.retrieval import Searcher
 
     flt = {}
     for w in where:

@@ -212,7 +212,7 @@ def create_app(index_dir: str | Path, config: ServeConfig | None = None, encoder
 def features(state: ServeState) -> dict[str, Any]:
     """What the web page may show: search always; the rest when available on this server."""
     svc = state.service
-    f = {"search": True, "image_search": True, "caption": svc.collection.captions.count() > 0
+    f = {"search": True, "image_search": True, "caption": svc.searcher.count("captions") > 0
          or state.config.caption_datastore is not None, "chat_completions": True,
          "url_fetch": state.config.allow_url_fetch, "max_upload_bytes": state.config.max_upload_bytes,
          "max_k": state.config.max_k, "default_k": state.config.default_k}

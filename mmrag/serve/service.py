@@ -1,6 +1,6 @@
 """What the HTTP layer calls: one loaded index + encoder, queries served through micro-batchers.
 
-:class:`SearchService` owns a :class:`~mmrag.search.Searcher` and three
+:class:`SearchService` owns a :class:`~mmrag.retrieval.Searcher` and three
 :class:`~mmrag.serve.batching.MicroBatcher` s, each with its own thread:
 
 * texts  -> ``encoder.embed_texts`` (one call per batch),
@@ -8,7 +8,7 @@
 * vectors -> ``store.search`` (one FAISS call per batch and (target, filter) group).
 
 A query with both text and image embeds them concurrently and combines them exactly like
-:meth:`mmrag.search.Searcher.query_vector` (``weight`` on the text side). With batching off every
+:meth:`mmrag.retrieval.Searcher.query_vector` (``weight`` on the text side). With batching off every
 batcher takes one item at a time, so the two modes run the same code.
 """
 
@@ -30,7 +30,7 @@ from mmrag.corpus.images import open_image
 from mmrag.encoders.base import Encoder, l2_normalize
 from mmrag.errors import ImageError, MmragError
 from mmrag.index.base import Hit
-from mmrag.search import Searcher
+from mmrag.retrieval import Searcher
 from mmrag.serve.batching import MicroBatcher
 from mmrag.serve.config import ServeConfig
 
@@ -108,7 +108,6 @@ class SearchService:
         self.index_dir = Path(index_dir)
         self.searcher = Searcher(self.index_dir, encoder=encoder)
         self.encoder = self.searcher.encoder
-        self.collection = self.searcher.collection
         size = self.config.max_batch if self.config.batching else 1
         wait = self.config.max_wait_ms if self.config.batching else 0.0
 
@@ -145,17 +144,17 @@ class SearchService:
             if j.target == "captions" and j.image_only:
                 # image -> caption re-ranks with the hubness prior: one query at a time
                 try:
-                    out[i] = self.searcher._captions_for_image(j.vector, j.k, j.filter)
+                    out[i] = self.searcher.captions_for_image_vector(j.vector, j.k, j.filter)
                 except (ValueError, MmragError) as e:
                     out[i] = e
                 continue
             key = (j.target, json.dumps(j.filter, sort_keys=True) if j.filter else "")
             groups.setdefault(key, []).append(i)
         for (target, _), rows in groups.items():
-            store = self.collection.images if target == "images" else self.collection.captions
             k = max(jobs[i].k for i in rows)
             try:
-                hits = store.search(np.stack([jobs[i].vector for i in rows]), k=k, filter=jobs[rows[0]].filter)
+                hits = self.searcher.search_vectors(np.stack([jobs[i].vector for i in rows]), k=k,
+                                                    target=target, filter=jobs[rows[0]].filter)
             except (ValueError, MmragError) as e:  # a bad filter key fails only its group
                 for i in rows:
                     out[i] = BadRequestError(str(e))
@@ -172,9 +171,10 @@ class SearchService:
         return await self.image_batcher.submit(image)
 
     def stored_vector(self, image_id: str) -> np.ndarray:
-        if image_id not in self.collection.images:
+        v = self.searcher.vector(image_id)
+        if v is None:
             raise NotFoundError(f"no image with id {image_id!r} in this index")
-        return self.collection.images.vectors([image_id])[0]
+        return v
 
     async def query_vector(self, q: Query) -> np.ndarray:
         """The unit query vector of ``q`` (text and image embedded concurrently)."""
@@ -219,7 +219,7 @@ class SearchService:
 
     def image_path(self, image_id: str) -> Path:
         """The file of an indexed image, looked up by id (never a client-given path)."""
-        meta = self.collection.images.get([image_id])[0] if isinstance(image_id, str) else None
+        meta = self.searcher.get(image_id)
         if not meta or not meta.get("path"):
             raise NotFoundError(f"no image with id {image_id!r} in this index")
         p = Path(meta["path"])
@@ -228,7 +228,7 @@ class SearchService:
         return p
 
     def image_metadata(self, image_id: str) -> dict[str, Any]:
-        meta = self.collection.images.get([image_id])[0]
+        meta = self.searcher.get(image_id)
         if meta is None:
             raise NotFoundError(f"no image with id {image_id!r} in this index")
         return public_metadata(meta)
@@ -254,10 +254,10 @@ class SearchService:
     def info(self) -> dict[str, Any]:
         return {
             "index": self.index_dir.name,
-            "encoder": self.collection.manifest.encoder,
-            "dim": self.collection.manifest.dim,
-            "images": self.collection.images.count(),
-            "captions": self.collection.captions.count(),
+            "encoder": self.searcher.manifest.encoder,
+            "dim": self.searcher.dim,
+            "images": self.searcher.count("images"),
+            "captions": self.searcher.count("captions"),
             "batching": self.config.batching,
         }
 

@@ -13,7 +13,6 @@ import asyncio
 import time
 from typing import Optional
 
-import numpy as np
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
 from mmrag.serve.app import ServeState, get_state
@@ -23,28 +22,21 @@ from mmrag.serve.service import BadRequestError, UnavailableError
 router = APIRouter(tags=["caption"])
 
 
-def index_caption_datastore(collection):
+def index_caption_datastore(searcher):
     """A CaptionDatastore over an index's caption store (texts, vectors, priors from the index)."""
-    from mmrag.tasks.captioning import CaptionDatastore
+    from mmrag.retrieval import CaptionDatastore
 
-    store = collection.captions
-    ids = store.ids()
-    if not ids:
+    if searcher.count("captions") == 0:
         raise UnavailableError("this index has no captions to caption with: start the server with "
                                "--caption-datastore flickr8k (or a saved datastore file)")
-    metas = store.get(ids)
-    vecs = store.vectors(ids)
-    texts = [str((m or {}).get("text", "")) for m in metas]
-    owners = [str((m or {}).get("image_id") or i.split("#", 1)[0]) for i, m in zip(ids, metas)]
-    priors = np.asarray([float((m or {}).get("prior", 0.0)) for m in metas], np.float32)
-    return CaptionDatastore(texts, vecs, priors, owners, info={"source": f"index {collection.root.name}"})
+    return CaptionDatastore.from_searcher(searcher)
 
 
 def load_caption_datastore(state: ServeState):
     spec = state.config.caption_datastore
     enc = state.service.encoder
     if spec is None or spec == "index":
-        return index_caption_datastore(state.service.collection)
+        return index_caption_datastore(state.service.searcher)
     from mmrag.tasks.captioning import CaptionDatastore, default_datastore
 
     if spec == "flickr8k":

@@ -62,7 +62,7 @@ def compose_router(state: ServeState) -> APIRouter:
 
     def image_url(im) -> str:
         iid = f"{im.doc_id}::{im.id}"
-        if iid in state.service.collection.images:
+        if state.service.searcher.has(iid):
             return image_links(iid)[0]
         if re.match(r"^(https?:|data:)", im.path):
             return im.path  # the document's own reference to a remote image

@@ -140,8 +140,7 @@ async def fetch_image_url(state: ServeState, url: str) -> bytes:
 def _deduplicate(state: ServeState, hits, target: str):
     if len(hits) < 2:
         return hits
-    store = state.service.collection.images if target == "images" else state.service.collection.captions
-    x = store.vectors([h.id for h in hits])
+    x = state.service.searcher.vectors([h.id for h in hits], target)
     keep: list[int] = []
     for i in range(len(hits)):
         if not keep or float(np.max(x[keep] @ x[i])) < DEDUP_THRESHOLD:
@@ -163,8 +162,8 @@ async def knn_service(body: KnnRequest, request: Request, state: ServeState = De
     vector = None
     if body.embedding_input is not None:
         vector = np.asarray(body.embedding_input, np.float32)
-        if vector.shape != (state.service.collection.manifest.dim,):
-            raise BadRequestError(f"embedding_input must have {state.service.collection.manifest.dim} numbers, "
+        if vector.shape != (state.service.searcher.dim,):
+            raise BadRequestError(f"embedding_input must have {state.service.searcher.dim} numbers, "
                                   f"got {vector.shape[0]}")
     if body.text is None and image is None and vector is None:
         raise BadRequestError("give one of text, image, image_url or embedding_input")
@@ -194,7 +193,7 @@ def indices_list(state: ServeState = Depends(get_state)) -> list[str]:
 @router.post("/metadata", tags=["clip-retrieval"], summary="Metadata of images by id")
 def metadata(body: MetadataRequest, request: Request, state: ServeState = Depends(get_state)) -> dict:
     base = str(request.base_url).rstrip("/")
-    metas = state.service.collection.images.get(body.ids)
+    metas = state.service.searcher.metadata(body.ids)
     out = {}
     for i, m in zip(body.ids, metas):
         if m is None:

@@ -8,7 +8,7 @@ from mmrag.tasks.captioning.captioner import (
     build_prompt,
     evaluate_captioner,
 )
-from mmrag.tasks.captioning.datastore import (
+from mmrag.retrieval.datastore import (
     CaptionDatastore,
     CaptionHit,
     DatastoreError,

@@ -32,7 +32,7 @@ import numpy as np
 
 from mmrag.generators.base import GenerationRequest, Generator, GeneratorError, create_generator
 from mmrag.generators.consensus import ConsensusGenerator
-from mmrag.tasks.captioning.datastore import CaptionDatastore, CaptionHit, DatastoreError
+from mmrag.retrieval.datastore import CaptionDatastore, CaptionHit, DatastoreError
 
 __all__ = ["CaptionResult", "MRagCaptioner", "build_prompt", "evaluate_captioner", "DEFAULT_K",
            "DEFAULT_SIMILARITY"]

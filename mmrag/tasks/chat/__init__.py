@@ -1,8 +1,8 @@
 """Chat-based image retrieval (ChatIR): describe an image, answer questions, watch it climb.
 
-Python API (an index built by ``mmrag index``, opened with :class:`mmrag.search.Searcher`)::
+Python API (an index built by ``mmrag index``, opened with :class:`mmrag.retrieval.Searcher`)::
 
-    from mmrag.search import Searcher
+    from mmrag.retrieval import Searcher
     from mmrag.tasks.chat import ChatSession
 
     s = ChatSession(Searcher("idx"), questioner="split", k=10)

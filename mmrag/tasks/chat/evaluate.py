@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mmrag.errors import MmragError
+from mmrag.retrieval.exact import CHUNK, ExactIndex, top_k
 from mmrag.tasks.chat.answerers import SimulatedUser
 from mmrag.tasks.chat.dialog import Dialog, DialogError, Round
 from mmrag.tasks.chat.features import CaptionWordFeatures
@@ -72,20 +73,21 @@ class _Ranker:
     def __init__(self, encoder, vectors: np.ndarray, ids: Sequence[str], ranking: RankingConfig,
                  features: CaptionWordFeatures | None, progress: bool = False):
         self.encoder, self.V, self.ids, self.ranking = encoder, np.asarray(vectors, np.float32), list(ids), ranking
+        self.index = ExactIndex(self.V)
         self.features = features
         self.M = features.matrix(self.ids, self.V) if features is not None else None
         self.cache: dict[str, np.ndarray] = {}
 
-    def rank(self, dialogs: Sequence[Dialog], target_rows: Sequence[int], chunk: int = 256):
+    def rank(self, dialogs: Sequence[Dialog], target_rows: Sequence[int], chunk: int = CHUNK):
         """For each dialog: (target rank, top candidate rows best first, their scores)."""
         Q = query_vectors(self.encoder, dialogs, self.ranking, self.cache)
         P = min(self.ranking.pool, len(self.ids))
         out = []
         for s in range(0, len(Q), chunk):
-            S = Q[s : s + chunk] @ self.V.T
+            S = self.index.scores(Q[s : s + chunk])
             for j in range(len(S)):
                 d, t, row = dialogs[s + j], target_rows[s + j], S[j]
-                pool = np.argpartition(-row, P - 1)[:P] if P < len(row) else np.arange(len(row))
+                pool = top_k(row, P)  # best first, ties in row order
                 sc = row[pool]
                 cons = round_constraints(d)
                 if self.M is not None and cons and self.ranking.rescore_weight > 0:

@@ -15,11 +15,11 @@ docs/benchmarks.md).
 
 Two sources of captions:
 
-``CaptionDatastore`` (e.g. Flickr8k train, :func:`mmrag.tasks.captioning.default_datastore`)
+``CaptionDatastore`` (e.g. Flickr8k train, :func:`mmrag.retrieval.default_datastore`)
     ``cosine - prior`` scores; the image's own captions are excluded when the image is in the
     datastore (``exclude_own``), so every image is described by *other* images' captions. This
     is what evaluation uses: the target's reference captions are never read.
-the index's caption store (``"index"``)
+a :class:`~mmrag.retrieval.Searcher` (``"index"``)
     the captions indexed with the images (nearest by cosine). In deployment an image's own
     captions are legitimate evidence about it; do not use this source to evaluate on an index
     that holds the evaluation targets' captions.
@@ -81,7 +81,7 @@ class CaptionWordFeatures:
             excl = list(ids) if self.exclude_own else None
             hits = self.source.search(vectors, k=self.n_captions, exclude_image_ids=excl)
             return [[h.text for h in hs] for hs in hits]
-        hits = self.source.search(np.asarray(vectors, np.float32), k=self.n_captions)
+        hits = self.source.search_vectors(np.asarray(vectors, np.float32), k=self.n_captions, target="captions")
         return [[str(h.metadata.get("text", "")) for h in hs] for hs in hits]
 
     def compute(self, ids: Sequence[str], vectors: np.ndarray, chunk: int = 512, progress: bool = False) -> None:

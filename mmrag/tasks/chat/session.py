@@ -48,16 +48,16 @@ class Turn:
 
 def caption_features(searcher, captions: Any = "auto", n_captions: int = DEFAULT_N_CAPTIONS) -> CaptionWordFeatures | None:
     """The caption-word source of a session: ``"index"`` (the index's own caption store),
-    ``"datastore"`` (Flickr8k train captions, :func:`~mmrag.tasks.captioning.default_datastore`),
+    ``"datastore"`` (Flickr8k train captions, :func:`~mmrag.retrieval.default_datastore`),
     ``"auto"`` (the index's captions when it has any, else the datastore when available, else
-    None), a :class:`~mmrag.tasks.captioning.CaptionDatastore`, a ready
+    None), a :class:`~mmrag.retrieval.CaptionDatastore`, a ready
     :class:`CaptionWordFeatures`, or None."""
     if captions is None or isinstance(captions, CaptionWordFeatures):
         return captions
-    if captions == "index" or (captions == "auto" and searcher.collection.captions.count() > 0):
-        return CaptionWordFeatures(searcher.collection.captions, n_captions)
+    if captions == "index" or (captions == "auto" and searcher.count("captions") > 0):
+        return CaptionWordFeatures(searcher, n_captions)
     if captions in ("datastore", "auto"):
-        from mmrag.tasks.captioning import DatastoreError, default_datastore
+        from mmrag.retrieval import DatastoreError, default_datastore
 
         try:
             return CaptionWordFeatures(default_datastore(searcher.encoder), n_captions)
@@ -72,7 +72,7 @@ def caption_features(searcher, captions: Any = "auto", n_captions: int = DEFAULT
 
 class ChatSession:
     """One chat over an index (see the package docstring). Thread-safe: calls on one session are
-    serialized; sessions may share a :class:`~mmrag.search.Searcher`."""
+    serialized; sessions may share a :class:`~mmrag.retrieval.Searcher`."""
 
     def __init__(self, searcher, questioner: str | Questioner = "split", k: int = DEFAULT_K, *,
                  ranking: RankingConfig | None = None, captions: Any = "auto",
@@ -140,7 +140,7 @@ class ChatSession:
         scores = np.asarray([h.score for h in hits], np.float32)
         words = None
         if self.features is not None and ids:
-            words = self.features.matrix(ids, self.searcher.collection.images.vectors(ids))
+            words = self.features.matrix(ids, self.searcher.vectors(ids))
             scores = rescore(scores, words, self.features.vocab, round_constraints(d), self.ranking)
         order = np.argsort(-scores, kind="stable")
         ranked = [ChatHit(ids[i], float(scores[i]), r + 1, hits[i].metadata) for r, i in enumerate(order[: self.k])]

@@ -6,8 +6,8 @@
    the numbered chunks, as Markdown with a title and sections.
 2. **Captions** for every candidate image (the images of the documents the answer drew on):
    context-aware, i.e. the image's own caption (alt text, figcaption, JSONL caption) plus the text
-   around it in its document; an image with neither is captioned by the mRAG-gim captioner
-   (:mod:`mmrag.tasks.captioning`) when one is given, else left out (reported in ``skipped``).
+   around it in its document; an image with neither is captioned by the ``captioner`` passed in
+   (e.g. the mRAG-gim one) when given, else left out (reported in ``skipped``).
 3. **Insertion**: one candidate position after each section; images chosen by
    :func:`~mmrag.tasks.imageref.insertion.assign_images` (optimal assignment with "Not Insert",
    at most one image per position, each image once, header image at position 1).
@@ -28,6 +28,7 @@ import numpy as np
 
 from mmrag.corpus.documents import DocImage, Document, Section, parse_markdown
 from mmrag.errors import MmragError
+from mmrag.retrieval.exact import ExactIndex, top_k
 from mmrag.tasks.imageref.chunks import Chunk, chunk_document
 from mmrag.tasks.imageref.insertion import (
     DEFAULT_LEXICAL_WEIGHT,
@@ -177,11 +178,9 @@ def _rank_chunks(query: str, chunks: Sequence[Chunk], embedder, k: int) -> list[
     if not chunks:
         return []
     texts = [f"{c.heading}: {c.text}" if c.heading else c.text for c in chunks]
-    v = embedder.embed(texts)
-    q = embedder.embed([query])[0]
-    sims = v @ q
-    order = np.argsort(-sims, kind="stable")[:k]
-    return [(chunks[i], float(sims[i])) for i in order]
+    index = ExactIndex(embedder.embed(texts))
+    sims = index.scores(embedder.embed([query])[0])
+    return [(chunks[i], float(sims[i])) for i in top_k(sims, k)]
 
 
 def _evidence_answer(query: str, ranked: list[tuple[Chunk, float]], max_sections: int, gen) -> tuple[str, list[AnswerSection]]:
@@ -270,8 +269,8 @@ def _candidates(docs: Sequence[Document], used_docs: Sequence[str], query_vec: n
         return [], skipped
     texts = [_matching_text(im, config) for _, im in pool]
     if len(pool) > config.max_images:
-        sims = embedder.embed(texts) @ query_vec
-        keep = sorted(np.argsort(-sims, kind="stable")[: config.max_images])
+        sims = ExactIndex(embedder.embed(texts)).scores(query_vec)
+        keep = sorted(int(i) for i in top_k(sims, config.max_images))
         pool, texts = [pool[i] for i in keep], [texts[i] for i in keep]
     out = [ImageCandidate(key=f"IMAGE_{k}", id=im.id, path=im.path, caption=im.caption, doc_id=doc_id,
                           caption_source=im.caption_source, matching_text=t)

@@ -131,17 +131,15 @@ class DocumentIndex:
     """Chunk retrieval over an index made by :func:`ingest_documents`."""
 
     def __init__(self, index_dir: str | Path, encoder=None):
-        from mmrag.encoders import create_encoder
-        from mmrag.index.collection import Collection
+        from mmrag.retrieval import Searcher
 
         self.root = Path(index_dir)
-        self.collection = Collection.open(self.root)
-        if not self.collection.has_store(CHUNK_STORE) or not (self.root / DOCUMENTS_FILE).exists():
-            self.collection.close()
+        self.searcher = Searcher(self.root, encoder=encoder)
+        if not self.searcher.has_store(CHUNK_STORE) or not (self.root / DOCUMENTS_FILE).exists():
+            self.searcher.close()
             raise IndexError_(f"{self.root} holds no documents; add them with `mmrag compose --docs DIR --ingest {self.root}` "
                               "or ingest_documents()")
-        m = self.collection.manifest
-        self.encoder = encoder or create_encoder(m.encoder, **m.encoder_options)
+        self.encoder = self.searcher.encoder
         self.documents = _load_documents(self.root)
 
     @classmethod
@@ -150,14 +148,14 @@ class DocumentIndex:
 
     def retrieve(self, query: str, k: int = 8) -> tuple[list[tuple[Chunk, float]], list[Document]]:
         q = np.asarray(self.encoder.embed_texts([query]), np.float32)
-        hits = self.collection.store(CHUNK_STORE).search(q, k=k)[0]
+        hits = self.searcher.search_vectors(q, k=k, target=CHUNK_STORE)[0]
         ranked = [(Chunk(**{f: h.metadata[f] for f in ("id", "doc_id", "section", "heading", "text")}), float(h.score))
                   for h in hits]
         docs = [self.documents[d] for d in dict.fromkeys(c.doc_id for c, _ in ranked) if d in self.documents]
         return ranked, docs
 
     def close(self) -> None:
-        self.collection.close()
+        self.searcher.close()
 
     def __enter__(self) -> "DocumentIndex":
         return self

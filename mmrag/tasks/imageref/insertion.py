@@ -83,11 +83,11 @@ _TEXT_EMBEDDER: TextEmbedder | None = None
 
 def default_text_embedder() -> TextEmbedder:
     """all-MiniLM-L6-v2 (loaded once per process), with vectors cached on disk by text
-    (:class:`~mmrag.tasks.imageref.textcache.CachedTextEmbedder`)."""
+    (:class:`~mmrag.retrieval.cache.CachedTextEmbedder`)."""
     global _TEXT_EMBEDDER
     if _TEXT_EMBEDDER is None:
         from mmrag.encoders.minilm import MiniLMTextEncoder
-        from mmrag.tasks.imageref.textcache import CachedTextEmbedder
+        from mmrag.retrieval.cache import CachedTextEmbedder
 
         _TEXT_EMBEDDER = CachedTextEmbedder(MiniLMTextEncoder())
     return _TEXT_EMBEDDER

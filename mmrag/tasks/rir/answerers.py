@@ -29,6 +29,7 @@ import numpy as np
 
 from mmrag.errors import MmragError
 from mmrag.registry import Registry
+from mmrag.retrieval.exact import select_k
 from mmrag.tasks.rir.cues import CueBlock
 from mmrag.tasks.rir.knowledge import QABank
 from mmrag.tasks.rir.providers import Neighbour
@@ -113,7 +114,7 @@ class KnnAnswerer:
         else:
             allowed = np.arange(len(sims))
         m = min(c.top_m, len(allowed))
-        top = allowed[np.argpartition(-sims[allowed], m - 1)[:m]] if m else allowed[:0]
+        top = allowed[select_k(sims[allowed], m)]
         glob = self._vote(top, np.exp((sims[top] - 1.0) / c.tau_q))
         rows, img_sims = [], []
         for n in request.neighbours:

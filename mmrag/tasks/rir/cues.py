@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mmrag.retrieval.exact import top_k
 from mmrag.tasks.rir.knowledge import QABank
 from mmrag.tasks.rir.providers import Neighbour
 
@@ -57,7 +58,7 @@ def _qa_order(n: Neighbour, question_vector: np.ndarray | None, bank: QABank | N
     if len(rows) != len(n.qa):  # the bank was built from other metadata; keep stored order
         return order
     sims = bank.vectors[rows] @ np.asarray(question_vector, np.float32)
-    return [int(i) for i in np.argsort(-sims, kind="stable")]
+    return [int(i) for i in top_k(sims, len(sims))]
 
 
 def build_cue_block(neighbours: Sequence[Neighbour], question_vector: np.ndarray | None = None,

@@ -9,8 +9,6 @@ encoder and the questions), so opening an index for ``mmrag ask`` does not re-em
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from os import PathLike
 from typing import Any, Iterable, Sequence
@@ -18,7 +16,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from mmrag.corpus.vqa_rad import VQADataset, qa_corpus
-from mmrag.paths import cache_dir
+from mmrag.retrieval.cache import cached_vectors, encoder_cache_key
 from mmrag.tasks.rir.normalize import normalize_answer
 
 __all__ = ["QAPair", "QABank", "index_vqa"]
@@ -87,22 +85,15 @@ class QABank:
 def _question_vectors(encoder, questions: list[str], cache: bool) -> np.ndarray:
     if not cache:
         return encoder.embed_texts(questions)
-    h = hashlib.sha1(encoder.fingerprint().encode())
-    h.update(json.dumps(questions, ensure_ascii=False).encode())
-    f = cache_dir() / "rir" / f"questions_{h.hexdigest()[:16]}.npy"
-    if f.exists():
-        v = np.load(f)
-        if v.shape[0] == len(questions):
-            return v
-    # Unique questions only: VQA sets repeat the same question over many images.
-    uniq = list(dict.fromkeys(questions))
-    pos = {q: i for i, q in enumerate(uniq)}
-    v = encoder.embed_texts(uniq, progress=len(uniq) > 2000)[[pos[q] for q in questions]]
-    f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_name(f.stem + ".tmp.npy")
-    np.save(tmp, v)
-    tmp.replace(f)
-    return v
+
+    def embed() -> np.ndarray:
+        # Unique questions only: VQA sets repeat the same question over many images.
+        uniq = list(dict.fromkeys(questions))
+        pos = {q: i for i, q in enumerate(uniq)}
+        return encoder.embed_texts(uniq, progress=len(uniq) > 2000)[[pos[q] for q in questions]]
+
+    return cached_vectors("qa-questions", encoder_cache_key(encoder, "qa-questions", questions), embed,
+                          shape=(len(questions), encoder.dim))
 
 
 def index_vqa(dataset: VQADataset, out_dir: str | PathLike, encoder, progress: bool = True):

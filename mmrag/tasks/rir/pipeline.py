@@ -171,7 +171,7 @@ def answer_question(image: Any, question: str, *, index: str | Path | None = Non
                     answerer: str = "knn", exclude_same_image: bool = False, **answerer_options: Any) -> Answer:
     """Answer a question about an image with reverse image retrieval over an index.
 
-    Give the index as ``index`` (a directory), ``searcher`` (an open :class:`mmrag.search.Searcher`)
+    Give the index as ``index`` (a directory), ``searcher`` (an open :class:`mmrag.retrieval.Searcher`)
     or ``provider`` (any :class:`ReverseSearchProvider`). ``answerer``: ``"knn"`` (default, no
     language model; needs QA pairs in the index), or a generator name (``"local"``, ``"openai"``;
     generator options such as ``generator_options`` go through ``**answerer_options``).

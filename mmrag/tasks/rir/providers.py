@@ -100,7 +100,7 @@ class IndexProvider:
         if searcher is None:
             if index_dir is None:
                 raise ValueError("give index_dir or searcher")
-            from mmrag.search import Searcher
+            from mmrag.retrieval import Searcher
 
             searcher = Searcher(index_dir, encoder=encoder)
         self.searcher = searcher
@@ -138,9 +138,8 @@ class IndexProvider:
 
     def all_metadata(self) -> list[tuple[str, dict[str, Any]]]:
         """(id, metadata) of every image of the index (the knowledge the answerers may use)."""
-        store = self.searcher.collection.images
-        ids = sorted(store.ids())
-        return [(i, m or {}) for i, m in zip(ids, store.get(ids))]
+        ids = sorted(self.searcher.ids())
+        return [(i, m or {}) for i, m in zip(ids, self.searcher.metadata(ids))]
 
     def close(self) -> None:
         self.searcher.close()

@@ -5,8 +5,8 @@ A :class:`CaptionDatastore` holds caption texts, their vectors in the encoder's 
 has none) and the id of the image each caption belongs to. Image -> caption scores are
 ``cosine - prior`` (inverted softmax against a fixed bank of training images, see
 :meth:`mmrag.encoders.bridge.Bridge.caption_prior`). At a few tens of thousands of captions an
-exact numpy matrix product is fast enough (a 1,000 x 30,000 score block is ~10 ms of BLAS), so no
-ANN index is involved.
+exact numpy matrix product is fast enough (a 1,000 x 30,000 score block is ~10 ms of BLAS), so the
+search is an :class:`~mmrag.retrieval.exact.ExactIndex`, no ANN index.
 
 Building from a corpus embeds every caption (Flickr8k train: 30,000 captions, minutes on a small
 CPU), so the result is cached under ``mmrag.paths.cache_dir()/datastores`` as ``NAME.npz`` (arrays)
@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from mmrag.errors import MmragError
+from mmrag.retrieval.exact import ExactIndex
 
 __all__ = ["CaptionDatastore", "CaptionHit", "DatastoreError", "default_datastore"]
 
@@ -150,6 +151,20 @@ class CaptionDatastore:
         return cls(texts, vecs, priors, image_ids, info=info, image_paths=image_paths)
 
     @classmethod
+    def from_searcher(cls, searcher) -> "CaptionDatastore":
+        """The captions of an index (a :class:`~mmrag.retrieval.Searcher`): texts, vectors and
+        priors as the index stores them, each owned by its image."""
+        ids = searcher.ids("captions")
+        if not ids:
+            raise DatastoreError(f"the index {searcher.collection.root.name} has no captions")
+        metas = searcher.metadata(ids, "captions")
+        vecs = searcher.vectors(ids, "captions")
+        texts = [str((m or {}).get("text", "")) for m in metas]
+        owners = [str((m or {}).get("image_id") or i.split("#", 1)[0]) for i, m in zip(ids, metas)]
+        priors = np.asarray([float((m or {}).get("prior", 0.0)) for m in metas], np.float32)
+        return cls(texts, vecs, priors, owners, info={"source": f"index {searcher.collection.root.name}"})
+
+    @classmethod
     def from_corpus(cls, corpus, encoder, cache: bool | str | Path = True, progress: bool = False,
                     split: str | None = None) -> "CaptionDatastore":
         """All captions of a corpus. ``cache``: True (default cache folder), a folder, or False."""
@@ -214,8 +229,7 @@ class CaptionDatastore:
 
     # ------------------------------------------------------------------ search
     def search(self, image_vectors: np.ndarray, k: int = 10,
-               exclude_image_ids: Sequence[str | None] | None = None,
-               chunk: int = 256) -> list[list[CaptionHit]]:
+               exclude_image_ids: Sequence[str | None] | None = None) -> list[list[CaptionHit]]:
         """Top-``k`` captions for each image vector by ``cosine - prior``, best first.
 
         ``exclude_image_ids[i]``: an image id whose captions query ``i`` must not retrieve (the
@@ -236,21 +250,11 @@ class CaptionDatastore:
         if exclude_image_ids is not None and len(exclude_image_ids) != len(q):
             raise DatastoreError(f"{len(exclude_image_ids)} exclude ids for {len(q)} queries")
         rows = self.rows_by_image() if exclude_image_ids is not None else {}
-        kk = min(k, len(self))
-        out: list[list[CaptionHit]] = []
-        for s in range(0, len(q), chunk):
-            S = q[s : s + chunk] @ self.vectors.T
-            S -= self.priors[None, :]
-            if exclude_image_ids is not None:
-                for j, ex in enumerate(exclude_image_ids[s : s + chunk]):
-                    if ex is not None and ex in rows:
-                        S[j, rows[ex]] = -np.inf
-            top = np.argpartition(-S, kk - 1, axis=1)[:, :kk] if kk < len(self) else np.tile(np.arange(len(self)), (len(S), 1))
-            for j in range(len(S)):
-                cand = top[j][np.argsort(-S[j, top[j]], kind="stable")]
-                out.append([CaptionHit(self.texts[r], float(S[j, r]), self.image_ids[r], int(r), bool(self.synthetic[r]))
-                            for r in cand if np.isfinite(S[j, r])])
-        return out
+        exclude = None if exclude_image_ids is None else [
+            rows[ex] if ex is not None and ex in rows else None for ex in exclude_image_ids]
+        S, top = ExactIndex(self.vectors, priors=self.priors).search(q, k, exclude=exclude)
+        return [[CaptionHit(self.texts[r], float(s), self.image_ids[r], int(r), bool(self.synthetic[r]))
+                 for s, r in zip(S[j], top[j]) if np.isfinite(s)] for j in range(len(q))]
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
