@@ -156,5 +156,5 @@ def test_the_checks_see_the_package():
     units = set(graph) | {b for e in graph.values() for b in e}
     assert {"cli", "serve", "tasks.captioning", "tasks.chat", "tasks.rir", "tasks.imageref", "encoders",
             "index", "corpus", "generators", "eval"} <= units
-    assert "tasks.chat" in graph["cli"] and "encoders" in graph["tasks.captioning"]
+    assert "tasks.chat" in graph["cli"] and "retrieval" in graph["tasks.captioning"] and "index" in graph["retrieval"]
     assert unit("mmrag.tasks.chat.session") == "tasks.chat" and layer("tasks.chat") == 1
