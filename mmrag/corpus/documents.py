@@ -205,95 +205,167 @@ def _fill_caption(im: DocImage) -> None:
 
 # ----------------------------------------------------------------------------- Markdown
 
-_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
-_FENCE = re.compile(r"^\s*(```+|~~~+)")
-# alt may hold one level of brackets (d2l alt texts contain "[...]" and "$...$")
-_MD_IMAGE = re.compile(r"!\[((?:[^\[\]]|\[[^\]]*\])*)\]\(\s*<?([^)\s>]+)>?(?:\s+[\"']([^\"']*)[\"'])?\s*\)")
-_MAX_IMAGE_LINES = 12  # an image's alt text may wrap over a few lines
 _LABEL_LINE = re.compile(r"^\s*:(label|width|height|alt):`[^`]*`\s*$")
+_MD: Any = None
+
+
+def _markdown_parser():
+    """A CommonMark parser (markdown-it-py) whose image rule also records where each image's
+    markup sits in its inline text, so the markup can be cut out of the text exactly."""
+    global _MD
+    if _MD is None:
+        from markdown_it import MarkdownIt
+        from markdown_it.rules_inline.image import image as image_rule
+
+        def image_with_span(state, silent: bool) -> bool:
+            start = state.pos
+            ok = image_rule(state, silent)
+            if ok and not silent:
+                state.tokens[-1].meta["span"] = (start, state.pos)
+            return ok
+
+        md = MarkdownIt("commonmark")  # no tables: a pipe table stays plain text, as before
+        md.inline.ruler.at("image", image_with_span)
+        _MD = md
+    return _MD
+
+
+def _inline_images(tok) -> list:
+    """Image tokens of an inline token, including images nested in link text."""
+    out = []
+    for c in tok.children or []:
+        if c.type == "image":
+            out.append(c)
+    return out
 
 
 def parse_markdown(text: str, doc_id: str, base_dir: Path | None = None, title: str | None = None,
                    keep_code: bool = False, image_lookup: dict[str, DocImage] | None = None) -> Document:
-    """Parse Markdown into a :class:`Document`.
+    """Parse Markdown (CommonMark, markdown-it-py) into a :class:`Document`.
 
-    ``image_lookup`` (JSONL documents): images named in the text by id or path take their
-    record from there instead of being created from the markup."""
+    Figures are the parser's image nodes: ``![..](x.png)`` inside inline code or a code block is
+    text, ``![a](<my img.png>)`` is an image. ``image_lookup`` (JSONL documents): images named in
+    the text by id or path take their record from there instead of being created from the markup."""
+    from urllib.parse import unquote
+
+    lines = [ln for ln in text.splitlines() if not _LABEL_LINE.match(ln)]  # labels never kept
+    tokens = _markdown_parser().parse("\n".join(lines))
     sections: list[Section] = []
     images: list[DocImage] = []
     taken: set[str] = set()
-    heading, level, buf = "", 0, []  # current section
-    pending: list[tuple[DocImage, int]] = []  # images of the current section with their paragraph slot
+    heading, level = "", 0
+    blocks: list[str] = []  # the current section's text, "" = paragraph break
+    pending: list[tuple[DocImage, int]] = []  # images of the current section with their block slot
+    code_lines: set[int] = set()
+    last_end: int | None = None
 
     def close() -> None:
-        body = "\n".join(buf)
-        body = re.sub(r"\n{3,}", "\n\n", body).strip()
+        body = "\n".join(blocks)
+        body = re.sub(r"\n\s*\n(\s*\n)+", "\n\n", body).strip()
+        body = re.sub(r"\n{3,}", "\n\n", body)
         if body or heading or pending:
             idx = len(sections)
             sections.append(Section(heading=heading, level=level, text=body))
             for im, at in pending:
-                before = "\n".join(buf[:at])
-                after = "\n".join(buf[at:])
+                before = "\n".join(blocks[:at])
+                after = "\n".join(blocks[at:])
                 im.context = (_tail(before, CONTEXT_WORDS) + " " + _head(after, CONTEXT_WORDS)).strip()
                 im.section = idx
                 _fill_caption(im)
         pending.clear()
 
-    in_fence = None
-    lines = text.splitlines()
+    def separate(start: int) -> None:
+        # a blank source line (outside code) between two blocks is a paragraph break
+        nonlocal last_end
+        if last_end is not None and any(not lines[k].strip() for k in range(last_end, start) if k not in code_lines):
+            blocks.append("")
+
+    def make_image(tok) -> DocImage:
+        alt = re.sub(r"\s+", " ", clean_inline(tok.content)).strip()
+        src = unquote(tok.attrs.get("src", ""))
+        img_title = str(tok.attrs.get("title") or "").strip()
+        record = (image_lookup or {}).get(src)
+        if record is not None:
+            im = DocImage(**{**asdict(record), "id": _unique_id(record.id, taken)})
+            if alt and not im.caption:
+                im.caption, im.caption_source = alt, "alt"
+            (image_lookup or {}).pop(src, None)
+            return im
+        return DocImage(id=_unique_id(src, taken), path=_resolve(src, base_dir), caption=alt or img_title, alt=alt,
+                        caption_source="alt" if alt else ("title" if img_title else "none"))
+
     i = 0
-    while i < len(lines):
-        raw = lines[i]
+    while i < len(tokens):
+        tok = tokens[i]
         i += 1
-        fence = _FENCE.match(raw)
-        if in_fence:
-            if fence and fence.group(1)[0] == in_fence[0] and len(fence.group(1)) >= len(in_fence):
-                in_fence = None
-            elif keep_code:
-                buf.append(raw)
+        if tok.type in ("fence", "code_block"):
+            a, b = tok.map or (0, 0)
+            code_lines.update(range(a, b))
+            if keep_code:
+                separate(a)
+                blocks.append(tok.content.rstrip("\n"))
+                last_end = b
             continue
-        if fence:
-            in_fence = fence.group(1)
-            continue
-        h = _HEADING.match(raw)
-        if h:
+        if tok.type == "heading_open":
             close()
-            heading, level, buf = clean_inline(h.group(2)).strip(), len(h.group(1)), []
+            inline = tokens[i]
+            i += 2  # inline, heading_close
+            for im_tok in _inline_images(inline):  # an image in a heading belongs to the new section
+                pending.append((make_image(im_tok), 0))
+                images.append(pending[-1][0])
+            heading = _cut_spans(inline.content, _inline_images(inline)).strip()
+            heading, level, blocks = re.sub(r"\s+", " ", clean_inline(heading)).strip(), int(tok.tag[1]), []
+            last_end = (tok.map or (0, 0))[1]
             continue
-        if _LABEL_LINE.match(raw):
-            continue
-        start = raw.rfind("![")
-        j = i
-        while start >= 0 and not _MD_IMAGE.search(raw, start) and j < len(lines) and j - i < _MAX_IMAGE_LINES:
-            if not lines[j].strip() or _FENCE.match(lines[j]):
-                break  # an image never spans a blank line
-            raw = raw + " " + lines[j].strip()
-            j += 1
-        if start >= 0 and _MD_IMAGE.search(raw, start):
-            i = j
-        else:
-            raw = lines[i - 1]
-        line = raw
-        for m in list(_MD_IMAGE.finditer(raw)):
-            alt, src, img_title = re.sub(r"\s+", " ", clean_inline(m.group(1))).strip(), m.group(2), (m.group(3) or "").strip()
-            record = (image_lookup or {}).get(src)
-            if record is not None:
-                im = DocImage(**{**asdict(record), "id": _unique_id(record.id, taken)})
-                if alt and not im.caption:
-                    im.caption, im.caption_source = alt, "alt"
-                (image_lookup or {}).pop(src, None)
+        if tok.type in ("inline", "html_block"):
+            a, b = tok.map or (last_end or 0, last_end or 0)
+            separate(a)
+            if tok.type == "html_block":
+                blocks.append(clean_inline(tok.content).rstrip())
             else:
-                cap = alt or img_title
-                im = DocImage(id=_unique_id(src, taken), path=_resolve(src, base_dir), caption=cap, alt=alt,
-                              caption_source="alt" if alt else ("title" if img_title else "none"))
-            images.append(im)
-            pending.append((im, len(buf)))
-            line = line.replace(m.group(0), " ")
-        line = clean_inline(line)
-        buf.append(line.rstrip() if line.strip() else "")
+                ims = _inline_images(tok)
+                spans = sorted((t.meta.get("span", (0, 0)), t) for t in ims if t.meta.get("span")) if ims else []
+                pos = 0
+                piece: list[str] = []
+                for (s0, s1), im_tok in spans:
+                    piece.append(tok.content[pos:s0])
+                    piece.append("\0")  # where the image was
+                    pos = s1
+                piece.append(tok.content[pos:])
+                joined = "".join(piece)
+                by_line = joined.split("\n")
+                k_img = 0
+                for k, ln in enumerate(by_line):
+                    # keep the source line's list / quote marker, as the plain-text reading has it
+                    raw_line = lines[a + k] if a + k < len(lines) else ""
+                    bare = tok.content.split("\n")[k] if k < len(tok.content.split("\n")) else ""
+                    at = raw_line.find(bare) if bare else -1
+                    if at > 0:
+                        ln = raw_line[:at] + ln
+                    n_here = ln.count("\0")
+                    ln_text = clean_inline(ln.replace("\0", " "))
+                    if n_here:
+                        for _ in range(n_here):
+                            im = make_image(spans[k_img][1])
+                            k_img += 1
+                            images.append(im)
+                            pending.append((im, len(blocks)))
+                    # a line that held only an image is a paragraph break, as in the source
+                    blocks.append(ln_text.rstrip() if ln_text.strip() else "")
+            last_end = b
     close()
     doc_title = title or next((s.heading for s in sections if s.level == 1 and s.heading), "") or doc_id
     return Document(id=doc_id, title=doc_title, sections=sections, images=images)
+
+
+def _cut_spans(content: str, image_tokens: list) -> str:
+    out, pos = [], 0
+    for t in sorted(image_tokens, key=lambda t: t.meta.get("span", (0, 0))):
+        s0, s1 = t.meta.get("span", (pos, pos))
+        out.append(content[pos:s0] + " ")
+        pos = s1
+    out.append(content[pos:])
+    return "".join(out)
 
 
 # ----------------------------------------------------------------------------- HTML
