@@ -370,9 +370,75 @@ def _cut_spans(content: str, image_tokens: list) -> str:
 
 # ----------------------------------------------------------------------------- HTML
 
+# What HTML documentation marks as a figure (HTML5, DocBook, Sphinx, AsciiDoc); the caption
+# element inside such a container captions its images and is not body text.
+_FIGURE_CLASSES = {"figure", "informalfigure", "imageblock"}
+_CAPTION_CLASSES = {"title", "caption", "caption-text"}
+# Page chrome: text and images inside are not part of the document.
+_CHROME_TAGS = {"nav"}
+_CHROME_CLASSES = {"navheader", "navfooter", "docnav", "breadcrumb", "breadcrumbs", "sidebar", "toc", "related",
+                   "sphinxsidebar", "headerlink"}
+_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+_ICON_ALT = re.compile(r"^\W*(note|tip|warning|caution|important|danger|attention|hint|error|info|home|next|prev|"
+                       r"previous|up|top|back|forward|logo|icon|image|picture|figure|screenshot|menu|close|open|"
+                       r"search|\d+)\W*$", re.I)
+_FIGURE_TEXT = re.compile(r"^\s*(figure|fig\.)\s*(\d[\w.-]*\s*[.:]?|[:.])", re.I)
+MIN_FIGURE_SIDE = 48  # px: smaller is an icon (inline GUI icons, admonition and navigation arrows)
+MIN_FIGURE_LONG_SIDE = 96
+CHROME_SHARE = 0.2  # an image on more than this share of a folder's HTML pages is site chrome
+
+
+def _px(value: str | None) -> int | None:
+    m = re.match(r"\s*(\d+)(px)?\s*$", value or "")
+    return int(m.group(1)) if m else None
+
+
+def _image_size(path: str) -> tuple[int, int] | None:
+    """Pixel size read from the file's header (None: remote, missing or unreadable)."""
+    if re.match(r"^[a-z][a-z0-9+.-]*://", path, re.I) or path.startswith("data:"):
+        return None
+    try:
+        if path.lower().endswith(".svg"):
+            head = Path(path).read_text("utf-8", errors="replace")[:4000]
+            w = re.search(r"<svg[^>]*?\bwidth=[\"']([\d.]+)(px)?[\"']", head, re.S)
+            h = re.search(r"<svg[^>]*?\bheight=[\"']([\d.]+)(px)?[\"']", head, re.S)
+            return (int(float(w.group(1))), int(float(h.group(1)))) if w and h else None
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
+def _real_alt(alt: str, src: str) -> bool:
+    """Alt text that describes something: not empty, not a file name, not an icon's word or number."""
+    a = alt.strip()
+    if len(a) < 3 or _ICON_ALT.match(a) or a.startswith("[") and a.endswith("]"):
+        return False
+    name = Path(src.split("?")[0]).name
+    return a.lower() not in (name.lower(), Path(name).stem.lower(), Path(name).stem.lower().replace("_", " "))
+
+
+def _decoration_reason(alt: str, src: str, path: str, attrs: dict) -> str | None:
+    """Why an ``<img>`` outside figure markup is not a figure (None: it is one)."""
+    if not _real_alt(alt, src):
+        return "no descriptive alt text"
+    w, h = _px(attrs.get("width")), _px(attrs.get("height"))
+    if w is None and h is None:
+        size = _image_size(path)
+        if size is not None:
+            w, h = size
+    sides = [x for x in (w, h) if x is not None]
+    if sides and (min(sides) < MIN_FIGURE_SIDE or max(sides) < MIN_FIGURE_LONG_SIDE):
+        return "icon-sized"
+    return None
+
+
 class _HTMLDoc(HTMLParser):
     _SKIP = {"script", "style", "pre", "noscript", "template"}
-    _BLOCK = {"p", "div", "li", "br", "tr", "blockquote", "section", "article", "table", "ul", "ol", "dd", "dt"}
+    _BLOCK = {"p", "div", "li", "br", "tr", "blockquote", "section", "article", "table", "ul", "ol", "dd", "dt",
+              "center", "figure", "dl", "td", "th"}
 
     def __init__(self, base_dir: Path | None):
         super().__init__(convert_charrefs=True)
@@ -384,12 +450,20 @@ class _HTMLDoc(HTMLParser):
         self.pending: list[tuple[DocImage, int]] = []
         self.in_heading: int | None = None
         self.heading_buf: list[str] = []
-        self.skip = 0
         self.title_buf: list[str] = []
         self.in_title = False
-        self.figure_images: list[DocImage] | None = None
-        self.in_figcaption = False
-        self.figcaption_buf: list[str] = []
+        self.stack: list[tuple[str, set[str], str]] = []  # (tag, classes, role: ""/skip/chrome/figure/caption)
+        self.figures: list[list[DocImage]] = []  # images of each open figure container
+        self.caption_buf: list[str] = []
+        self.loose: tuple[DocImage, int] | None = None  # a figure image whose "Figure N: ..." text may follow
+        self.loose_depth: int | None = None
+        self.loose_buf: list[str] = []
+        self.loose_why: str | None = None
+        self.decorative: dict[str, int] = {}
+        self.figure_markup: set[str] = set()  # ids of images inside figure markup
+
+    def _role(self, role: str) -> bool:
+        return any(r == role for _, _, r in self.stack)
 
     def _close(self) -> None:
         body = "\n\n".join(re.sub(r"\s+", " ", b).strip() for b in self.buf if b.strip())
@@ -403,75 +477,146 @@ class _HTMLDoc(HTMLParser):
                 im.section = idx
         self.pending = []
 
+    def _skip_count(self, reason: str) -> None:
+        self.decorative[reason] = self.decorative.get(reason, 0) + 1
+
     def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
+        a = {k: (v or "") for k, v in attrs}
+        classes = set(a.get("class", "").split())
+        if tag == "img":
+            self._img(a)
+            return
+        if tag in _VOID:
+            if tag == "br":
+                self.buf.append("")
+            return
+        role = ""
         if tag in self._SKIP:
-            self.skip += 1
-        elif tag == "title":
+            role = "skip"
+        elif tag in _CHROME_TAGS or classes & _CHROME_CLASSES:
+            role = "chrome"
+        elif tag == "figure" or classes & _FIGURE_CLASSES:
+            role = "figure"
+            self.figures.append([])
+        elif self.figures and (tag == "figcaption" or classes & _CAPTION_CLASSES) and not self._role("caption"):
+            role = "caption"
+            self.caption_buf = []
+        self.stack.append((tag, classes, role))
+        if tag == "title":
             self.in_title = True
-        elif re.fullmatch(r"h[1-6]", tag):
+        elif re.fullmatch(r"h[1-6]", tag) and not self._role("chrome") and not self._role("figure"):
             self._close()
             self.in_heading, self.heading_buf, self.buf = int(tag[1]), [], [""]
-        elif tag == "img" and a.get("src"):
-            alt = (a.get("alt") or "").strip()
-            ttl = (a.get("title") or "").strip()
-            src = a["src"]
-            im = DocImage(id=_unique_id(src, self.taken), path=_resolve(src, self.base_dir), caption=alt or ttl,
-                          alt=alt, caption_source="alt" if alt else ("title" if ttl else "none"))
-            self.images.append(im)
-            self.pending.append((im, len(self.buf)))
-            self.buf.append("")
-            if self.figure_images is not None:
-                self.figure_images.append(im)
-        elif tag == "figure":
-            self.figure_images = []
-        elif tag == "figcaption":
-            self.in_figcaption, self.figcaption_buf = True, []
         elif tag in self._BLOCK:
             self.buf.append("")
 
+    def _img(self, a: dict) -> None:
+        src = a.get("src", "").strip()
+        if not src:
+            return
+        if self._role("skip") or self._role("chrome"):
+            self._skip_count("page chrome")
+            return
+        alt = re.sub(r"\s+", " ", a.get("alt", "")).strip()
+        ttl = (a.get("title") or "").strip()
+        path = _resolve(src, self.base_dir)
+        in_figure = bool(self.figures)
+        why = None if in_figure else _decoration_reason(alt, src, path, a)
+        if why == "icon-sized" or (why and _decoration_reason("a real description", src, path, a)):
+            self._skip_count(why)
+            return
+        self._end_loose_caption()
+        im = DocImage(id=_unique_id(src, self.taken), path=path, caption=alt or ttl, alt=alt,
+                      caption_source="alt" if alt else ("title" if ttl else "none"))
+        self.images.append(im)
+        self.pending.append((im, len(self.buf)))
+        self.buf.append("")
+        if in_figure:
+            self.figures[-1].append(im)
+            self.figure_markup.add(im.id)
+        else:
+            # without descriptive alt text it is a figure only if "Figure N: ..." text follows it
+            self.loose, self.loose_depth, self.loose_why = (im, len(self.buf)), len(self.stack), why
+
     def handle_endtag(self, tag):
-        if tag in self._SKIP:
-            self.skip = max(0, self.skip - 1)
-        elif tag == "title":
+        if tag in _VOID or not any(t == tag for t, _, _ in self.stack):
+            return  # a stray end tag
+        while self.stack:
+            t, classes, role = self.stack.pop()
+            self._end(t, role)
+            if t == tag:
+                break
+        if self.loose_depth is not None and len(self.stack) < self.loose_depth:
+            self._end_loose_caption()
+
+    def _end(self, tag: str, role: str) -> None:
+        if tag == "title":
             self.in_title = False
         elif re.fullmatch(r"h[1-6]", tag) and self.in_heading is not None:
             self.heading = re.sub(r"\s+", " ", "".join(self.heading_buf)).strip()
             self.level, self.in_heading = self.in_heading, None
-        elif tag == "figcaption":
-            self.in_figcaption = False
-            cap = re.sub(r"\s+", " ", "".join(self.figcaption_buf)).strip()
-            for im in self.figure_images or []:
-                if cap and im.caption_source in ("none", "title"):
-                    im.caption, im.caption_source = cap, "figcaption"
-        elif tag == "figure":
-            self.figure_images = None
-        elif tag in self._BLOCK:
+        if role == "caption":
+            cap = re.sub(r"\s+", " ", "".join(self.caption_buf)).strip()
+            for im in self.figures[-1] if self.figures else []:
+                if cap and im.caption_source in ("none", "title", "alt"):
+                    # the figure's own caption beats its alt text (often the same words, or a file name)
+                    if im.caption_source != "alt" or not _real_alt(im.alt, im.path) or len(cap) >= len(im.alt):
+                        im.caption, im.caption_source = cap, "figcaption"
+        elif role == "figure":
+            self.figures.pop()
+        if tag in self._BLOCK:
             self.buf.append("")
 
+    def _end_loose_caption(self) -> None:
+        cap = re.sub(r"\s+", " ", "".join(self.loose_buf)).strip()
+        if self.loose is not None and cap:
+            im = self.loose[0]
+            im.caption, im.caption_source = cap, "figcaption"
+        elif self.loose is not None and self.loose_why:
+            im = self.loose[0]
+            self.images.remove(im)
+            self.pending = [(x, at) for x, at in self.pending if x is not im]
+            self._skip_count(self.loose_why)
+        self.loose, self.loose_depth, self.loose_buf, self.loose_why = None, None, [], None
+
     def handle_data(self, data):
-        if self.skip:
+        if self._role("skip") or self._role("chrome"):
             return
         if self.in_title:
             self.title_buf.append(data)
-        elif self.in_heading is not None:
+            return
+        if self.in_heading is not None:
             self.heading_buf.append(data)
-        elif self.in_figcaption:
-            self.figcaption_buf.append(data)  # a caption is not body text
-        else:
-            self.buf[-1] += data
+            return
+        if self._role("caption"):
+            self.caption_buf.append(data)  # a caption is not body text
+            return
+        if self.loose is not None and data.strip():
+            # "Figure 3: ..." right after an image (old-style HTML figures): its caption, not body text
+            if self.loose_buf or _FIGURE_TEXT.match(data):
+                self.loose_buf.append(data)
+                return
+            self._end_loose_caption()
+        self.buf[-1] += data
 
 
 def parse_html(text: str, doc_id: str, base_dir: Path | None = None) -> Document:
+    """Parse HTML into a :class:`Document`. Figures are what the markup says: images in
+    ``<figure>`` (caption: ``figcaption``) or a DocBook/Sphinx/AsciiDoc figure block (caption: its
+    title/caption element), and other ``<img>`` with descriptive alt text and a real size (at
+    least 48 px a side, 96 the long one, from the attributes or the file). Navigation, admonition
+    and inline icons are skipped; ``metadata["decorative_images"]`` counts them by reason."""
     p = _HTMLDoc(base_dir)
     p.feed(text)
     p.close()
+    p._end_loose_caption()
     p._close()
     for im in p.images:
         _fill_caption(im)
     title = re.sub(r"\s+", " ", "".join(p.title_buf)).strip()
     title = title or next((s.heading for s in p.sections if s.level == 1 and s.heading), "") or doc_id
-    return Document(id=doc_id, title=title, sections=p.sections, images=p.images)
+    meta = {"decorative_images": dict(p.decorative), "figure_markup": sorted(p.figure_markup)}
+    return Document(id=doc_id, title=title, sections=p.sections, images=p.images, metadata=meta)
 
 
 # ----------------------------------------------------------------------------- JSONL
@@ -568,6 +713,26 @@ def read_document_file(path: str | Path, root: str | Path | None = None, kind: s
     return DocumentSet([doc])
 
 
+def _drop_site_chrome(docs: list[Document]) -> None:
+    """An HTML image outside figure markup that recurs on many pages of a folder (a logo, a
+    banner) is page chrome, not a figure: dropped and counted as decoration."""
+    html = [d for d in docs if "figure_markup" in d.metadata]
+    if len(html) < 3:
+        return
+    pages: dict[str, int] = {}
+    for d in html:
+        for path in {im.path for im in d.images if im.id not in d.metadata["figure_markup"]}:
+            pages[path] = pages.get(path, 0) + 1
+    limit = max(2, CHROME_SHARE * len(html))
+    chrome = {p for p, n in pages.items() if n > limit}
+    for d in html:
+        gone = [im for im in d.images if im.path in chrome and im.id not in d.metadata["figure_markup"]]
+        if gone:
+            d.images = [im for im in d.images if im not in gone]
+            dec = d.metadata.setdefault("decorative_images", {})
+            dec["repeated on many pages"] = dec.get("repeated on many pages", 0) + len(gone)
+
+
 def read_documents(path: str | Path, kind: str | None = None, limit: int | None = None) -> DocumentSet:
     """Read a document file, or every document file under a folder (recursively, sorted; hidden
     files ignored). Files that cannot be read are skipped with the reason; no document at all is a
@@ -591,6 +756,7 @@ def read_documents(path: str | Path, kind: str | None = None, limit: int | None 
             out.skipped.extend(got.skipped)
             if limit is not None and len(out.documents) >= limit:
                 break
+        _drop_site_chrome(out.documents)
     if limit is not None:
         out.documents = out.documents[:limit]
     if not out.documents:
