@@ -117,7 +117,7 @@ def eval_imageref_cmd(
     tasks = figure_tasks(chosen)[:limit] if limit else figure_tasks(chosen)
     if not tasks:
         raise MmragError(f"{docs}: no documents with figures{' in split ' + split if split != 'all' else ''}")
-    cfg = ComposeConfig()
+    cfg = ComposeConfig(placement="calibrated")
     if threshold is not None:
         cfg.threshold = threshold
     if lexical_weight is not None:
