@@ -92,7 +92,8 @@ def eval_imageref(
                                             show_default=False),
     split: str = typer.Option("all", help="all, dev or test (documents split by a hash of their id)."),
     pattern: Optional[str] = typer.Option(None, help="Only documents whose id starts with this (d2l: chapter_)."),
-    threshold: Optional[float] = typer.Option(None, help="'Not Insert' threshold (default: chosen on d2l dev)."),
+    placement: str = typer.Option("calibrated", help="calibrated (per-document decision to insert, chosen on d2l + GRASS dev) or global (one cosine threshold, chosen on d2l dev)."),
+    threshold: Optional[float] = typer.Option(None, help="global placement: 'Not Insert' threshold (default: chosen on d2l dev)."),
     lexical_weight: Optional[float] = typer.Option(None, help="Weight of tf-idf vs MiniLM relevance in [0, 1]."),
     header_image: Optional[bool] = typer.Option(None, "--header-image/--no-header-image", help="Header-image rule at position 1."),
     limit: Optional[int] = typer.Option(None, help="Evaluate on the first N documents with figures."),
@@ -109,6 +110,8 @@ def eval_imageref(
     docs = corpus or docs
     if docs is None:
         fail("give the documents PATH (a folder of Markdown/HTML/JSONL documents with figures)")
+    if placement not in ("calibrated", "global"):
+        fail(f"--placement must be calibrated or global, got {placement!r}")
     if split not in ("all", "dev", "test"):
         fail("--split must be all, dev or test")
     ds = read_documents(docs)
@@ -117,7 +120,7 @@ def eval_imageref(
     tasks = figure_tasks(chosen)[:limit] if limit else figure_tasks(chosen)
     if not tasks:
         fail(f"{docs}: no documents with figures{' in split ' + split if split != 'all' else ''}")
-    cfg = ComposeConfig()
+    cfg = ComposeConfig(placement=placement)
     if threshold is not None:
         cfg.threshold = threshold
     if lexical_weight is not None:

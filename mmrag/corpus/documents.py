@@ -205,102 +205,240 @@ def _fill_caption(im: DocImage) -> None:
 
 # ----------------------------------------------------------------------------- Markdown
 
-_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
-_FENCE = re.compile(r"^\s*(```+|~~~+)")
-# alt may hold one level of brackets (d2l alt texts contain "[...]" and "$...$")
-_MD_IMAGE = re.compile(r"!\[((?:[^\[\]]|\[[^\]]*\])*)\]\(\s*<?([^)\s>]+)>?(?:\s+[\"']([^\"']*)[\"'])?\s*\)")
-_MAX_IMAGE_LINES = 12  # an image's alt text may wrap over a few lines
 _LABEL_LINE = re.compile(r"^\s*:(label|width|height|alt):`[^`]*`\s*$")
+_MD: Any = None
+
+
+def _markdown_parser():
+    """A CommonMark parser (markdown-it-py) whose image rule also records where each image's
+    markup sits in its inline text, so the markup can be cut out of the text exactly."""
+    global _MD
+    if _MD is None:
+        from markdown_it import MarkdownIt
+        from markdown_it.rules_inline.image import image as image_rule
+
+        def image_with_span(state, silent: bool) -> bool:
+            start = state.pos
+            ok = image_rule(state, silent)
+            if ok and not silent:
+                state.tokens[-1].meta["span"] = (start, state.pos)
+            return ok
+
+        md = MarkdownIt("commonmark")  # no tables: a pipe table stays plain text, as before
+        md.inline.ruler.at("image", image_with_span)
+        _MD = md
+    return _MD
+
+
+def _inline_images(tok) -> list:
+    """Image tokens of an inline token, including images nested in link text."""
+    out = []
+    for c in tok.children or []:
+        if c.type == "image":
+            out.append(c)
+    return out
 
 
 def parse_markdown(text: str, doc_id: str, base_dir: Path | None = None, title: str | None = None,
                    keep_code: bool = False, image_lookup: dict[str, DocImage] | None = None) -> Document:
-    """Parse Markdown into a :class:`Document`.
+    """Parse Markdown (CommonMark, markdown-it-py) into a :class:`Document`.
 
-    ``image_lookup`` (JSONL documents): images named in the text by id or path take their
-    record from there instead of being created from the markup."""
+    Figures are the parser's image nodes: ``![..](x.png)`` inside inline code or a code block is
+    text, ``![a](<my img.png>)`` is an image. ``image_lookup`` (JSONL documents): images named in
+    the text by id or path take their record from there instead of being created from the markup."""
+    from urllib.parse import unquote
+
+    lines = [ln for ln in text.splitlines() if not _LABEL_LINE.match(ln)]  # labels never kept
+    tokens = _markdown_parser().parse("\n".join(lines))
     sections: list[Section] = []
     images: list[DocImage] = []
     taken: set[str] = set()
-    heading, level, buf = "", 0, []  # current section
-    pending: list[tuple[DocImage, int]] = []  # images of the current section with their paragraph slot
+    heading, level = "", 0
+    blocks: list[str] = []  # the current section's text, "" = paragraph break
+    pending: list[tuple[DocImage, int]] = []  # images of the current section with their block slot
+    code_lines: set[int] = set()
+    last_end: int | None = None
 
     def close() -> None:
-        body = "\n".join(buf)
-        body = re.sub(r"\n{3,}", "\n\n", body).strip()
+        body = "\n".join(blocks)
+        body = re.sub(r"\n\s*\n(\s*\n)+", "\n\n", body).strip()
+        body = re.sub(r"\n{3,}", "\n\n", body)
         if body or heading or pending:
             idx = len(sections)
             sections.append(Section(heading=heading, level=level, text=body))
             for im, at in pending:
-                before = "\n".join(buf[:at])
-                after = "\n".join(buf[at:])
+                before = "\n".join(blocks[:at])
+                after = "\n".join(blocks[at:])
                 im.context = (_tail(before, CONTEXT_WORDS) + " " + _head(after, CONTEXT_WORDS)).strip()
                 im.section = idx
                 _fill_caption(im)
         pending.clear()
 
-    in_fence = None
-    lines = text.splitlines()
+    def separate(start: int) -> None:
+        # a blank source line (outside code) between two blocks is a paragraph break
+        nonlocal last_end
+        if last_end is not None and any(not lines[k].strip() for k in range(last_end, start) if k not in code_lines):
+            blocks.append("")
+
+    def make_image(tok) -> DocImage:
+        alt = re.sub(r"\s+", " ", clean_inline(tok.content)).strip()
+        src = unquote(tok.attrs.get("src", ""))
+        img_title = str(tok.attrs.get("title") or "").strip()
+        record = (image_lookup or {}).get(src)
+        if record is not None:
+            im = DocImage(**{**asdict(record), "id": _unique_id(record.id, taken)})
+            if alt and not im.caption:
+                im.caption, im.caption_source = alt, "alt"
+            (image_lookup or {}).pop(src, None)
+            return im
+        return DocImage(id=_unique_id(src, taken), path=_resolve(src, base_dir), caption=alt or img_title, alt=alt,
+                        caption_source="alt" if alt else ("title" if img_title else "none"))
+
     i = 0
-    while i < len(lines):
-        raw = lines[i]
+    while i < len(tokens):
+        tok = tokens[i]
         i += 1
-        fence = _FENCE.match(raw)
-        if in_fence:
-            if fence and fence.group(1)[0] == in_fence[0] and len(fence.group(1)) >= len(in_fence):
-                in_fence = None
-            elif keep_code:
-                buf.append(raw)
+        if tok.type in ("fence", "code_block"):
+            a, b = tok.map or (0, 0)
+            code_lines.update(range(a, b))
+            if keep_code:
+                separate(a)
+                blocks.append(tok.content.rstrip("\n"))
+                last_end = b
             continue
-        if fence:
-            in_fence = fence.group(1)
-            continue
-        h = _HEADING.match(raw)
-        if h:
+        if tok.type == "heading_open":
             close()
-            heading, level, buf = clean_inline(h.group(2)).strip(), len(h.group(1)), []
+            inline = tokens[i]
+            i += 2  # inline, heading_close
+            for im_tok in _inline_images(inline):  # an image in a heading belongs to the new section
+                pending.append((make_image(im_tok), 0))
+                images.append(pending[-1][0])
+            heading = _cut_spans(inline.content, _inline_images(inline)).strip()
+            heading, level, blocks = re.sub(r"\s+", " ", clean_inline(heading)).strip(), int(tok.tag[1]), []
+            last_end = (tok.map or (0, 0))[1]
             continue
-        if _LABEL_LINE.match(raw):
-            continue
-        start = raw.rfind("![")
-        j = i
-        while start >= 0 and not _MD_IMAGE.search(raw, start) and j < len(lines) and j - i < _MAX_IMAGE_LINES:
-            if not lines[j].strip() or _FENCE.match(lines[j]):
-                break  # an image never spans a blank line
-            raw = raw + " " + lines[j].strip()
-            j += 1
-        if start >= 0 and _MD_IMAGE.search(raw, start):
-            i = j
-        else:
-            raw = lines[i - 1]
-        line = raw
-        for m in list(_MD_IMAGE.finditer(raw)):
-            alt, src, img_title = re.sub(r"\s+", " ", clean_inline(m.group(1))).strip(), m.group(2), (m.group(3) or "").strip()
-            record = (image_lookup or {}).get(src)
-            if record is not None:
-                im = DocImage(**{**asdict(record), "id": _unique_id(record.id, taken)})
-                if alt and not im.caption:
-                    im.caption, im.caption_source = alt, "alt"
-                (image_lookup or {}).pop(src, None)
+        if tok.type in ("inline", "html_block"):
+            a, b = tok.map or (last_end or 0, last_end or 0)
+            separate(a)
+            if tok.type == "html_block":
+                blocks.append(clean_inline(tok.content).rstrip())
             else:
-                cap = alt or img_title
-                im = DocImage(id=_unique_id(src, taken), path=_resolve(src, base_dir), caption=cap, alt=alt,
-                              caption_source="alt" if alt else ("title" if img_title else "none"))
-            images.append(im)
-            pending.append((im, len(buf)))
-            line = line.replace(m.group(0), " ")
-        line = clean_inline(line)
-        buf.append(line.rstrip() if line.strip() else "")
+                ims = _inline_images(tok)
+                spans = sorted((t.meta.get("span", (0, 0)), t) for t in ims if t.meta.get("span")) if ims else []
+                pos = 0
+                piece: list[str] = []
+                for (s0, s1), im_tok in spans:
+                    piece.append(tok.content[pos:s0])
+                    piece.append("\0")  # where the image was
+                    pos = s1
+                piece.append(tok.content[pos:])
+                joined = "".join(piece)
+                by_line = joined.split("\n")
+                k_img = 0
+                for k, ln in enumerate(by_line):
+                    # keep the source line's list / quote marker, as the plain-text reading has it
+                    raw_line = lines[a + k] if a + k < len(lines) else ""
+                    bare = tok.content.split("\n")[k] if k < len(tok.content.split("\n")) else ""
+                    at = raw_line.find(bare) if bare else -1
+                    if at > 0:
+                        ln = raw_line[:at] + ln
+                    n_here = ln.count("\0")
+                    ln_text = clean_inline(ln.replace("\0", " "))
+                    if n_here:
+                        for _ in range(n_here):
+                            im = make_image(spans[k_img][1])
+                            k_img += 1
+                            images.append(im)
+                            pending.append((im, len(blocks)))
+                    # a line that held only an image is a paragraph break, as in the source
+                    blocks.append(ln_text.rstrip() if ln_text.strip() else "")
+            last_end = b
     close()
     doc_title = title or next((s.heading for s in sections if s.level == 1 and s.heading), "") or doc_id
     return Document(id=doc_id, title=doc_title, sections=sections, images=images)
 
 
+def _cut_spans(content: str, image_tokens: list) -> str:
+    out, pos = [], 0
+    for t in sorted(image_tokens, key=lambda t: t.meta.get("span", (0, 0))):
+        s0, s1 = t.meta.get("span", (pos, pos))
+        out.append(content[pos:s0] + " ")
+        pos = s1
+    out.append(content[pos:])
+    return "".join(out)
+
+
 # ----------------------------------------------------------------------------- HTML
+
+# What HTML documentation marks as a figure (HTML5, DocBook, Sphinx, AsciiDoc); the caption
+# element inside such a container captions its images and is not body text.
+_FIGURE_CLASSES = {"figure", "informalfigure", "imageblock"}
+_CAPTION_CLASSES = {"title", "caption", "caption-text"}
+# Page chrome: text and images inside are not part of the document.
+_CHROME_TAGS = {"nav"}
+_CHROME_CLASSES = {"navheader", "navfooter", "docnav", "breadcrumb", "breadcrumbs", "sidebar", "toc", "related",
+                   "sphinxsidebar", "headerlink"}
+_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+_ICON_ALT = re.compile(r"^\W*(note|tip|warning|caution|important|danger|attention|hint|error|info|home|next|prev|"
+                       r"previous|up|top|back|forward|logo|icon|image|picture|figure|screenshot|menu|close|open|"
+                       r"search|\d+)\W*$", re.I)
+_FIGURE_TEXT = re.compile(r"^\s*(figure|fig\.)\s*(\d[\w.-]*\s*[.:]?|[:.])", re.I)
+MIN_FIGURE_SIDE = 48  # px: smaller is an icon (inline GUI icons, admonition and navigation arrows)
+MIN_FIGURE_LONG_SIDE = 96
+CHROME_SHARE = 0.2  # an image on more than this share of a folder's HTML pages is site chrome
+
+
+def _px(value: str | None) -> int | None:
+    m = re.match(r"\s*(\d+)(px)?\s*$", value or "")
+    return int(m.group(1)) if m else None
+
+
+def _image_size(path: str) -> tuple[int, int] | None:
+    """Pixel size read from the file's header (None: remote, missing or unreadable)."""
+    if re.match(r"^[a-z][a-z0-9+.-]*://", path, re.I) or path.startswith("data:"):
+        return None
+    try:
+        if path.lower().endswith(".svg"):
+            head = Path(path).read_text("utf-8", errors="replace")[:4000]
+            w = re.search(r"<svg[^>]*?\bwidth=[\"']([\d.]+)(px)?[\"']", head, re.S)
+            h = re.search(r"<svg[^>]*?\bheight=[\"']([\d.]+)(px)?[\"']", head, re.S)
+            return (int(float(w.group(1))), int(float(h.group(1)))) if w and h else None
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
+def _real_alt(alt: str, src: str) -> bool:
+    """Alt text that describes something: not empty, not a file name, not an icon's word or number."""
+    a = alt.strip()
+    if len(a) < 3 or _ICON_ALT.match(a) or a.startswith("[") and a.endswith("]"):
+        return False
+    name = Path(src.split("?")[0]).name
+    return a.lower() not in (name.lower(), Path(name).stem.lower(), Path(name).stem.lower().replace("_", " "))
+
+
+def _decoration_reason(alt: str, src: str, path: str, attrs: dict) -> str | None:
+    """Why an ``<img>`` outside figure markup is not a figure (None: it is one)."""
+    if not _real_alt(alt, src):
+        return "no descriptive alt text"
+    w, h = _px(attrs.get("width")), _px(attrs.get("height"))
+    if w is None and h is None:
+        size = _image_size(path)
+        if size is not None:
+            w, h = size
+    sides = [x for x in (w, h) if x is not None]
+    if sides and (min(sides) < MIN_FIGURE_SIDE or max(sides) < MIN_FIGURE_LONG_SIDE):
+        return "icon-sized"
+    return None
+
 
 class _HTMLDoc(HTMLParser):
     _SKIP = {"script", "style", "pre", "noscript", "template"}
-    _BLOCK = {"p", "div", "li", "br", "tr", "blockquote", "section", "article", "table", "ul", "ol", "dd", "dt"}
+    _BLOCK = {"p", "div", "li", "br", "tr", "blockquote", "section", "article", "table", "ul", "ol", "dd", "dt",
+              "center", "figure", "dl", "td", "th"}
 
     def __init__(self, base_dir: Path | None):
         super().__init__(convert_charrefs=True)
@@ -312,12 +450,20 @@ class _HTMLDoc(HTMLParser):
         self.pending: list[tuple[DocImage, int]] = []
         self.in_heading: int | None = None
         self.heading_buf: list[str] = []
-        self.skip = 0
         self.title_buf: list[str] = []
         self.in_title = False
-        self.figure_images: list[DocImage] | None = None
-        self.in_figcaption = False
-        self.figcaption_buf: list[str] = []
+        self.stack: list[tuple[str, set[str], str]] = []  # (tag, classes, role: ""/skip/chrome/figure/caption)
+        self.figures: list[list[DocImage]] = []  # images of each open figure container
+        self.caption_buf: list[str] = []
+        self.loose: tuple[DocImage, int] | None = None  # a figure image whose "Figure N: ..." text may follow
+        self.loose_depth: int | None = None
+        self.loose_buf: list[str] = []
+        self.loose_why: str | None = None
+        self.decorative: dict[str, int] = {}
+        self.figure_markup: set[str] = set()  # ids of images inside figure markup
+
+    def _role(self, role: str) -> bool:
+        return any(r == role for _, _, r in self.stack)
 
     def _close(self) -> None:
         body = "\n\n".join(re.sub(r"\s+", " ", b).strip() for b in self.buf if b.strip())
@@ -331,75 +477,146 @@ class _HTMLDoc(HTMLParser):
                 im.section = idx
         self.pending = []
 
+    def _skip_count(self, reason: str) -> None:
+        self.decorative[reason] = self.decorative.get(reason, 0) + 1
+
     def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
+        a = {k: (v or "") for k, v in attrs}
+        classes = set(a.get("class", "").split())
+        if tag == "img":
+            self._img(a)
+            return
+        if tag in _VOID:
+            if tag == "br":
+                self.buf.append("")
+            return
+        role = ""
         if tag in self._SKIP:
-            self.skip += 1
-        elif tag == "title":
+            role = "skip"
+        elif tag in _CHROME_TAGS or classes & _CHROME_CLASSES:
+            role = "chrome"
+        elif tag == "figure" or classes & _FIGURE_CLASSES:
+            role = "figure"
+            self.figures.append([])
+        elif self.figures and (tag == "figcaption" or classes & _CAPTION_CLASSES) and not self._role("caption"):
+            role = "caption"
+            self.caption_buf = []
+        self.stack.append((tag, classes, role))
+        if tag == "title":
             self.in_title = True
-        elif re.fullmatch(r"h[1-6]", tag):
+        elif re.fullmatch(r"h[1-6]", tag) and not self._role("chrome") and not self._role("figure"):
             self._close()
             self.in_heading, self.heading_buf, self.buf = int(tag[1]), [], [""]
-        elif tag == "img" and a.get("src"):
-            alt = (a.get("alt") or "").strip()
-            ttl = (a.get("title") or "").strip()
-            src = a["src"]
-            im = DocImage(id=_unique_id(src, self.taken), path=_resolve(src, self.base_dir), caption=alt or ttl,
-                          alt=alt, caption_source="alt" if alt else ("title" if ttl else "none"))
-            self.images.append(im)
-            self.pending.append((im, len(self.buf)))
-            self.buf.append("")
-            if self.figure_images is not None:
-                self.figure_images.append(im)
-        elif tag == "figure":
-            self.figure_images = []
-        elif tag == "figcaption":
-            self.in_figcaption, self.figcaption_buf = True, []
         elif tag in self._BLOCK:
             self.buf.append("")
 
+    def _img(self, a: dict) -> None:
+        src = a.get("src", "").strip()
+        if not src:
+            return
+        if self._role("skip") or self._role("chrome"):
+            self._skip_count("page chrome")
+            return
+        alt = re.sub(r"\s+", " ", a.get("alt", "")).strip()
+        ttl = (a.get("title") or "").strip()
+        path = _resolve(src, self.base_dir)
+        in_figure = bool(self.figures)
+        why = None if in_figure else _decoration_reason(alt, src, path, a)
+        if why == "icon-sized" or (why and _decoration_reason("a real description", src, path, a)):
+            self._skip_count(why)
+            return
+        self._end_loose_caption()
+        im = DocImage(id=_unique_id(src, self.taken), path=path, caption=alt or ttl, alt=alt,
+                      caption_source="alt" if alt else ("title" if ttl else "none"))
+        self.images.append(im)
+        self.pending.append((im, len(self.buf)))
+        self.buf.append("")
+        if in_figure:
+            self.figures[-1].append(im)
+            self.figure_markup.add(im.id)
+        else:
+            # without descriptive alt text it is a figure only if "Figure N: ..." text follows it
+            self.loose, self.loose_depth, self.loose_why = (im, len(self.buf)), len(self.stack), why
+
     def handle_endtag(self, tag):
-        if tag in self._SKIP:
-            self.skip = max(0, self.skip - 1)
-        elif tag == "title":
+        if tag in _VOID or not any(t == tag for t, _, _ in self.stack):
+            return  # a stray end tag
+        while self.stack:
+            t, classes, role = self.stack.pop()
+            self._end(t, role)
+            if t == tag:
+                break
+        if self.loose_depth is not None and len(self.stack) < self.loose_depth:
+            self._end_loose_caption()
+
+    def _end(self, tag: str, role: str) -> None:
+        if tag == "title":
             self.in_title = False
         elif re.fullmatch(r"h[1-6]", tag) and self.in_heading is not None:
             self.heading = re.sub(r"\s+", " ", "".join(self.heading_buf)).strip()
             self.level, self.in_heading = self.in_heading, None
-        elif tag == "figcaption":
-            self.in_figcaption = False
-            cap = re.sub(r"\s+", " ", "".join(self.figcaption_buf)).strip()
-            for im in self.figure_images or []:
-                if cap and im.caption_source in ("none", "title"):
-                    im.caption, im.caption_source = cap, "figcaption"
-        elif tag == "figure":
-            self.figure_images = None
-        elif tag in self._BLOCK:
+        if role == "caption":
+            cap = re.sub(r"\s+", " ", "".join(self.caption_buf)).strip()
+            for im in self.figures[-1] if self.figures else []:
+                if cap and im.caption_source in ("none", "title", "alt"):
+                    # the figure's own caption beats its alt text (often the same words, or a file name)
+                    if im.caption_source != "alt" or not _real_alt(im.alt, im.path) or len(cap) >= len(im.alt):
+                        im.caption, im.caption_source = cap, "figcaption"
+        elif role == "figure":
+            self.figures.pop()
+        if tag in self._BLOCK:
             self.buf.append("")
 
+    def _end_loose_caption(self) -> None:
+        cap = re.sub(r"\s+", " ", "".join(self.loose_buf)).strip()
+        if self.loose is not None and cap:
+            im = self.loose[0]
+            im.caption, im.caption_source = cap, "figcaption"
+        elif self.loose is not None and self.loose_why:
+            im = self.loose[0]
+            self.images.remove(im)
+            self.pending = [(x, at) for x, at in self.pending if x is not im]
+            self._skip_count(self.loose_why)
+        self.loose, self.loose_depth, self.loose_buf, self.loose_why = None, None, [], None
+
     def handle_data(self, data):
-        if self.skip:
+        if self._role("skip") or self._role("chrome"):
             return
         if self.in_title:
             self.title_buf.append(data)
-        elif self.in_heading is not None:
+            return
+        if self.in_heading is not None:
             self.heading_buf.append(data)
-        elif self.in_figcaption:
-            self.figcaption_buf.append(data)  # a caption is not body text
-        else:
-            self.buf[-1] += data
+            return
+        if self._role("caption"):
+            self.caption_buf.append(data)  # a caption is not body text
+            return
+        if self.loose is not None and data.strip():
+            # "Figure 3: ..." right after an image (old-style HTML figures): its caption, not body text
+            if self.loose_buf or _FIGURE_TEXT.match(data):
+                self.loose_buf.append(data)
+                return
+            self._end_loose_caption()
+        self.buf[-1] += data
 
 
 def parse_html(text: str, doc_id: str, base_dir: Path | None = None) -> Document:
+    """Parse HTML into a :class:`Document`. Figures are what the markup says: images in
+    ``<figure>`` (caption: ``figcaption``) or a DocBook/Sphinx/AsciiDoc figure block (caption: its
+    title/caption element), and other ``<img>`` with descriptive alt text and a real size (at
+    least 48 px a side, 96 the long one, from the attributes or the file). Navigation, admonition
+    and inline icons are skipped; ``metadata["decorative_images"]`` counts them by reason."""
     p = _HTMLDoc(base_dir)
     p.feed(text)
     p.close()
+    p._end_loose_caption()
     p._close()
     for im in p.images:
         _fill_caption(im)
     title = re.sub(r"\s+", " ", "".join(p.title_buf)).strip()
     title = title or next((s.heading for s in p.sections if s.level == 1 and s.heading), "") or doc_id
-    return Document(id=doc_id, title=title, sections=p.sections, images=p.images)
+    meta = {"decorative_images": dict(p.decorative), "figure_markup": sorted(p.figure_markup)}
+    return Document(id=doc_id, title=title, sections=p.sections, images=p.images, metadata=meta)
 
 
 # ----------------------------------------------------------------------------- JSONL
@@ -496,6 +713,26 @@ def read_document_file(path: str | Path, root: str | Path | None = None, kind: s
     return DocumentSet([doc])
 
 
+def _drop_site_chrome(docs: list[Document]) -> None:
+    """An HTML image outside figure markup that recurs on many pages of a folder (a logo, a
+    banner) is page chrome, not a figure: dropped and counted as decoration."""
+    html = [d for d in docs if "figure_markup" in d.metadata]
+    if len(html) < 3:
+        return
+    pages: dict[str, int] = {}
+    for d in html:
+        for path in {im.path for im in d.images if im.id not in d.metadata["figure_markup"]}:
+            pages[path] = pages.get(path, 0) + 1
+    limit = max(2, CHROME_SHARE * len(html))
+    chrome = {p for p, n in pages.items() if n > limit}
+    for d in html:
+        gone = [im for im in d.images if im.path in chrome and im.id not in d.metadata["figure_markup"]]
+        if gone:
+            d.images = [im for im in d.images if im not in gone]
+            dec = d.metadata.setdefault("decorative_images", {})
+            dec["repeated on many pages"] = dec.get("repeated on many pages", 0) + len(gone)
+
+
 def read_documents(path: str | Path, kind: str | None = None, limit: int | None = None) -> DocumentSet:
     """Read a document file, or every document file under a folder (recursively, sorted; hidden
     files ignored). Files that cannot be read are skipped with the reason; no document at all is a
@@ -519,6 +756,7 @@ def read_documents(path: str | Path, kind: str | None = None, limit: int | None 
             out.skipped.extend(got.skipped)
             if limit is not None and len(out.documents) >= limit:
                 break
+        _drop_site_chrome(out.documents)
     if limit is not None:
         out.documents = out.documents[:limit]
     if not out.documents:

@@ -36,6 +36,8 @@ from mmrag.tasks.imageref.insertion import (
     DEFAULT_THRESHOLD,
     Relevance,
     assign_images,
+    calibrated_scores,
+    expected_occupied,
     default_text_embedder,
 )
 from mmrag.tasks.imageref.render import InvalidReferenceError, invalid_references, render
@@ -53,6 +55,10 @@ __all__ = [
 ]
 
 EXTRACTIVE = "extractive"  # the default generator (a registry name)
+# Placement, chosen on the dev parts of d2l and the GRASS manual together (benchmarks/bench_imageref.py)
+DEFAULT_Z_THRESHOLD = 0.5
+DEFAULT_COUNT_FACTOR: float | None = 1.2
+DEFAULT_EMPTY_PENALTY = 2.0
 SHORT_CAPTION_WORDS = 16
 
 
@@ -80,6 +86,13 @@ class ComposeConfig:
     lexical_weight: float = DEFAULT_LEXICAL_WEIGHT
     pool: float = DEFAULT_POOL
     header_image: bool = False  # off on d2l dev (no header figures there); the paper's rule for news
+    # "calibrated": per-document decision to insert (see place_images), chosen for figure-position
+    # recovery on d2l + GRASS dev; "global" (default for answers: the calibrated rule was not
+    # measured on composed answers, whose candidates need not belong): one fixed cosine threshold.
+    placement: str = "global"
+    z_threshold: float = DEFAULT_Z_THRESHOLD
+    count_factor: float | None = DEFAULT_COUNT_FACTOR
+    empty_penalty: float = DEFAULT_EMPTY_PENALTY
     use_context: bool = True
     context_words: int = 40
     chunk_words: int = 120
@@ -282,8 +295,16 @@ def _candidates(docs: Sequence[Document], used_docs: Sequence[str], query_vec: n
 
 def place_images(title: str, sections: Sequence[AnswerSection], images: Sequence[ImageCandidate],
                  relevance: Relevance, threshold: float, header_image: bool = False,
-                 chunk_words: int = 120) -> list[PositionChoice]:
-    """Positions (one after each section) and the image chosen for each."""
+                 chunk_words: int = 120, config: ComposeConfig | None = None) -> list[PositionChoice]:
+    """Positions (one after each section) and the image chosen for each.
+
+    ``config.placement == "calibrated"``: the decision to insert is made per document: relevance
+    is standardised on the document's own matrix (:func:`calibrated_scores`) and compared with
+    ``z_threshold``; sections with no text of their own (heading only) lose ``empty_penalty``
+    (standard deviations), since a heading alone matches many captions; and at most
+    ``count_factor`` × the expected number of occupied positions (:func:`expected_occupied`,
+    from the document's own figure density) get an image. ``"global"`` (or no config): a fixed
+    ``threshold`` on the raw relevance, the rule before."""
     if not sections:
         return []
     doc = Document("answer", title, [Section(s.heading, s.level, s.text) for s in sections])
@@ -298,7 +319,20 @@ def place_images(title: str, sections: Sequence[AnswerSection], images: Sequence
     if header_image and images:
         whole = f"{title}: " + " ".join(s.text for s in sections)
         header = relevance.matrix([[" ".join(whole.split()[:chunk_words])]], captions)[0]
-    choice = assign_images(R, threshold, header=header)
+    if config is not None and config.placement == "calibrated" and images:
+        Z = calibrated_scores(R if header is None else np.vstack([R, header[None, :]]))
+        if header is not None:
+            Z, header = Z[:-1], Z[-1]
+        empty = np.array([not s.text.strip() for s in sections])
+        Z[empty] -= config.empty_penalty
+        cap = None
+        if config.count_factor is not None:
+            cap = int(round(config.count_factor * expected_occupied(len(sections), len(images))))
+        choice = assign_images(Z, config.z_threshold, header=header, max_inserted=cap)
+    elif config is not None and config.placement != "global":
+        raise ValueError(f"placement must be 'calibrated' or 'global', got {config.placement!r}")
+    else:
+        choice = assign_images(R, threshold, header=header)
     out = []
     for p, (s, c) in enumerate(zip(sections, choice)):
         out.append(PositionChoice(p + 1, s.heading, images[c].key if c is not None else None,
@@ -345,7 +379,8 @@ def compose(query: str, documents: Sequence[Document] | None = None, index: str 
     qv = embedder.embed([query])[0]
     images, skipped = _candidates(docs, used_docs, qv, embedder, config, captioner)
     rel = Relevance(lexical_weight=config.lexical_weight, pool=config.pool, embedder=embedder)
-    positions = place_images(title, sections, images, rel, config.threshold, config.header_image, config.chunk_words)
+    positions = place_images(title, sections, images, rel, config.threshold, config.header_image, config.chunk_words,
+                             config)
     by_key = {im.key: im for im in images}
     placed = {p.index: by_key[p.image] for p in positions if p.image}
     markdown = build_markdown(title, sections, placed)

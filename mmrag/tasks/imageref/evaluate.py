@@ -40,14 +40,26 @@ class FigureTask:
     sections: list[AnswerSection]
     images: list[ImageCandidate]
     labels: dict[int, dict[str, list[str]]]  # position (1-based) -> {"3": [IMAGE keys], "2": [], "1": []}
+    n_excluded: int = 0  # figures left out: caption taken from their own surrounding text
 
 
-def figure_tasks(docs: Sequence[Document]) -> list[FigureTask]:
-    """One task per document with at least one placed image."""
+def figure_tasks(docs: Sequence[Document], excluded: dict[str, int] | None = None) -> list[FigureTask]:
+    """One task per document with at least one placed image.
+
+    A figure whose caption was taken from its own surrounding text (``caption_source ==
+    "context"``: no alt text, no figure caption) is left out: the system must not see the text
+    around a figure, and that caption is a sentence of it. ``excluded`` (if given) counts them
+    under ``"context_caption"``."""
     out = []
     for d in docs:
-        placed = [im for im in d.images if im.section is not None and im.caption.strip()]
+        leaked = [im for im in d.images if im.section is not None and im.caption_source == "context"]
+        if excluded is not None and leaked:
+            excluded["context_caption"] = excluded.get("context_caption", 0) + len(leaked)
+        placed = [im for im in d.images if im.section is not None and im.caption.strip()
+                  and im.caption_source != "context"]
         if not placed:
+            if leaked:  # nothing to score, but the exclusion is reported
+                out.append(FigureTask(d.id, d.title, [], [], {}, len(leaked)))
             continue
         images = [ImageCandidate(key=f"IMAGE_{k}", id=im.id, path=im.path, caption=im.caption, doc_id=d.id,
                                  caption_source=im.caption_source, matching_text=im.caption)
@@ -55,7 +67,7 @@ def figure_tasks(docs: Sequence[Document]) -> list[FigureTask]:
         sections = [AnswerSection(s.heading, s.level, s.text) for s in d.sections]
         labels = {p + 1: {"3": [images[k].key for k, im in enumerate(placed) if im.section == p], "2": [], "1": []}
                   for p in range(len(sections))}
-        out.append(FigureTask(d.id, d.title, sections, images, labels))
+        out.append(FigureTask(d.id, d.title, sections, images, labels, len(leaked)))
     return out
 
 
@@ -72,6 +84,8 @@ def evaluate_figure_positions(docs: Sequence[Document] | Sequence[FigureTask], c
     tasks = list(docs)
     if tasks and isinstance(tasks[0], Document):
         tasks = figure_tasks(tasks)  # type: ignore[arg-type]
+    n_excluded = sum(t.n_excluded for t in tasks)
+    tasks = [t for t in tasks if t.images]
     if not tasks:
         raise ValueError("no documents with images to evaluate")
     rel = Relevance(lexical_weight=config.lexical_weight, pool=config.pool,
@@ -85,7 +99,7 @@ def evaluate_figure_positions(docs: Sequence[Document] | Sequence[FigureTask], c
         it = tqdm(tasks, desc="placing figures", unit="doc", leave=False)
     for t in it:
         positions = place_images(t.title, t.sections, t.images, rel, config.threshold, config.header_image,
-                                 config.chunk_words)
+                                 config.chunk_words, config)
         by_key = {im.key: im for im in t.images}
         placed = {p.index: by_key[p.image] for p in positions if p.image}
         markdown = build_markdown(t.title, t.sections, placed)
@@ -106,9 +120,15 @@ def evaluate_figure_positions(docs: Sequence[Document] | Sequence[FigureTask], c
         **{k: res[k] for k in ("R_lenient", "R_strict", "P", "F1", "score")},
         "valid_refs": 1.0 if n_refs == 0 else n_valid / n_refs,
         "n_references": n_refs,
+        # figures not scored: their caption is a sentence of their own surrounding text (a leak)
+        "n_excluded_context_caption": n_excluded,
         "config": {"threshold": config.threshold, "lexical_weight": config.lexical_weight, "pool": config.pool,
-                   "header_image": config.header_image, "chunk_words": config.chunk_words},
+                   "header_image": config.header_image, "chunk_words": config.chunk_words,
+                   "placement": config.placement, "z_threshold": config.z_threshold,
+                   "count_factor": config.count_factor, "empty_penalty": config.empty_penalty},
     }
     if keep_outputs:
         out["per_doc"] = per_doc
+    out["n_placed"] = sum(len(r) for _, r in samples)
+    out["n_positions_with_figure"] = sum(sum(1 for v in lab.values() if v["3"]) for lab, _ in samples)
     return out

@@ -34,6 +34,8 @@ __all__ = [
     "Relevance",
     "TextEmbedder",
     "assign_images",
+    "calibrated_scores",
+    "expected_occupied",
     "default_text_embedder",
 ]
 
@@ -43,12 +45,44 @@ DEFAULT_LEXICAL_WEIGHT = 0.25
 DEFAULT_POOL = 0.0  # the section's mean chunk vector (0) beat its best chunk (1) on dev
 
 
+def expected_occupied(n_positions: int, n_images: int) -> float:
+    """Positions expected to hold an image when ``n_images`` land independently and uniformly
+    on ``n_positions``: m·(1 − (1 − 1/m)^n). A document's own figure density as a prior."""
+    if n_positions <= 0 or n_images <= 0:
+        return 0.0
+    return n_positions * (1.0 - (1.0 - 1.0 / n_positions) ** n_images)
+
+
+def calibrated_scores(relevance: np.ndarray) -> np.ndarray:
+    """Relevance relative to the document's own score distribution: each entry minus the matrix
+    mean, over its standard deviation (a fixed cosine threshold does not transfer between corpora)."""
+    r = np.asarray(relevance, dtype=np.float64)
+    if r.size < 2:
+        return r - r.mean() if r.size else r
+    sd = float(r.std())
+    return (r - r.mean()) / (sd if sd > 1e-9 else 1.0)
+
+
+def _solve(r: np.ndarray, threshold: float) -> list[int | None]:
+    n_pos, n_img = r.shape
+    gain = np.concatenate([r, np.full((n_pos, n_pos), float(threshold))], axis=1)
+    rows, cols = linear_sum_assignment(gain, maximize=True)
+    out: list[int | None] = [None] * n_pos
+    for p, c in zip(rows, cols):
+        if c < n_img and r[p, c] > threshold:  # ties go to "Not Insert"
+            out[p] = int(c)
+    return out
+
+
 def assign_images(relevance: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
-                  header: np.ndarray | None = None, header_weight: float = 1.0) -> list[int | None]:
+                  header: np.ndarray | None = None, header_weight: float = 1.0,
+                  max_inserted: int | None = None) -> list[int | None]:
     """Optimal placement: for each position (row of ``relevance``), the index of its image or None.
 
     ``header``: optional relevance of each image to the whole answer; position 0's relevance for
-    image i becomes ``max(R[0, i], header_weight * header[i])`` (rule 4)."""
+    image i becomes ``max(R[0, i], header_weight * header[i])`` (rule 4). ``max_inserted``: at
+    most this many images in all; the best such placement is found by raising the "Not Insert"
+    value (a Lagrange multiplier) until the optimal assignment uses few enough images."""
     r = np.asarray(relevance, dtype=np.float64)
     if r.ndim != 2:
         raise ValueError("relevance must be a [positions, images] matrix")
@@ -65,13 +99,24 @@ def assign_images(relevance: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
         if h.shape[0] != n_img:
             raise ValueError("header must have one entry per image")
         r[0] = np.maximum(r[0], header_weight * h)
-    gain = np.concatenate([r, np.full((n_pos, n_pos), float(threshold))], axis=1)
-    rows, cols = linear_sum_assignment(gain, maximize=True)
-    out: list[int | None] = [None] * n_pos
-    for p, c in zip(rows, cols):
-        if c < n_img and r[p, c] > threshold:  # ties go to "Not Insert"
-            out[p] = int(c)
-    return out
+    out = _solve(r, threshold)
+    if max_inserted is None or sum(c is not None for c in out) <= max_inserted:
+        return out
+    if max_inserted <= 0:
+        return [None] * n_pos
+    # the number inserted only falls as the "Not Insert" value rises: bisect on it
+    lo, hi = float(threshold), float(r.max())
+    best = _solve(r, hi)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        got = _solve(r, mid)
+        if sum(c is not None for c in got) <= max_inserted:
+            hi, best = mid, got
+        else:
+            lo = mid
+        if hi - lo < 1e-7:
+            break
+    return best
 
 
 class TextEmbedder(Protocol):

@@ -1,0 +1,117 @@
+"""Document readers (CommonMark Markdown, HTML figure detection), the evaluation leak rule and
+the calibrated placement, on small hand-made documents (real parser, real images on disk)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from mmrag.tasks.imageref import (
+    AnswerSection,
+    ComposeConfig,
+    ImageCandidate,
+    assign_images,
+    figure_tasks,
+    parse_html,
+    parse_markdown,
+    place_images,
+    read_documents,
+)
+from mmrag.tasks.imageref.insertion import Relevance, expected_occupied
+
+
+def test_markdown_images_are_the_parsers_image_nodes():
+    doc = parse_markdown("# T\n\nUse `![x](inline.png)` to embed.\n\n![spaced alt](<my img.png>) after it.\n\n"
+                         "```\n![c](code.png)\n```\n", "a.md")
+    assert [(im.id, im.caption) for im in doc.images] == [("my img.png", "spaced alt")]
+    text = doc.sections[0].text
+    assert "`![x](inline.png)`" in text            # inline code stays text, not a figure
+    assert "my img" not in text and "spaced alt" not in text and "after it." in text  # markup gone
+    assert "code.png" not in text                  # code blocks left out
+
+
+DOCBOOK = """<html><head><title>Manual</title></head><body>
+<div class="navheader"><a href="prev.html"><img src="prev.png" alt="Prev"></a> Prev | Next</div>
+<h1 class="title">Layers</h1>
+<p>Layers stack images.</p>
+<div class="note"><img src="note.png" alt="[Note]"> Save often.</div>
+<p>Click <span class="inlinemediaobject"><img src="eye.png" alt="eye icon" width="16" height="16"></span> to hide.</p>
+<div class="figure"><div class="figure-contents"><div class="mediaobject"><img src="dialog.png" alt="dialog.png"></div></div>
+<p class="title"><b>Figure 2.1. The layers dialog</b></p></div>
+<h2>Masks</h2><p>A mask hides parts.</p><p><img src="mask.png" alt="A layer mask painted in grey"></p>
+<center><img src="plot.png"><br>Figure: mask histogram</center>
+<img src="nocap.png">
+<div class="navfooter"><img src="home.png" alt="Home"></div></body></html>"""
+
+
+def _png(path, w, h):
+    Image.new("RGB", (w, h), (120, 30, 200)).save(path)
+
+
+def test_html_figures_are_what_the_markup_says(tmp_path):
+    for name, size in {"dialog.png": (300, 200), "mask.png": (400, 300), "plot.png": (300, 300),
+                       "nocap.png": (300, 300), "prev.png": (22, 22), "note.png": (24, 24),
+                       "eye.png": (16, 16), "home.png": (22, 22)}.items():
+        _png(tmp_path / name, *size)
+    doc = parse_html(DOCBOOK, "m.html", base_dir=tmp_path)
+    got = {im.id: (im.caption, im.caption_source, doc.sections[im.section].heading) for im in doc.images}
+    assert got == {"dialog.png": ("Figure 2.1. The layers dialog", "figcaption", "Layers"),
+                   "mask.png": ("A layer mask painted in grey", "alt", "Masks"),
+                   "plot.png": ("Figure: mask histogram", "figcaption", "Masks")}
+    body = " ".join(s.text for s in doc.sections)
+    assert "The layers dialog" not in body and "mask histogram" not in body  # titles are not body text
+    assert "Prev" not in body and "Layers stack images." in body
+    dec = doc.metadata["decorative_images"]
+    assert sum(dec.values()) == 5                   # prev, note, eye, nocap, home
+    assert dec["page chrome"] == 2 and dec["icon-sized"] == 1
+
+
+def test_a_logo_on_every_page_is_chrome(tmp_path):
+    _png(tmp_path / "logo.png", 200, 100)
+    _png(tmp_path / "fig.png", 300, 200)
+    for k in range(4):
+        fig = '<p><img src="fig.png" alt="a contour map of the valley"></p>' if k == 0 else ""
+        (tmp_path / f"p{k}.html").write_text(f'<h1>Page {k}</h1><img src="logo.png" alt="Project banner">'
+                                             f"<p>text {k}</p>{fig}", encoding="utf-8")
+    ds = read_documents(tmp_path)
+    assert [(d.id, [im.id for im in d.images]) for d in ds.documents] == [
+        ("p0.html", ["fig.png"]), ("p1.html", []), ("p2.html", []), ("p3.html", [])]
+    assert ds.documents[1].metadata["decorative_images"] == {"repeated on many pages": 1}
+
+
+def test_figures_captioned_from_their_own_context_are_not_scored():
+    doc = parse_markdown("# T\n\n## A\n\nAlpha text.\n\n![](a.png)\n\nThe plot shows alpha.\n\n"
+                         "## B\n\nBeta text.\n\n![beta curve](b.png)\n", "t.md")
+    a = next(im for im in doc.images if im.id == "a.png")
+    assert a.caption_source == "context"            # its caption is a sentence around it
+    excluded: dict[str, int] = {}
+    (task,) = figure_tasks([doc], excluded)
+    assert [im.id for im in task.images] == ["b.png"] and task.n_excluded == 1
+    assert excluded == {"context_caption": 1}
+
+
+def test_max_inserted_is_the_best_placement_with_that_many_images():
+    r = np.array([[0.9, 0.2, 0.1], [0.8, 0.7, 0.1], [0.1, 0.1, 0.6]])
+    assert assign_images(r, threshold=0.0) == [0, 1, 2]
+    assert assign_images(r, threshold=0.0, max_inserted=2) == [0, 1, None]   # 0.9 + 0.7 beats 0.9 + 0.6
+    assert assign_images(r, threshold=0.0, max_inserted=1) == [0, None, None]
+    assert assign_images(r, threshold=0.0, max_inserted=0) == [None, None, None]
+    assert round(expected_occupied(10, 10), 3) == round(10 * (1 - 0.9 ** 10), 3)
+
+
+class _Lexical(Relevance):
+    """tf-idf only (the real relevance with lexical weight 1): no model needed."""
+
+
+def test_calibrated_placement_penalises_heading_only_sections():
+    secs = [AnswerSection("Raster maps", 2, ""),   # a heading only
+            AnswerSection("Slope", 3, "The slope of the raster map in degrees from the elevation."),
+            AnswerSection("Aspect", 3, "Aspect is the compass direction the slope faces.")]
+    ims = [ImageCandidate("IMAGE_1", "s", "s.png", "raster maps and slope", matching_text="raster maps and slope")]
+    rel = _Lexical(lexical_weight=1.0)
+    cfg = ComposeConfig(placement="calibrated", z_threshold=-5.0, count_factor=None, empty_penalty=0.0)
+    no_pen = {p.index: p.image for p in place_images("Maps", secs, ims, rel, 0.0, config=cfg) if p.image}
+    cfg.empty_penalty = 10.0
+    pen = {p.index: p.image for p in place_images("Maps", secs, ims, rel, 0.0, config=cfg) if p.image}
+    assert pen == {2: "IMAGE_1"}
+    assert no_pen == {1: "IMAGE_1"}                # the heading alone wins without the penalty
