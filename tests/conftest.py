@@ -49,3 +49,16 @@ def sample_corpus(tmp_path_factory):
     from mmrag.corpus.samples import sample_photos_corpus
 
     return sample_photos_corpus(tmp_path_factory.mktemp("samples"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """The tiny random CLIP exported to ONNX (Hugging Face/Optimum layout), for `--encoder clip`."""
+    pytest.importorskip("transformers", reason="exporting the tiny CLIP needs transformers")
+    from clip_helpers import tiny_clip_model
+
+    from mmrag.encoders.clip_onnx import export_clip_to_onnx
+
+    d = tmp_path_factory.mktemp("tiny_clip")
+    export_clip_to_onnx(tiny_clip_model(), d, layout="hf")
+    return d

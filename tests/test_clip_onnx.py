@@ -25,6 +25,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("onnx")  # torch.onnx.export needs it
 
+from clip_helpers import tiny_clip_model  # noqa: E402
+
 from mmrag.encoders import create_encoder  # noqa: E402
 from mmrag.encoders.clip_onnx import ClipOnnxEncoder, export_clip_to_onnx, write_openai_vocab  # noqa: E402
 from mmrag.encoders.clip_tokenizer import ClipTokenizer, basic_clean  # noqa: E402
@@ -60,27 +62,7 @@ FTFY_OR_HTML = {TEXTS[6], TEXTS[9], TEXTS[12]}
 
 
 def _tiny_clip(eos_token_id: int | None = None, seed: int = 0):
-    torch.manual_seed(seed)
-    text = dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        vocab_size=49408,
-        max_position_embeddings=77,
-    )
-    if eos_token_id is not None:
-        text["eos_token_id"] = eos_token_id
-    vision = dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=16,
-    )
-    cfg = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
-    return transformers.CLIPModel(cfg).eval()
+    return tiny_clip_model(eos_token_id, seed, image_size=IMAGE_SIZE)
 
 
 @pytest.fixture(scope="module")
