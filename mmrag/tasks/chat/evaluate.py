@@ -35,7 +35,7 @@ from mmrag.tasks.chat.dialog import Dialog, DialogError, Round
 from mmrag.tasks.chat.features import CaptionWordFeatures
 from mmrag.tasks.chat.questioners import Candidates, Questioner
 from mmrag.tasks.chat.ranking import RankingConfig, query_vectors, rescore, round_constraints
-from mmrag.tasks.chat.session import QUESTIONER_TOP
+from mmrag.tasks.chat.questioners import QUESTIONER_TOP
 
 HITS_AT = (1, 5, 10)
 
@@ -140,7 +140,7 @@ def evaluate_chat(encoder, vectors: np.ndarray, ids: Sequence[str], targets: Seq
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(it, desc=f"chat rounds ({getattr(questioner, 'name', '')})", unit="round", leave=False)
+        it = tqdm(it, desc=f"chat rounds ({questioner.name})", unit="round", leave=False)
     for r in it:
         res = ranker.rank(dialogs, rows)
         ranks[r] = [x[0] for x in res]
@@ -149,12 +149,12 @@ def evaluate_chat(encoder, vectors: np.ndarray, ids: Sequence[str], targets: Seq
         if r == rounds:
             break
         for i, (d, u, (_, cand_rows, cand_scores)) in enumerate(zip(dialogs, users, res)):
-            q = questioner.ask(d, ranker.candidates(cand_rows, cand_scores, top=getattr(questioner, "top", QUESTIONER_TOP)))
+            q = questioner.ask(d, ranker.candidates(cand_rows, cand_scores, top=questioner.top))
             if q is None:
                 no_question += 1
                 continue
             d.rounds.append(Round(q.text, u.answer(q.text), q.topic))
-    out = {"questioner": getattr(questioner, "name", type(questioner).__name__), "n_queries": len(targets),
+    out = {"questioner": questioner.name, "n_queries": len(targets),
            "corpus_size": len(ids), "rounds": rounds, "ranking": ranking.to_dict(),
            **_summary(ranks, len(ids)), "unasked_rounds": no_question,
            "seconds": round(time.perf_counter() - t0, 1)}

@@ -29,10 +29,11 @@ Registry :data:`QUESTIONERS`, chosen by name (:func:`create_questioner`):
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -72,10 +73,18 @@ class Candidates:
     texts: list[list[str]] = field(default_factory=list)
 
 
-@runtime_checkable
-class Questioner(Protocol):
-    name: str
+#: How many of the top candidates a questioner looks at (unless it says otherwise).
+QUESTIONER_TOP = 20
 
+
+class Questioner(ABC):
+    """Asks the next question of a dialog about the current top candidates (or None: nothing
+    left worth asking). ``top``: how many candidates it wants to see."""
+
+    name: str
+    top: int = QUESTIONER_TOP
+
+    @abstractmethod
     def ask(self, dialog: Dialog, candidates: Candidates) -> Question | None: ...
 
 
@@ -165,7 +174,7 @@ def _excluded_words(dialog: Dialog) -> set[str]:
 
 
 @QUESTIONERS.register("split")
-class SplitQuestioner:
+class SplitQuestioner(Questioner):
     """Asks about the word that best splits the top candidates (see module docstring)."""
 
     name = "split"
@@ -251,7 +260,7 @@ def default_bank_path() -> Path | None:
 
 
 @QUESTIONERS.register("bank")
-class BankQuestioner:
+class BankQuestioner(Questioner):
     """Picks the most useful not-yet-asked question of a bank (see module docstring)."""
 
     name = "bank"
@@ -335,7 +344,7 @@ def parse_llm_question(text: str) -> str:
 
 
 @QUESTIONERS.register("llm")
-class LLMQuestioner:
+class LLMQuestioner(Questioner):
     """A prompted generator asks the next question (``generator``: registry name or object)."""
 
     name = "llm"

@@ -14,8 +14,6 @@ from mmrag.tasks.chat.questioners import Candidates, Question, Questioner, creat
 from mmrag.tasks.chat.ranking import RankingConfig, query_vectors, rescore, round_constraints
 
 DEFAULT_K = 10
-#: How many of the top candidates a questioner looks at.
-QUESTIONER_TOP = 20
 
 
 @dataclass
@@ -126,7 +124,7 @@ class ChatSession:
 
     def to_dict(self) -> dict[str, Any]:
         with self._lock:
-            return {"questioner": getattr(self.questioner, "name", type(self.questioner).__name__), "k": self.k,
+            return {"questioner": self.questioner.name, "k": self.k,
                     "ranking": self.ranking.to_dict(),
                     "dialog": self.dialog.to_dict() if self.dialog else None,
                     "turns": [t.to_dict() for t in self.turns]}
@@ -146,7 +144,7 @@ class ChatSession:
         ranked = [ChatHit(ids[i], float(scores[i]), r + 1, hits[i].metadata) for r, i in enumerate(order[: self.k])]
         question = None
         if ids:
-            top = order[: getattr(self.questioner, "top", QUESTIONER_TOP)]
+            top = order[: self.questioner.top]
             cand = Candidates([ids[i] for i in top], scores[top])
             if words is not None:
                 cand.words, cand.vocab, cand.words_list = words[top], self.features.vocab, self.features.words

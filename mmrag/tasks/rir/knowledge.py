@@ -73,7 +73,7 @@ class QABank:
         with ``encoder.embed_texts`` (cached under the mmrag cache when ``cache``)."""
         pairs = [p for image_id, meta in items for p in _pairs_from(image_id, (meta or {}).get("qa"))]
         if not pairs:
-            dim = int(getattr(encoder, "dim", 0))
+            dim = int(encoder.dim)
             return cls([], np.zeros((0, dim), np.float32))
         return cls(pairs, _question_vectors(encoder, [p.question for p in pairs], cache))
 

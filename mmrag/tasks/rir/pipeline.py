@@ -78,8 +78,8 @@ class RIRPipeline:
             raise ValueError("k must be at least 1")
         self.provider = provider
         self.qa_per_image = int(qa_per_image)
-        encoder = getattr(provider, "encoder", None)
-        if bank is None and encoder is not None and hasattr(provider, "all_metadata"):
+        encoder = provider.encoder
+        if bank is None and encoder is not None:
             bank = QABank.from_provider(provider)
         self.bank = bank
         self.encoder = encoder
@@ -157,9 +157,7 @@ class RIRPipeline:
         return self._sha_index.get(digest, set())
 
     def close(self) -> None:
-        close = getattr(self.provider, "close", None)
-        if callable(close):
-            close()
+        self.provider.close()
 
 
 _PIPELINES: dict[tuple, RIRPipeline] = {}

@@ -22,9 +22,10 @@ The query image itself can be left out of the results (``exclude_ids`` and
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -56,10 +57,21 @@ class Neighbour:
                 "qa": self.qa, "path": self.path, "metadata": self.metadata}
 
 
-@runtime_checkable
-class ReverseSearchProvider(Protocol):
-    name: str
+class ReverseSearchProvider(ABC):
+    """Finds images similar to a query image. ``encoder``: the encoder of its vector space, or
+    None for a provider without one (its knowledge then cannot be searched by question);
+    ``all_metadata``: what it knows about its images, for the answerers' QA bank."""
 
+    name: str
+    encoder: Any = None
+
+    def all_metadata(self) -> list[tuple[str, dict[str, Any]]]:
+        return []
+
+    def close(self) -> None:
+        """Release what the provider holds (an open index). No-op by default."""
+
+    @abstractmethod
     def search(self, image: Any = None, k: int = 5, *, vector: np.ndarray | None = None,
                exclude_ids: Sequence[str] = (), exclude_same_bytes: bool = False) -> list[Neighbour]:
         """The ``k`` most similar images to ``image`` (a path, bytes or PIL image) or to a
@@ -91,7 +103,7 @@ def image_sha256(image: Any) -> str | None:
 _KNOWN_KEYS = ("captions", "qa", "path", "sha256", "split")
 
 
-class IndexProvider:
+class IndexProvider(ReverseSearchProvider):
     """Reverse image search over a local mmrag index (image -> image, cosine)."""
 
     name = "index"
@@ -145,7 +157,7 @@ class IndexProvider:
         self.searcher.close()
 
 
-class WebProvider:
+class WebProvider(ReverseSearchProvider):
     """The documented slot for a web reverse-image-search service; always unavailable offline."""
 
     name = "web"
