@@ -19,8 +19,6 @@ datastore, so a rerun skips the encoders.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import write_results  # noqa: E402
 
 from mmrag.corpus.readers import read_corpus  # noqa: E402
 from mmrag.encoders import create_encoder  # noqa: E402
@@ -137,13 +136,8 @@ def main() -> None:
 
     out = {"dataset": "flickr8k", "datastore": {"split": "train", "captions": len(ds)},
            "encoder": enc.fingerprint(), "dev": dev_rows, "chosen": best, "test": test_rows,
-           "timing": timing, "refinement": refine,
-           "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()}}
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(a.json + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    tmp.replace(a.json)
-    print(f"wrote {a.json}", file=sys.stderr)
+           "timing": timing, "refinement": refine}
+    write_results(a.json, out)
 
 
 def run_with(enc, ds, corpus, vecs, best):

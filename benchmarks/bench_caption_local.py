@@ -17,20 +17,18 @@ datastore cached). Generation is greedy, so reruns give the same captions.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_results  # noqa: E402
 
 from bench_caption import KEYS, split_vectors  # noqa: E402
 
 from mmrag.corpus.readers import read_corpus  # noqa: E402
 from mmrag.encoders import create_encoder  # noqa: E402
-from mmrag.paths import write_json  # noqa: E402
 from mmrag.generators import create_generator  # noqa: E402
 from mmrag.tasks.captioning import CaptionDatastore, MRagCaptioner, evaluate_captioner  # noqa: E402
 
@@ -99,10 +97,8 @@ def main() -> None:
 
     out = {"dataset": "flickr8k", "encoder": enc.fingerprint(), "datastore": {"split": "train", "captions": len(ds)},
            "generator": {"name": "local", "model": str(getattr(local, "model_path", "")), "runtime": getattr(local, "runtime", "")},
-           "dev_images": len(dev_s), "dev": dev_rows, "chosen": chosen, "test_images": len(test_s), "test": test_rows,
-           "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                       "load_avg_end": os.getloadavg()}}
-    print(f"wrote {write_json(a.json, out)}", file=sys.stderr)
+           "dev_images": len(dev_s), "dev": dev_rows, "chosen": chosen, "test_images": len(test_s), "test": test_rows}
+    write_results(a.json, out)
 
 
 if __name__ == "__main__":

@@ -17,20 +17,18 @@ final datastore, all metrics (x100). Image vectors and the datastore are cached.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_results  # noqa: E402
 
 from bench_caption import KEYS, split_vectors  # noqa: E402
 
 from mmrag.corpus.readers import read_corpus  # noqa: E402
 from mmrag.encoders import create_encoder  # noqa: E402
-from mmrag.paths import write_json  # noqa: E402
 from mmrag.tasks.captioning import (  # noqa: E402
     CaptionDatastore,
     MRagCaptioner,
@@ -90,9 +88,8 @@ def main() -> None:
         test_rows.append(score_test(arm.pop("_ds"), f"after refinement, {arm['arm']}"))
     out = {"dataset": "flickr8k", "generator": a.generator, "encoder": enc.fingerprint(),
            "train_images": len(train), "dev_images": len(dev), "test_images": len(test), "arms": arms,
-           "test": test_rows, "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                                          "load_avg_end": os.getloadavg()}}
-    print(f"wrote {write_json(a.json, out)}", file=sys.stderr)
+           "test": test_rows}
+    write_results(a.json, out)
 
 
 if __name__ == "__main__":

@@ -36,8 +36,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -45,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import write_results  # noqa: E402
 
 from mmrag.corpus.readers import read_corpus  # noqa: E402
 from mmrag.encoders import create_encoder  # noqa: E402
@@ -145,7 +144,6 @@ def main() -> None:
         raw = CaptionWordFeatures(feats.source, describers=1)
         raw.compute(ids, V)
         return raw
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
     # ---------------------------------------------------------------- dev: choose ranking per questioner
     dev_path = outdir / "chat_dev.json"
@@ -154,7 +152,7 @@ def main() -> None:
     else:
         dev_items = split_items["dev"][: a.dev_limit] if a.dev_limit else split_items["dev"]
         targets = targets_from_items(dev_items, row_of)
-        dev = {"machine": machine, "encoder": enc.fingerprint(), "n_queries": len(targets),
+        dev = {"encoder": enc.fingerprint(), "n_queries": len(targets),
                "corpus_size": len(ids), "rows": [], "chosen": {}}
         print(f"\nDev: {len(targets)} targets among {len(ids)} images, cumulative Hits@10 (%)\n{HEADER}")
         for qn in a.questioners:
@@ -186,12 +184,12 @@ def main() -> None:
                     r.pop("examples", None)
                     dev["references"][f"split, {label}"] = r
                     print(fmt_row(f"split: {label}", r), flush=True)
-        dev_path.write_text(json.dumps(dev, indent=2))
+        write_results(dev_path, dev)
 
     # ---------------------------------------------------------------- test
     test_items = split_items["test"]
     spaces = {"test split (1,000 images)": [row_of[it.id] for it in test_items], "full corpus (8,091 images)": None}
-    test = {"machine": machine, "encoder": enc.fingerprint(), "rounds": a.rounds, "runs": []}
+    test = {"encoder": enc.fingerprint(), "rounds": a.rounds, "runs": []}
     plain = RankingConfig(query="chatir", rescore_weight=0.0)
     for space, rows_ in spaces.items():
         sids = ids if rows_ is None else [ids[r] for r in rows_]
@@ -238,8 +236,7 @@ def main() -> None:
                           "seconds_per_question": (time.perf_counter() - t0) / max(1, len(sub) * a.llm_rounds)})
                 test["runs"].append(r)
                 print(fmt_row(f"{qn} (first {len(sub)})", r), flush=True)
-    (outdir / "chat_test.json").write_text(json.dumps(test, indent=2))
-    print(f"wrote {outdir / 'chat_dev.json'} and {outdir / 'chat_test.json'}")
+    write_results(outdir / "chat_test.json", test)
     plot(test, outdir / "chat_hits10.png")
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import write_results  # noqa: E402
 
 from mmrag.encoders.efficientnet_lite import load_efficientnet_lite0  # noqa: E402
 from mmrag.encoders.image_features import MEAN, STD, EfficientNetFeaturizer, view_arrays  # noqa: E402
@@ -70,7 +70,6 @@ def main() -> None:
         t = time.perf_counter(); enc.embed_images(paths); t_enc.append(time.perf_counter() - t)
     plain_ips, pipe_ips, enc_ips = (len(paths) / min(x) for x in (t_plain, t_pipe, t_enc))
     res = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, torch {torch.__version__}",
         "n_images": len(paths),
         "plain_torch_img_per_s": round(plain_ips, 1),
         "pipeline_img_per_s": round(pipe_ips, 1),
@@ -86,9 +85,7 @@ def main() -> None:
     print(f"{'effnet-minilm embed_images':<34}{enc_ips:>10.1f}")
     print(f"max |diff| pooled {res['max_abs_diff_pooled']:.2e}, logits {res['max_abs_diff_logits']:.2e}, "
           f"top-1 agreement {res['top1_agreement']:.3f}")
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(res, indent=2))
-    print("wrote", a.json)
+    write_results(a.json, res)
 
 
 if __name__ == "__main__":

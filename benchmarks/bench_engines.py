@@ -16,9 +16,6 @@ out. The scaling model for N machines is printed from these measured rates.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -26,6 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import write_results  # noqa: E402
 
 from mmrag.corpus.readers import read_corpus  # noqa: E402
 from mmrag.encoders import create_encoder  # noqa: E402
@@ -44,8 +42,7 @@ def main() -> None:
     items = read_corpus("flickr8k", a.data_dir, split="test").items[: a.images]
     n = len(items)
     tmp = Path(tempfile.mkdtemp(prefix="bench_engines_"))
-    res: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-                 "images": n, "captions": sum(len(it.captions) for it in items), "workers": a.workers}
+    res: dict = {"images": n, "captions": sum(len(it.captions) for it in items), "workers": a.workers}
     try:
         t = time.perf_counter()
         enc = create_encoder("effnet-minilm")
@@ -104,15 +101,12 @@ def main() -> None:
         m["efficiency"] = round(m["speedup"] / m["machines"], 2)
     res["scaling_model"] = {"target_images": a.target, "per_machine_images_per_s": rate,
                             "index_images_per_s": idx_rate, "rows": model}
-    res["load_average_at_end"] = os.getloadavg()
     print(f"\nscaling model, {a.target:,} images, machines like this one ({rate:.1f} img/s each; "
           f"index from shards {idx_rate:.0f} img/s, single writer)")
     print(f"{'machines':>9}{'embed h':>9}{'index h':>9}{'total h':>9}{'speedup':>9}{'effic.':>8}")
     for m in model:
         print(f"{m['machines']:>9}{m['embed_h']:>9}{m['index_h']:>9}{m['total_h']:>9}{m['speedup']:>9}{m['efficiency']:>8}")
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(res, indent=2))
-    print("wrote", a.json)
+    write_results(a.json, res)
 
 
 if __name__ == "__main__":

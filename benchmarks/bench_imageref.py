@@ -22,14 +22,12 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_results  # noqa: E402
 from make_doc_corpus import build  # noqa: E402
 
 from mmrag.tasks.imageref import ComposeConfig, dev_test_split, evaluate_figure_positions, figure_tasks, read_documents
@@ -119,16 +117,13 @@ def main() -> None:
         for cs, m in r.items():
             print(f"| {rname} | {cs} | " + " | ".join(f"{100 * m[k]:.1f}" for k in KEYS)
                   + f" | {m['n_placed']} / {m['n_positions_with_figure']} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
+    write_results(args.out, {
         "benchmark": "figure-position recovery, d2l + GRASS manual",
-        "machine": f"{platform.machine()}, {platform.processor() or ''} {os.cpu_count()} cores",
         "corpora": {n: {"n_pages": c["n_pages"], "decorative": c["decorative"], "excluded_context_caption": excluded[n],
                         **{sp: {"docs": len(c[sp]), "figures": sum(len(t.images) for t in c[sp])} for sp in ("dev", "test")}}
                     for n, c in corpora.items()},
         "chosen": best, "results": results, "dev_grid": grid,
-    }, indent=2), encoding="utf-8")
-    print(f"wrote {args.out}")
+    })
 
 
 if __name__ == "__main__":

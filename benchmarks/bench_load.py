@@ -37,7 +37,6 @@ import base64
 import hashlib
 import json
 import os
-import platform
 import random
 import signal
 import subprocess
@@ -50,6 +49,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from common import write_results  # noqa: E402
 
 from mmrag.paths import cache_dir  # noqa: E402
 
@@ -414,11 +414,8 @@ def main() -> None:
                                                                               a.warmup, w))
 
     res = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "index": {"size": a.size, "source": "Flickr8k effnet-minilm embeddings resampled with noise",
                   "noise_std": NOISE},
-        "command": "python benchmarks/bench_load.py " + " ".join(sys.argv[1:]),
         "clients": a.clients, "duration_s": a.duration, "warmup_s": a.warmup, "image_share": a.image_share,
         "k": K, "results": results,
     }
@@ -433,9 +430,7 @@ def main() -> None:
                 print(f"{mode:<12}{kind:<7}{d['rps']:>8}{d['p50_ms']:>9}{d['p95_ms']:>9}{d['p99_ms']:>9}"
                       f"{s['errors'] if kind == 'all' else '':>8}{s['server_cpu_cores'] if kind == 'all' else '':>6}")
         print(f"{'':<12}mean batch sizes: {s['mean_batch_size']}")
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(res, indent=2))
-    print("wrote", a.json)
+    write_results(a.json, res)
 
 
 if __name__ == "__main__":

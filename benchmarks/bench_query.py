@@ -10,9 +10,6 @@ Queries are real Flickr8k test captions, one at a time, as a user would send the
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -21,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import write_results  # noqa: E402
 
 from mmrag.corpus.readers import read_corpus  # noqa: E402
 from mmrag.encoders import create_encoder  # noqa: E402
@@ -73,7 +71,6 @@ def main() -> None:
         store.close()
     ms = lambda x, p: round(1000 * float(np.percentile(x, p)), 2)  # noqa: E731
     res = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "index_size": a.size, "index_type": info.get("index_type"), "build_s": round(build, 1),
         "queries": len(queries),
         "encode_ms": {"p50": ms(enc_t, 50), "p95": ms(enc_t, 95)},
@@ -84,9 +81,7 @@ def main() -> None:
     for k in ("encode", "search", "total"):
         print(f"{k:<10}{res[k + '_ms']['p50']:>10}{res[k + '_ms']['p95']:>10}")
     print(f"index: {a.size} vectors, {res['index_type']}, built in {res['build_s']} s")
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(res, indent=2))
-    print("wrote", a.json)
+    write_results(a.json, res)
 
 
 if __name__ == "__main__":

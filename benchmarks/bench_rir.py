@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import write_results  # noqa: E402
 
 from mmrag.encoders import create_encoder  # noqa: E402
 from mmrag.tasks.rir import (  # noqa: E402
@@ -116,9 +115,6 @@ def main() -> None:
     rep = run_eval("vqa-rad", Path(a.data_dir), k=best["k"], knn_options=knn, encoder=enc)
     test_s = time.perf_counter() - t
     out = {
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
-        "command": "python benchmarks/bench_rir.py" + (f" --generator {a.generator}" if a.generator else "")
-                   + (f" --gen-limit {a.gen_limit}" if a.gen_limit else ""),
         "encoder": "effnet-minilm",
         "dev": {"n_questions": len(dev), "n_images": len(dev.image_ids()), "fit_images": len(fit.image_ids()),
                 "no_rir_best": base, "rir_best": best, "grid": rows, "image_retrieval_organ_check": organ},
@@ -138,9 +134,7 @@ def main() -> None:
             out["test_generator_records"] = g["records"]
         except ModelUnavailableError as e:
             out["test_generator"] = {"unavailable": str(e)}
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(out, indent=2, ensure_ascii=False), encoding="utf-8")
-    print(f"wrote {a.json}", file=sys.stderr)
+    write_results(a.json, out)
 
     print(f"\nDev (unseen images, {len(dev)} questions): no-RIR best overall {base['overall']:.1f} "
           f"(top_m={base['top_m']}, tau_q={base['tau_q']}); RIR best {best['overall']:.1f} "

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -33,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import machine, write_results  # noqa: E402
 
 from mmrag.index import open_store  # noqa: E402
 
@@ -269,14 +268,11 @@ def main(argv=None) -> int:
         "benchmark": "search",
         "data": f"embeddings:{args.embeddings.name}" if args.embeddings else "synthetic clustered (3000 anisotropic Gaussians on the sphere)",
         "k": K,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "faiss": faiss.__version__,
-                    "omp_threads": faiss.omp_get_max_threads()},
+        "machine": machine(faiss_omp_threads=faiss.omp_get_max_threads()),
         "total_s": round(time.perf_counter() - t0, 1),
         "results": rows,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json} ({result['total_s']} s)")
+    write_results(args.json, result)
     return 0
 
 

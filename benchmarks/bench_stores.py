@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import write_results  # noqa: E402
 
 from mmrag.corpus.readers import read_corpus  # noqa: E402
 from mmrag.encoders import create_encoder  # noqa: E402
@@ -178,8 +177,6 @@ def main() -> None:
     import faiss
 
     res = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "load_average_at_end": os.getloadavg(),
         "versions": {"faiss": faiss.__version__, "pymilvus": pymilvus.__version__, "milvus-lite": lite},
         "size": a.size, "dim": int(x.shape[1]), "queries": len(q), "k": 10, "results": results,
     }
@@ -187,14 +184,12 @@ def main() -> None:
     for r in results:
         print(f"{r['store']:<24}{str(r['index_type']):<10}{r['build_s']:>9}{r['query_ms']['p50']:>9}"
               f"{r['query_ms']['p95']:>9}{r['filtered_query_ms']['p50']:>10}{r['recall_at_10']:>8}{r['disk_mb']:>9}")
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(res, indent=2))
+    write_results(a.json, res)
     for r in results:
         if "flat_same_data" in r:
             f = r["flat_same_data"]
             print(f"{r['store']} re-indexed FLAT ({f['reindex_s']} s): p50 {f['query_ms']['p50']} ms, "
                   f"p95 {f['query_ms']['p95']} ms, R@10 {f['recall_at_10']} ({f['queries']} queries)")
-    print("wrote", a.json)
 
 
 if __name__ == "__main__":

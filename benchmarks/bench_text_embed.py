@@ -12,9 +12,7 @@ result. Also reports the largest difference between the two backends' vectors.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import write_results  # noqa: E402
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from mmrag.corpus.readers import read_corpus  # noqa: E402
@@ -71,8 +70,6 @@ def main() -> None:
 
     load_avg = os.getloadavg()
     res = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-                   f"torch {torch.__version__}",
         "load_average_1_5_15": [round(x, 2) for x in load_avg],
         "note": a.note,
         "threads": 1,
@@ -89,9 +86,7 @@ def main() -> None:
     for b in a.batches:
         print(f"{b:>6}{best['torch'][b]:>12.2f}{best['onnx'][b]:>12.2f}{res['speedup'][str(b)]:>8.2f}x")
     print(f"load: torch {res['load_s']['torch']} s, onnx {res['load_s']['onnx']} s; max abs diff {diff:.2g}")
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
-    print("wrote", a.json)
+    write_results(a.json, res)
 
 
 if __name__ == "__main__":

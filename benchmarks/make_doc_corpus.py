@@ -80,12 +80,14 @@ def build(version: str = VERSION, force: bool = False) -> Path:
                     shutil.copyfile(f, html / rel)
                 else:
                     _shrink(f, html / rel)
+    from mmrag.paths import write_json
     from mmrag.tasks.imageref import dev_test_split
 
     pages = sorted(p.relative_to(html).as_posix() for p in html.rglob("*.html"))
     split = {p: dev_test_split(p) for p in pages}
-    (out / "split.json").write_text(json.dumps({"package": f"{PACKAGE}={version}", "rule": "dev_test_split(page path)",
-                                                "pages": split}, indent=1), encoding="utf-8")
+    # corpus data, not a result (no machine or date); atomic, since split.json marks the cache complete
+    write_json(out / "split.json", {"package": f"{PACKAGE}={version}", "rule": "dev_test_split(page path)",
+                                    "pages": split}, indent=1)
     return html
 
 

@@ -6,22 +6,28 @@ of ``bench_caption.py`` (run that first: it caches the dev image vectors).
 
 Each argument is ``K[:option=value,...]`` for the ``consensus`` generator (similarity defaults to
 cider with datastore document frequencies). Prints dev BLEU-4, CIDEr-D and retrieve+consensus
-seconds per image. Never touches test.
+seconds per image, and writes them to ``benchmarks/results/caption_sweep_dev.json``. Never touches test.
 """
-import sys, time, json, glob
-import numpy as np
+import argparse
+import sys
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+from common import ROOT, write_results  # noqa: E402
 from mmrag.corpus.readers import read_corpus
 from mmrag.encoders import create_encoder
 from mmrag.tasks.captioning import CaptionDatastore, MRagCaptioner, evaluate_captioner
 from mmrag.retrieval import corpus_image_vectors
+# parsed before the (slow) model and data loading, so that --help answers at once
+ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("specs", nargs="+", metavar="K[:option=value,...]")
+specs = ap.parse_args().specs
 enc = create_encoder("effnet-minilm")
 D = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "shared/data/flickr8k")
 train = read_corpus("flickr8k", D, split="train")
 dev = read_corpus("flickr8k", D, split="dev")
 ds = CaptionDatastore.from_corpus(train, enc, split="train")
 dv = corpus_image_vectors(enc, dev)
-for spec in sys.argv[1:]:
+rows = []
+for spec in specs:
     k, opts = spec.split(":", 1) if ":" in spec else (spec, "")
     o = dict(kv.split("=") for kv in opts.split(",") if kv)
     for key in ("alpha",): 
@@ -31,3 +37,7 @@ for spec in sys.argv[1:]:
     cap = MRagCaptioner(enc, ds, "consensus", k=int(k), generator_options=o)
     r = evaluate_captioner(cap, dev, vectors=dv, metrics=["BLEU", "CIDEr"])
     print(f"{spec:45s} B4 {r['BLEU-4']:5.1f} C {r['CIDEr-D']:5.1f} t {r['seconds_per_image_retrieve_generate']:.4f}", flush=True)
+    rows.append({"spec": spec, "k": int(k), "options": o, "BLEU-4": r["BLEU-4"], "CIDEr-D": r["CIDEr-D"],
+                 "s_per_image": r["seconds_per_image_retrieve_generate"]})
+write_results(ROOT / "benchmarks" / "results" / "caption_sweep_dev.json",
+              {"dataset": "flickr8k", "split": "dev", "encoder": enc.fingerprint(), "rows": rows})

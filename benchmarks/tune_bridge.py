@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import write_results  # noqa: E402
 
 from mmrag.corpus.readers import read_corpus  # noqa: E402
 from mmrag.encoders.base import l2_normalize  # noqa: E402
@@ -113,9 +113,7 @@ def main() -> None:
             best = (score, row, r, lam)
     print("chosen on dev:", {k: best[1][k] for k in ("views", "lam", "mid_weight", "whiten")})
     out = {"grid": rows, "chosen": best[1]}
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(out, indent=2))
-    print("wrote", a.json)
+    write_results(a.json, out)
 
 
 if __name__ == "__main__":
