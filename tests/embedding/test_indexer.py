@@ -19,7 +19,7 @@ from mmrag.index.collection import Collection
 from mmrag.embedding import IndexConfig, build_index
 from mmrag.retrieval import Searcher
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

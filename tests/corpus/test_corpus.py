@@ -37,7 +37,7 @@ def _data_root() -> Path:
     env = os.environ.get("MMRAG_DATA")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 DATA = _data_root()

@@ -25,7 +25,7 @@ from mmrag.index import VECTOR_STORES, Hit, VectorStore, open_store
 
 BACKENDS = ["faiss", "milvus"]
 DIM = 32
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def unit(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:

@@ -36,7 +36,7 @@ from mmrag.tasks.rir import (
 from mmrag.tasks.rir.evaluate import bootstrap_ci, compare, evaluate_vqa, score_question, summarize
 from mmrag.corpus.vqa_rad import VQADataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 # Twelve train images that test questions are also asked about (11 chest, 1 head).
 SMALL = ["synpic100176.jpg", "synpic100228.jpg", "synpic12210.jpg", "synpic13385.jpg", "synpic16170.jpg",
          "synpic16174.jpg", "synpic16221.jpg", "synpic16407.jpg", "synpic16520.jpg", "synpic16810.jpg",
