@@ -159,8 +159,8 @@ def test_knn_service_is_clip_retrieval_compatible(served):
     r = c.post("/knn-service", json={"image_url": "http://127.0.0.1:9/x.jpg", "modality": "image", "num_images": 1})
     assert r.status_code == 400 and "disabled" in r.json()["detail"]  # URL fetching is off by default
     assert c.get("/indices-list").json() == ["idx"]
-    meta = c.post("/metadata", json={"ids": [items[0].id, "nope"]}).json()["metadatas"]
-    assert list(meta) == [items[0].id] and meta[items[0].id]["metadata"]["caption"] == items[0].captions[0]
+    meta = c.post("/metadata", json={"ids": [items[0].id, "nope"]}).json()  # clip_back's list of {id, metadata}
+    assert [m["id"] for m in meta] == [items[0].id] and meta[0]["metadata"]["caption"] == items[0].captions[0]
 
 
 def test_images_by_id_only(served):
