@@ -50,9 +50,34 @@ eval_app.command("imageref")(compose.eval_imageref)
 eval_app.command("judge")(compose.eval_judge)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI. Mistakes in what the user typed -- a bad option value (click's usage errors)
+    or a value the library refuses (:class:`~mmrag.errors.MmragError`, e.g.
+    :class:`~mmrag.errors.InvalidInputError`) -- are one line ``error: ...`` and exit 2; any
+    other exception is a bug and keeps its traceback."""
+    try:  # typer >= 0.2x carries its own copy of click
+        from typer._click import exceptions as cx
+    except ImportError:  # pragma: no cover - older typer on click
+        from click import exceptions as cx
+
     try:
-        app()
-    except MmragError as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        rc = app(args=argv, standalone_mode=False)
+    except getattr(cx, "NoArgsIsHelpError", ()) as e:  # `mmrag` / `mmrag eval` alone: the help
+        print(e.ctx.get_help() if e.ctx else str(e))
         sys.exit(2)
+    except cx.ClickException as e:
+        cmd = e.ctx.command_path if getattr(e, "ctx", None) else "mmrag"
+        say(f"{e.format_message()} (see {cmd} --help)")
+        sys.exit(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("aborted", highlight=False)
+        sys.exit(130)
+    except MmragError as e:
+        say(str(e))
+        sys.exit(2)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def say(message: str) -> None:
+    """``error: message`` on stderr, on one line whatever the terminal's width."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
