@@ -83,3 +83,48 @@ def test_bad_values_are_one_line_errors(idx, tmp_path, flickr8k_dir, argv, word)
     errors = [ln for ln in lines if ln.startswith("error: ")]
     assert len(errors) == 1, p.stderr
     assert word in errors[0], errors[0]
+
+
+HELP_SCRIPT = r"""
+import contextlib, io, json, sys
+import typer
+from mmrag.cli import app, main
+
+def walk(cmd, path):
+    subs = getattr(cmd, "commands", None)
+    if subs:
+        for name, sub in subs.items():
+            yield from walk(sub, path + [name])
+    else:
+        names = [o for p in cmd.params if not getattr(p, "hidden", False) for o in (*p.opts, *p.secondary_opts)
+                 if o.startswith("-")]
+        yield path, names
+
+out = []
+for path, names in walk(typer.main.get_command(app), []):
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        try:
+            main(path + ["--help"])
+        except SystemExit:
+            pass
+    out.append({"verb": " ".join(path), "names": names, "help": buf.getvalue()})
+print(json.dumps(out))
+"""
+
+
+def test_help_shows_every_option_name_in_full_at_80_columns():
+    import json
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "80"}
+    p = subprocess.run([sys.executable, "-c", HELP_SCRIPT], capture_output=True, text=True, cwd=REPO, env=env,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    verbs = json.loads(p.stdout)
+    assert len(verbs) >= 15 and {"search", "serve", "eval imageref"} <= {v["verb"] for v in verbs}
+    for v in verbs:
+        assert v["help"].strip(), v["verb"]
+        words = set(v["help"].replace(",", " ").replace("/", " ").split())
+        missing = [n for n in v["names"] if n not in words]
+        assert not missing, f"mmrag {v['verb']} --help at 80 columns lacks {missing}"
+        assert "…" not in v["help"], f"mmrag {v['verb']} --help cuts text"

@@ -22,9 +22,12 @@ from mmrag.errors import MmragError  # noqa: E402
 
 __all__ = ["app", "eval_app", "bridge_app", "main"]
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multimodal RAG over image collections.")
-bridge_app = typer.Typer(no_args_is_help=True, help="Fit and inspect the image->text bridge of effnet-minilm.")
-eval_app = typer.Typer(no_args_is_help=True, help="Evaluate with each task's published metrics.")
+# rich_markup_mode=None: click's plain help, which wraps long option names instead of cutting
+# them ("--caption-datas…") as typer's rich tables do at 80 columns
+_HELP = dict(rich_markup_mode=None, context_settings={"max_content_width": 120})
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multimodal RAG over image collections.", **_HELP)
+bridge_app = typer.Typer(no_args_is_help=True, help="Fit and inspect the image->text bridge of effnet-minilm.", **_HELP)
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate with each task's published metrics.", **_HELP)
 app.add_typer(bridge_app, name="bridge")
 app.add_typer(eval_app, name="eval")
 
