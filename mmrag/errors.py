@@ -19,3 +19,9 @@ class ModelUnavailableError(MmragError):
 
 class IndexError_(MmragError):
     """An index is missing, incompatible or corrupt."""
+
+
+class InvalidInputError(MmragError, ValueError):
+    """A value given by the user is out of range or malformed (an empty query, ``k`` < 1, an
+    unknown target). A ``ValueError`` too, so callers that validate with ``except ValueError``
+    keep working; the CLI reports it as ``error: ...`` (exit 2), the service as HTTP 400."""

@@ -22,9 +22,12 @@ from mmrag.errors import MmragError  # noqa: E402
 
 __all__ = ["app", "eval_app", "bridge_app", "main"]
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multimodal RAG over image collections.")
-bridge_app = typer.Typer(no_args_is_help=True, help="Fit and inspect the image->text bridge of effnet-minilm.")
-eval_app = typer.Typer(no_args_is_help=True, help="Evaluate with each task's published metrics.")
+# rich_markup_mode=None: click's plain help, which wraps long option names instead of cutting
+# them ("--caption-datas…") as typer's rich tables do at 80 columns
+_HELP = dict(rich_markup_mode=None, context_settings={"max_content_width": 120})
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multimodal RAG over image collections.", **_HELP)
+bridge_app = typer.Typer(no_args_is_help=True, help="Fit and inspect the image->text bridge of effnet-minilm.", **_HELP)
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate with each task's published metrics.", **_HELP)
 app.add_typer(bridge_app, name="bridge")
 app.add_typer(eval_app, name="eval")
 
@@ -50,9 +53,34 @@ eval_app.command("imageref")(compose.eval_imageref)
 eval_app.command("judge")(compose.eval_judge)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI. Mistakes in what the user typed -- a bad option value (click's usage errors)
+    or a value the library refuses (:class:`~mmrag.errors.MmragError`, e.g.
+    :class:`~mmrag.errors.InvalidInputError`) -- are one line ``error: ...`` and exit 2; any
+    other exception is a bug and keeps its traceback."""
+    try:  # typer >= 0.2x carries its own copy of click
+        from typer._click import exceptions as cx
+    except ImportError:  # pragma: no cover - older typer on click
+        from click import exceptions as cx
+
     try:
-        app()
-    except MmragError as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        rc = app(args=argv, standalone_mode=False)
+    except getattr(cx, "NoArgsIsHelpError", ()) as e:  # `mmrag` / `mmrag eval` alone: the help
+        print(e.ctx.get_help() if e.ctx else str(e))
         sys.exit(2)
+    except cx.ClickException as e:
+        cmd = e.ctx.command_path if getattr(e, "ctx", None) else "mmrag"
+        say(f"{e.format_message()} (see {cmd} --help)")
+        sys.exit(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("aborted", highlight=False)
+        sys.exit(130)
+    except MmragError as e:
+        say(str(e))
+        sys.exit(2)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def say(message: str) -> None:
+    """``error: message`` on stderr, on one line whatever the terminal's width."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)

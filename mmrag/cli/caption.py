@@ -61,7 +61,11 @@ def caption(
 ):
     """Caption images by retrieval-augmented generation (mRAG-gim); prints the retrieved evidence.
 
-    Unreadable images get an error line (exit code 1) while the others are captioned."""
+    Unreadable images get an error line (exit code 1) while the others are captioned; a path
+    that is not a file is a mistake in the command (exit code 2, before any model loads)."""
+    missing = [p for p in images if not p.is_file()]
+    if missing:
+        fail(f"no such image file: {', '.join(map(str, missing))}")
     enc = resolve_encoder(index_dir, encoder, encoder_model, bridge)
     cap = _captioner(enc, generator, k, similarity, datastore, data_dir, gen_opt, order, prompt_style=prompt_style)
     results = cap.caption_batch([str(p) for p in images])

@@ -24,7 +24,7 @@ __all__ = [
 
 def fail(msg: str, code: int = 2) -> None:
     """Print ``error: msg`` on stderr and exit with ``code`` (2: bad input)."""
-    err.print(f"[bold red]error:[/] {escape(str(msg))}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(str(msg))}", highlight=False, soft_wrap=True)  # one line
     raise typer.Exit(code)
 
 

@@ -38,13 +38,18 @@ def index(
     from mmrag.corpus.readers import read_corpus
     from mmrag.embedding import IndexConfig, build_index
 
-    path, kind = corpus_source(corpus, data_dir, kind, dataset)
-    c = read_corpus(kind, path, split=split, limit=limit)
-    enc = encoder_from_options(encoder, encoder_model, bridge)
+    # flag checks first: they are cheap, reading the corpus and loading the encoder are not
     if engine not in ("sequential", "ray"):
         fail(f"--engine must be sequential or ray, got {engine!r}")
     if store_uri and store != "milvus":
         fail("--store-uri applies to --store milvus")
+    if limit is not None and limit < 1:
+        fail(f"--limit must be >= 1, got {limit}")
+    if batch_size < 1:
+        fail(f"--batch-size must be >= 1, got {batch_size}")
+    path, kind = corpus_source(corpus, data_dir, kind, dataset)
+    c = read_corpus(kind, path, split=split, limit=limit)
+    enc = encoder_from_options(encoder, encoder_model, bridge)
     opts = {"index_type": index_type} if store == "faiss" or index_type != "auto" else {}
     if store_uri:
         opts["uri"] = store_uri if "://" in store_uri else str(Path(store_uri).expanduser().resolve())

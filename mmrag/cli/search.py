@@ -39,7 +39,11 @@ def search(
 ):
     """Search an index by text, by image, or both."""
     from mmrag.retrieval import Searcher
+    from mmrag.retrieval.searcher import TARGETS, check_query
 
+    check_query(text, image, weight, k)  # before the model loads
+    if image is not None and not image.is_file():
+        fail(f"{image}: no such image file")
     flt = {}
     for w in where:
         if "=" not in w:
@@ -47,6 +51,8 @@ def search(
         key, val = w.split("=", 1)
         flt[key] = val  # metadata values compare as strings
     s = Searcher(index_dir)
+    if not s.has_store(target):
+        fail(f"--target must be one of {', '.join(TARGETS)} (or an extra store the index has), got {target!r}")
     hits = s.search(text=text, image=image, k=k, weight=weight, target=target, filter=flt or None)
     if as_json:
         print(json.dumps([{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits], indent=2, ensure_ascii=False))

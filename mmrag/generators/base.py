@@ -76,11 +76,14 @@ class GenerationRequest:
 @dataclass
 class GenerationResult:
     """The generated ``text``; ``raw``: the backend's own answer or details (for logging and
-    showing evidence); ``usage``: token counts when the backend reports them."""
+    showing evidence); ``usage``: token counts when the backend reports them; ``finish_reason``:
+    OpenAI's terms, ``"stop"`` (ended by itself or a stop string) or ``"length"`` (cut at
+    ``max_tokens``), which chat clients read to tell a whole answer from a cut one."""
 
     text: str
     raw: Any = None
     usage: dict[str, Any] | None = None
+    finish_reason: str = "stop"
 
 
 class Generator(ABC):

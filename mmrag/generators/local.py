@@ -207,14 +207,16 @@ class LocalGenerator(Generator):
                                 temperature=float(request.temperature),
                                 top_k=1 if request.temperature == 0 else 40, seed=self.seed, stop=stops)
                 text, usage = out["choices"][0]["text"], out.get("usage")
+                finish = out["choices"][0].get("finish_reason") or "stop"
             else:
-                text, usage = self._generate_transformers(prompt, request, stops)
+                text, usage, finish = self._generate_transformers(prompt, request, stops)
                 out = None
         for s in stops:  # cut at the first stop string, as llama.cpp does
             if s and s in text:
                 text = text[: text.index(s)]
+                finish = "stop"
         raw = {"response": out, "runtime": self.runtime, "ignored_images": len(request.images)}
-        return GenerationResult(text=text.strip(), raw=raw, usage=usage)
+        return GenerationResult(text=text.strip(), raw=raw, usage=usage, finish_reason=finish)
 
     def _generate_transformers(self, prompt: str, request: GenerationRequest, stops: list[str]):
         import torch
@@ -237,7 +239,10 @@ class LocalGenerator(Generator):
             out = self._model.generate(**ids, **kwargs)
         new = out[0][n_in:]
         text = self._tok.decode(new, skip_special_tokens=False)
-        return text, {"prompt_tokens": n_in, "completion_tokens": int(new.shape[0])}
+        # all max_tokens used and the last one is not end-of-text: the answer was cut
+        # (a stop string found in the text is "stop", decided by the caller)
+        cut = int(new.shape[0]) >= int(request.max_tokens) and int(new[-1]) != self._tok.eos_token_id
+        return text, {"prompt_tokens": n_in, "completion_tokens": int(new.shape[0])}, "length" if cut else "stop"
 
 
 @GENERATORS.register("local")

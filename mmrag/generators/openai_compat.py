@@ -215,7 +215,9 @@ class OpenAIGenerator(Generator):
                 url=self.url) from None
         if isinstance(content, list):  # some servers return content parts
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        return GenerationResult(text=(content or "").strip(), raw=answer, usage=answer.get("usage"))
+        finish = choice.get("finish_reason") if isinstance(choice, dict) else None
+        return GenerationResult(text=(content or "").strip(), raw=answer, usage=answer.get("usage"),
+                                finish_reason=finish if isinstance(finish, str) and finish else "stop")
 
 
 def _describe(e: BaseException) -> str:

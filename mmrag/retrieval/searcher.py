@@ -10,10 +10,24 @@ from typing import Any, Sequence
 import numpy as np
 
 from mmrag.encoders.base import Encoder, ImageInput, create_encoder, l2_normalize
+from mmrag.errors import InvalidInputError
 from mmrag.index.base import Hit, VectorStore
 from mmrag.index.collection import Collection, IndexManifest
 
 TARGETS = ("images", "captions")
+
+
+def check_query(text: str | None = None, image: Any = None, weight: float = 0.5, k: int = 10) -> None:
+    """Raise :class:`InvalidInputError` for a query that cannot run -- cheap, so callers can
+    check before loading a model."""
+    if text is None and image is None:
+        raise InvalidInputError("give a text, an image, or both")
+    if text is not None and not text.strip():
+        raise InvalidInputError("empty text query")
+    if not 0.0 <= weight <= 1.0:  # also False for NaN
+        raise InvalidInputError(f"weight must be within [0, 1], got {weight}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InvalidInputError(f"k must be a whole number >= 1, got {k}")
 
 
 class Searcher:
@@ -32,14 +46,9 @@ class Searcher:
     # ------------------------------------------------------------------ queries
     def query_vector(self, text: str | None = None, image: ImageInput | None = None, weight: float = 0.5) -> np.ndarray:
         """One unit query vector. With both text and image: ``weight`` on the text side."""
-        if text is None and image is None:
-            raise ValueError("give a text, an image, or both")
-        if not 0.0 <= weight <= 1.0:
-            raise ValueError("weight must be within [0, 1]")
+        check_query(text, image, weight)
         parts = []
         if text is not None:
-            if not text.strip():
-                raise ValueError("empty text query")
             parts.append((weight if image is not None else 1.0, self.encoder.embed_texts([text])[0]))
         if image is not None:
             parts.append((1.0 - weight if text is not None else 1.0, self.encoder.embed_images([image])[0]))
@@ -48,8 +57,9 @@ class Searcher:
     def search(self, text: str | None = None, image: ImageInput | None = None, k: int = 10,
                weight: float = 0.5, target: str = "images", filter: dict[str, Any] | None = None) -> list[Hit]:
         """``target``: "images" (text->image, image->image, both) or "captions" (image->caption)."""
-        q = self.query_vector(text, image, weight)
+        check_query(text, image, weight, k)
         store = self._store(target)
+        q = self.query_vector(text, image, weight)
         if target == "captions" and image is not None and text is None:
             return self.captions_for_image_vector(q, k, filter)
         return store.search(q[None], k=k, filter=filter)[0]
@@ -130,5 +140,6 @@ class Searcher:
         if target in TARGETS:
             return getattr(self.collection, target)
         if not self.has_store(target):
-            raise ValueError("target must be 'images' or 'captions' (or an extra store the index has)")
+            raise InvalidInputError(f"target must be 'images' or 'captions' (or an extra store the index has), "
+                                    f"got {target!r}")
         return self.collection.store(target)

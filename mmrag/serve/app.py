@@ -107,8 +107,49 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status)
 
 
+def _json_safe(x: Any) -> Any:
+    """``x`` with what JSON cannot hold made readable: NaN/Infinity (which Python's JSON parser
+    accepts in request bodies) as the strings "NaN"/"Infinity", bytes and other objects as text."""
+    import math
+
+    if isinstance(x, float) and not math.isfinite(x):
+        return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (bytes, bytearray)):
+        return bytes(x[:200]).decode("utf-8", "replace")
+    return str(x)
+
+
+def validation_message(errors: list[dict[str, Any]]) -> str:
+    """One readable line for a list of pydantic errors: ``k: Input should be a finite number``."""
+    parts = []
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")]
+        parts.append((".".join(loc) + ": " if loc else "") + str(e.get("msg", "invalid")))
+    return "; ".join(parts) or "invalid request"
+
+
 def _install_error_handlers(app: FastAPI) -> None:
+    from fastapi.exceptions import RequestValidationError
+
     from mmrag.generators.base import EndpointError, GeneratorError
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError):
+        # FastAPI's own handler echoes the input and fails (HTTP 500) on NaN/Infinity
+        errors = [{k: _json_safe(v) for k, v in err.items() if k != "url"} for err in e.errors()]
+        message = validation_message(errors)
+        if request.url.path.startswith("/v1/"):  # OpenAI's error shape, which its SDKs read
+            param = next((".".join(str(p) for p in err.get("loc", ())[1:]) for err in errors), None)
+            return JSONResponse({"error": {"message": message, "type": "invalid_request_error",
+                                           "param": param or None, "code": None}, "detail": errors},
+                                status_code=422)
+        return JSONResponse({"detail": errors, "message": message}, status_code=422)
 
     @app.exception_handler(NotFoundError)
     async def _not_found(_: Request, e: NotFoundError):

@@ -33,6 +33,7 @@ class RagAnswer:
     generator: str
     evidence: list[dict[str, Any]] = field(default_factory=list)
     usage: dict[str, int] | None = None
+    finish_reason: str = "stop"
 
 
 def split_content(content: Any) -> tuple[str, list[str]]:
@@ -139,4 +140,5 @@ class RagPipeline:
                                     temperature=temperature, stop=stop)
         res = await asyncio.to_thread(gen.generate, req)
         return RagAnswer(text=res.text, generator=gen.name, evidence=evidence,
-                         usage=res.usage if isinstance(res.usage, dict) else None)
+                         usage=res.usage if isinstance(res.usage, dict) else None,
+                         finish_reason=getattr(res, "finish_reason", None) or "stop")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mmrag.index.base import Hit
 from mmrag.serve.service import BadRequestError, public_metadata
@@ -64,25 +67,72 @@ class CaptionResponse(BaseModel):
 
 
 class KnnRequest(BaseModel):
-    """clip-retrieval's ``/knn-service`` body (extra keys such as ``use_safety_model`` are
-    accepted and ignored)."""
+    """clip-retrieval's ``/knn-service`` body: every field its ``ClipClient`` sends.
+
+    Honoured: ``text`` | ``image`` | ``image_url`` | ``embedding_input``, ``modality``,
+    ``num_images``, ``num_result_ids`` (candidates searched before de-duplication), ``deduplicate``,
+    ``indice_name`` (the one index served, see ``/indices-list``). Accepted but not applied on this
+    server -- named in the response header ``X-Mmrag-Ignored`` whenever a request asks for them:
+    ``use_safety_model``, ``use_violence_detector`` (no content filter here), ``use_mclip`` (the
+    index's own text encoder is used), ``aesthetic_score``/``aesthetic_weight`` (no aesthetic
+    embeddings; clip-retrieval's back end skips them likewise when it has none)."""
 
     model_config = ConfigDict(extra="allow")
-    text: Optional[str] = None
-    image: Optional[str] = None
+    text: Optional[str] = Field(None, max_length=2000)
+    image: Optional[str] = Field(None, description="Image query: base64 bytes or a data: URL.")
     image_url: Optional[str] = None
     embedding_input: Optional[list[float]] = None
-    modality: Literal["image", "text"] = "image"
+    modality: Literal["image", "text"] = Field("image", description='"image": search images, "text": captions.')
     num_images: int = Field(40, ge=1)
     num_result_ids: Optional[int] = Field(None, ge=1)
     indice_name: Optional[str] = None
     deduplicate: bool = False
+    use_safety_model: bool = False
+    use_violence_detector: bool = False
+    use_mclip: bool = False
+    # clip-retrieval's back end reads "" as unset, like None
+    aesthetic_score: Union[int, Literal[""], None] = None
+    aesthetic_weight: Union[float, Literal[""], None] = None
+
+    def ignored(self) -> list[str]:
+        """The fields this request sets that this server does not apply."""
+        out = [k for k in ("use_safety_model", "use_violence_detector", "use_mclip") if getattr(self, k)]
+        out += [k for k in ("aesthetic_score", "aesthetic_weight") if getattr(self, k) not in (None, "")]
+        return out
 
 
 class MetadataRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     ids: list[str] = Field(..., max_length=1000)
     indice_name: Optional[str] = None
+
+
+def any_json_body(model: type[BaseModel]):
+    """A dependency parsing the request body as JSON whatever its Content-Type, as
+    clip-retrieval's back end does (``get_json(force=True)``): its ``ClipClient`` posts
+    ``data=json.dumps(...)`` with no JSON content type. Invalid bodies get the usual 422."""
+    async def parse(request: Request) -> BaseModel:
+        raw = await request.body()
+        try:
+            data = json.loads(raw) if raw.strip() else {}
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "input": None,
+                                           "msg": f"the body is not valid JSON ({e})"}]) from None
+        try:
+            return model.model_validate(data)
+        except ValidationError as e:
+            errors = e.errors(include_url=False)
+            for err in errors:
+                err["loc"] = ("body", *err["loc"])
+            raise RequestValidationError(errors, body=data) from None
+
+    return parse
+
+
+def json_body_openapi(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` documenting a body read by :func:`any_json_body`."""
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
 def decode_base64_image(data: str) -> bytes:

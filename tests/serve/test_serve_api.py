@@ -159,8 +159,8 @@ def test_knn_service_is_clip_retrieval_compatible(served):
     r = c.post("/knn-service", json={"image_url": "http://127.0.0.1:9/x.jpg", "modality": "image", "num_images": 1})
     assert r.status_code == 400 and "disabled" in r.json()["detail"]  # URL fetching is off by default
     assert c.get("/indices-list").json() == ["idx"]
-    meta = c.post("/metadata", json={"ids": [items[0].id, "nope"]}).json()["metadatas"]
-    assert list(meta) == [items[0].id] and meta[items[0].id]["metadata"]["caption"] == items[0].captions[0]
+    meta = c.post("/metadata", json={"ids": [items[0].id, "nope"]}).json()  # clip_back's list of {id, metadata}
+    assert [m["id"] for m in meta] == [items[0].id] and meta[0]["metadata"]["caption"] == items[0].captions[0]
 
 
 def test_images_by_id_only(served):
@@ -216,6 +216,34 @@ def test_hardening_uploads_and_json(served, tmp_path):
     assert c.post("/api/search", json={"image": "not base64!!"}).status_code == 400
     assert c.post("/api/search", json={"text": "x", "filter": {"a\"b": 1}}).status_code == 400
     assert c.get("/healthz").status_code == 200  # still serving
+
+
+@pytest.mark.parametrize("path,body,field", [
+    ("/api/search", '{"text": "dog", "k": NaN}', "k"),
+    ("/api/search", '{"text": "dog", "image_id": "x", "weight": Infinity}', "weight"),
+    ("/api/search", '{"text": "dog", "image_id": "x", "weight": -Infinity}', "weight"),
+    ("/api/search", '{"text": "dog", "weight": NaN}', "weight"),
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "dog"}], "temperature": NaN}', "temperature"),
+    ("/api/chat/sessions", '{"description": "a dog", "k": Infinity}', "k"),
+    ("/knn-service", '{"text": "dog", "num_images": NaN}', "num_images"),
+])
+def test_nan_and_infinity_are_a_readable_422(served, path, body, field):
+    """Python's JSON parser takes NaN/Infinity; the 422 must still be JSON (it was an HTTP 500)."""
+    _, c, _ = served
+    r = c.post(path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    d = r.json()
+    message = d["error"]["message"] if path.startswith("/v1/") else d["message"]
+    assert message.startswith(field + ":"), message
+    assert any(err.get("input") in ("NaN", "Infinity", "-Infinity") for err in d["detail"]), d
+
+
+def test_knn_embedding_input_must_be_finite(served):
+    _, c, items = served
+    vec = c.app.state.mmrag.service.stored_vector(items[0].id).tolist()
+    body = json.dumps({"embedding_input": vec, "num_images": 1}).replace(str(vec[0]), "NaN", 1)
+    r = c.post("/knn-service", content=body)
+    assert r.status_code == 400 and "finite" in r.json()["detail"]
 
 
 def test_caption_with_evidence(served):

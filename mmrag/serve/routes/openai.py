@@ -108,7 +108,7 @@ async def chat_completions(body: ChatCompletionRequest, state: ServeState = Depe
     if not body.stream:
         return {"id": cid, "object": "chat.completion", "created": created, "model": body.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": ans.text},
-                             "finish_reason": "stop", "logprobs": None}],
+                             "finish_reason": ans.finish_reason, "logprobs": None}],
                 "usage": usage, "mmrag": extra}
 
     def chunk(delta: dict, finish: str | None = None) -> str:
@@ -124,7 +124,7 @@ async def chat_completions(body: ChatCompletionRequest, state: ServeState = Depe
         for i in range(0, len(words), 8):
             piece = " ".join(words[i:i + 8])
             yield chunk({"content": piece if i == 0 else " " + piece})
-        last = json.loads(chunk({}, "stop")[6:])
+        last = json.loads(chunk({}, ans.finish_reason)[6:])
         last["mmrag"] = extra
         yield "data: " + json.dumps(last, ensure_ascii=False) + "\n\n"
         yield "data: [DONE]\n\n"

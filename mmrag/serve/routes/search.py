@@ -1,11 +1,15 @@
 """Search: ``/api/search`` (JSON, multipart upload, GET) and clip-retrieval's ``/knn-service``.
 
-clip-retrieval compatibility (``clip-retrieval-front`` and its Python ``ClipClient``):
-``POST /knn-service`` takes ``text`` | ``image`` (base64) | ``image_url`` | ``embedding_input``,
-``modality`` (``"image"``: search images, ``"text"``: search captions), ``num_images`` and
-``deduplicate``, and answers a list of ``{"id", "similarity", "caption", "url", ...}``;
-``GET /indices-list`` and ``POST /metadata`` complete the set the front end calls. Image URLs are
-only fetched when the server allows it (``allow_url_fetch``, off by default).
+clip-retrieval compatibility (its Python ``ClipClient`` and ``clip-retrieval-front``; checked with
+the real client in tests/test_clients.py): ``POST /knn-service`` takes every field the client sends
+(see :class:`~mmrag.serve.schemas.KnnRequest`): ``text`` | ``image`` (base64) | ``image_url`` |
+``embedding_input``, ``modality`` (``"image"``: search images, ``"text"``: search captions),
+``num_images``, ``num_result_ids``, ``deduplicate``, ``indice_name``, and answers a list of
+``{"id", "similarity", "caption", "url", ...}``. Fields accepted but not applied here (safety and
+violence filters, mclip, aesthetic bias) are named in the ``X-Mmrag-Ignored`` response header.
+``GET /indices-list`` and ``POST /metadata`` (a list of ``{"id", "metadata"}``, as clip_back)
+complete the set. Bodies are JSON whatever their Content-Type, as clip_back reads them. Image URLs
+are only fetched when the server allows it (``allow_url_fetch``, off by default).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import time
 from typing import Any, Optional
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, Query as Q, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query as Q, Request, Response, UploadFile
 
 from mmrag.serve.app import ServeState, get_state
 from mmrag.serve.schemas import (
@@ -25,9 +29,11 @@ from mmrag.serve.schemas import (
     MetadataRequest,
     SearchRequest,
     SearchResponse,
+    any_json_body,
     decode_base64_image,
     hit_to_dict,
     image_links,
+    json_body_openapi,
 )
 from mmrag.serve.service import BadRequestError, NotFoundError, Query, public_metadata
 
@@ -148,8 +154,26 @@ def _deduplicate(state: ServeState, hits, target: str):
     return [hits[i] for i in keep]
 
 
-@router.post("/knn-service", tags=["clip-retrieval"], summary="clip-retrieval compatible k-NN search")
-async def knn_service(body: KnnRequest, request: Request, state: ServeState = Depends(get_state)) -> list[dict]:
+IGNORED_HEADER = "X-Mmrag-Ignored"
+
+
+def _check_indice(state: ServeState, name: Optional[str]) -> None:
+    served = state.service.index_dir.name
+    if name not in (None, "", served):
+        raise NotFoundError(f"unknown indice_name {name!r}; this server holds {served!r} (see /indices-list)")
+
+
+@router.post("/knn-service", tags=["clip-retrieval"], summary="clip-retrieval compatible k-NN search",
+             openapi_extra=json_body_openapi(KnnRequest),
+             description="The body is read as JSON whatever its Content-Type (clip-retrieval's ClipClient "
+                         "sends none). Fields this server accepts but does not apply are named in the "
+                         "response header " + IGNORED_HEADER + ".")
+async def knn_service(request: Request, response: Response, state: ServeState = Depends(get_state),
+                      body: KnnRequest = Depends(any_json_body(KnnRequest))) -> list[dict]:
+    _check_indice(state, body.indice_name)
+    ignored = body.ignored()
+    if ignored:  # accepted so clip-retrieval's defaults work, but never silently
+        response.headers[IGNORED_HEADER] = ", ".join(ignored)
     target = "images" if body.modality == "image" else "captions"
     image = None
     raw = None
@@ -164,7 +188,9 @@ async def knn_service(body: KnnRequest, request: Request, state: ServeState = De
         vector = np.asarray(body.embedding_input, np.float32)
         if vector.shape != (state.service.searcher.dim,):
             raise BadRequestError(f"embedding_input must have {state.service.searcher.dim} numbers, "
-                                  f"got {vector.shape[0]}")
+                                  f"got {vector.shape[0] if vector.ndim == 1 else vector.shape}")
+        if not np.all(np.isfinite(vector)):
+            raise BadRequestError("embedding_input must hold finite numbers (no NaN or Infinity)")
     if body.text is None and image is None and vector is None:
         raise BadRequestError("give one of text, image, image_url or embedding_input")
     # a ready embedding wins; otherwise text and/or image (equal weights when both are given)
@@ -190,19 +216,24 @@ def indices_list(state: ServeState = Depends(get_state)) -> list[str]:
     return [state.service.index_dir.name]
 
 
-@router.post("/metadata", tags=["clip-retrieval"], summary="Metadata of images by id")
-def metadata(body: MetadataRequest, request: Request, state: ServeState = Depends(get_state)) -> dict:
+@router.post("/metadata", tags=["clip-retrieval"], summary="Metadata of images by id",
+             openapi_extra=json_body_openapi(MetadataRequest),
+             description="clip-retrieval's shape: a list of {id, metadata} for the ids found (unknown ids "
+                         "are left out). The body is read as JSON whatever its Content-Type.")
+def metadata(request: Request, state: ServeState = Depends(get_state),
+             body: MetadataRequest = Depends(any_json_body(MetadataRequest))) -> list[dict]:
+    _check_indice(state, body.indice_name)
     base = str(request.base_url).rstrip("/")
-    metas = state.service.searcher.metadata(body.ids)
-    out = {}
+    metas = state.service.searcher.metadata(body.ids) if body.ids else []
+    out = []
     for i, m in zip(body.ids, metas):
         if m is None:
             continue
         pub = public_metadata(m)
         caps = pub.get("captions") or []
         url, _ = image_links(i)
-        out[i] = {"metadata": {**pub, "caption": caps[0] if caps else "", "url": base + url}}
-    return {"metadatas": out}
+        out.append({"id": i, "metadata": {**pub, "caption": caps[0] if caps else "", "url": base + url}})
+    return out
 
 
 __all__ = ["router", "read_upload", "run_search", "NotFoundError"]
