@@ -207,7 +207,7 @@ def test_openai_sdk_finish_reason_length_when_max_tokens_cuts(server, oai):
 
 
 def _readme_snippet(marker: str) -> str:
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
     found = [b for b in blocks if marker in b]
     assert len(found) == 1, f"README has {len(found)} python blocks with {marker!r}"
