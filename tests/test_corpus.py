@@ -204,12 +204,14 @@ def test_folder_reader_policies(messy_folder):
     by_id = {it.id: it for it in c.items}
     assert by_id["b.jpg"].captions == ["a red square", "second caption"]
     assert by_id["a/x.jpeg"].captions == []
-    # Bad sidecar: image kept, text decoded with replacement, and recorded.
+    # Bad sidecar: image kept, text decoded with replacement, and recorded as a warning (the
+    # image is not skipped, so it is not counted as skipped).
     assert by_id["latin.jpg"].captions == ["caf\ufffd au lait"]
+    warned = {Path(s.source).name: s.reason for s in c.warnings}
+    assert "not valid UTF-8" in warned["latin.txt"] and "image kept" in warned["latin.txt"]
+    assert set(warned) == {"latin.txt"}
     reasons = {Path(s.source).name: s.reason for s in c.skipped}
-    assert "not valid UTF-8" in reasons["latin.txt"] and "image kept" in reasons["latin.txt"]
-    assert reasons["empty.jpg"] == "empty file (0 bytes)"
-    assert set(reasons) == {"latin.txt", "empty.jpg"}
+    assert reasons == {"empty.jpg": "empty file (0 bytes)"}
     assert c.root == messy_folder and c.name == "photos"
     assert detect_kind(messy_folder) == "folder"
     assert [it.id for it in read_corpus("auto", messy_folder, limit=2).items] == ids[:2]

@@ -97,7 +97,7 @@ def test_ray_engine_builds_the_sequential_index(corpus_file, effnet_minilm, ray_
     par = build_index(corpus, tmp_path / "ray", effnet_minilm,
                       IndexConfig(batch_size=4, progress=False, engine="ray", shard_size=3))
     assert seq.as_dict() == par.as_dict()
-    assert par.added == N_IMAGES and par.duplicates == 1 and len(par.skipped) == 2
+    assert par.added == N_IMAGES and len(par.duplicates) == 1 and len(par.skipped) == 1
     a, b = _contents(tmp_path / "seq"), _contents(tmp_path / "ray")
     _assert_same_index(a, b)
     assert any("duplicate of" in r for _, r in b["skipped"])

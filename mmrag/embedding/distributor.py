@@ -50,20 +50,20 @@ class SequentialDistributor:
             desc="embedding", on_progress=None) -> list[dict]:
         if not records:
             return []
-        runner = runner_cls(**runner_kwargs, encoder=encoder, writer=writer)
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(records), desc=desc, unit="img", file=sys.stderr)
+        # the bar moves per embedding mini-batch (the mapper reports), not per committed batch
         out = []
         try:
+            runner = runner_cls(**runner_kwargs, encoder=encoder, writer=writer,
+                                on_rows=bar.update if bar is not None else None)
             for a in range(0, len(records), batch_size):
                 part = records[a : a + batch_size]
                 res = runner(rows_batch(part))
                 out.extend(dict(zip(res, vals)) for vals in zip(*(v.tolist() for v in res.values())))
-                if bar is not None:
-                    bar.update(len(part))
                 if on_progress is not None:
                     on_progress(a + len(part), len(records))
         finally:
