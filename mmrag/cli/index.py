@@ -60,12 +60,12 @@ def index(
     out.print(f"[bold]{escape(str(out_dir))}[/]: +{d['added']} images (+{d['captions_added']} captions), "
               f"{d['updated']} updated, {d['removed']} removed; {d['already_indexed']} unchanged, "
               f"{d['duplicates']} duplicates, {d['skipped']} skipped, {d['warnings']} warnings; "
-              f"total {d['total_images']} images, {d['total_captions']} captions", highlight=False)
+              f"total {d['total_images']} images, {d['total_captions']} captions", highlight=False, soft_wrap=True)
     shown = 0
     for label, key in (("skipped", "skipped_reasons"), ("duplicate", "duplicate_reasons"), ("warning", "warning_reasons")):
         for s in d[key]:
             if shown < 20:
-                out.print(f"  {label} {escape(s['source'])}: {escape(_short(s['reason']))}", highlight=False)
+                out.print(f"  {label} {escape(s['source'])}: {escape(_short(s['reason']))}", highlight=False, soft_wrap=True)
             shown += 1
     if shown > 20:
         out.print(f"  ... and {shown - 20} more (see {escape(str(out_dir))}/skipped.jsonl)", highlight=False)
