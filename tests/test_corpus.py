@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import resource
 import struct
 import sys
@@ -526,3 +527,20 @@ def test_sample_photos_without_scikit_image(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "skimage.data", None)
     with pytest.raises(CorpusError, match="pip install scikit-image"):
         sample_photos_corpus(tmp_path)
+
+
+def test_one_cache_root(tmp_path, monkeypatch):
+    """Every cache follows $MMRAG_CACHE (mmrag.paths.cache_dir): the samples, the caption
+    datastore, the embedding caches; no module spells its own ~/.cache."""
+    from mmrag.corpus.samples import default_samples_dir
+    from mmrag.retrieval.cache import embeddings_dir
+    from mmrag.retrieval.datastore import _default_cache_dir
+
+    monkeypatch.setenv("MMRAG_CACHE", str(tmp_path / "cache"))
+    for d in (default_samples_dir(), _default_cache_dir(), embeddings_dir()):
+        assert Path(d).is_relative_to(tmp_path / "cache"), d
+    pkg = Path(__file__).resolve().parents[1] / "mmrag"
+    spelled = re.compile(r"""[~/"']\.cache\b|XDG_CACHE_HOME""")
+    own = [str(p.relative_to(pkg)) for p in pkg.rglob("*.py")
+           if p.name != "paths.py" and spelled.search(p.read_text(encoding="utf-8"))]
+    assert own == [], f"modules choosing their own cache folder: {own}"
