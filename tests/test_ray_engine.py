@@ -25,8 +25,12 @@ N_IMAGES = 10
 
 @pytest.fixture(scope="module")
 def ray_runtime():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20,
-             configure_logging=False)
+    # start_ray retries a local start that times out (Ray waits a fixed 30 s for its raylet,
+    # which a busy 2-core machine can exceed); one runtime for the whole module
+    from mmrag.embedding.distributor import start_ray
+
+    start_ray(None, attempts=4, num_cpus=2, include_dashboard=False, log_to_driver=False,
+              object_store_memory=200 * 2**20, configure_logging=False)
     yield
     ray.shutdown()
 
