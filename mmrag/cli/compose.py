@@ -72,6 +72,10 @@ def compose(
 
             rep = ingest_documents(documents, ingest, enc, captioner=captioner, progress=True)
             err.print(f"ingested into {ingest}: {rep}")
+    if documents is not None:  # a first run embeds every chunk (minutes on a big folder): show it
+        from mmrag.tasks.imageref.insertion import default_text_embedder
+
+        default_text_embedder().progress = True
     c = compose_answer(query, documents=documents, index=index, config=cfg, captioner=captioner)
     for s in c.skipped:
         err.print(f"[yellow]image left out[/] {s['image']}: {s['reason']}")

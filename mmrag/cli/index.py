@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from mmrag.cli.common import (
     BridgeOpt, CorpusArg, DataDirAlias, DatasetAlias, EncoderModelOpt, EncoderOpt, KindOpt, SplitOpt,
@@ -29,6 +30,8 @@ def index(
     engine: str = typer.Option("sequential", help="Embedding engine: sequential (this process) or ray (Ray Data actors, shards under <out>/embeddings)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="ray: cluster address ('auto', 'ray://head:10001'); default: a local Ray runtime."),
     batch_size: int = typer.Option(256, help="Images per committed batch (the unit of resume)."),
+    prune: bool = typer.Option(True, "--prune/--no-prune", help="Remove indexed images whose file under PATH is gone (--no-prune keeps them)."),
+    wait: bool = typer.Option(False, "--wait", help="If another process is writing this index, wait for it instead of refusing."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     dataset: DatasetAlias = None,
     data_dir: DataDirAlias = None,
@@ -54,15 +57,24 @@ def index(
     if store_uri:
         opts["uri"] = store_uri if "://" in store_uri else str(Path(store_uri).expanduser().resolve())
     rep = build_index(c, out_dir, enc, IndexConfig(batch_size=batch_size, backend=store, backend_options=opts,
-                                                   engine=engine, ray_address=ray_address))
+                                                   engine=engine, ray_address=ray_address, prune=prune, wait=wait))
     d = rep.as_dict()
     if as_json:
         print(json.dumps(d, indent=2, ensure_ascii=False))
         return
-    out.print(f"[bold]{out_dir}[/]: +{d['added']} images (+{d['captions_added']} captions); "
-              f"{d['already_indexed']} already indexed, {d['duplicates']} duplicates, {d['skipped']} skipped; "
-              f"total {d['total_images']} images, {d['total_captions']} captions")
-    for s in d["skipped_reasons"][:20]:
-        out.print(f"  skipped {s['source']}: {s['reason']}")
-    if d["skipped"] > 20:
-        out.print(f"  ... and {d['skipped'] - 20} more (see {out_dir}/skipped.jsonl)")
+    out.print(f"[bold]{escape(str(out_dir))}[/]: +{d['added']} images (+{d['captions_added']} captions), "
+              f"{d['updated']} updated, {d['removed']} removed; {d['already_indexed']} unchanged, "
+              f"{d['duplicates']} duplicates, {d['skipped']} skipped, {d['warnings']} warnings; "
+              f"total {d['total_images']} images, {d['total_captions']} captions", highlight=False, soft_wrap=True)
+    shown = 0
+    for label, key in (("skipped", "skipped_reasons"), ("duplicate", "duplicate_reasons"), ("warning", "warning_reasons")):
+        for s in d[key]:
+            if shown < 20:
+                out.print(f"  {label} {escape(s['source'])}: {escape(_short(s['reason']))}", highlight=False, soft_wrap=True)
+            shown += 1
+    if shown > 20:
+        out.print(f"  ... and {shown - 20} more (see {escape(str(out_dir))}/skipped.jsonl)", highlight=False)
+
+
+def _short(text: str, width: int = 300) -> str:
+    return text if len(text) <= width else text[: width - 1] + "\u2026"

@@ -27,14 +27,19 @@ def info(index_dir: Path = typer.Option(..., "--index", "-i"), as_json: bool = t
 def remove(
     ids: list[str] = typer.Argument(..., help="Image ids to delete (as shown by search)."),
     index_dir: Path = typer.Option(..., "--index", "-i"),
+    wait: bool = typer.Option(False, "--wait", help="If another process is writing this index, wait for it instead of refusing."),
 ):
     """Delete images (and their captions) from an index, without a rebuild."""
-    from mmrag.index.collection import Collection
+    from mmrag.index.collection import Collection, IndexManifest, write_lock
 
-    c = Collection.open(index_dir)
-    n_img, n_cap = c.remove(ids)
-    c.save()
-    c.close()
+    IndexManifest.load(index_dir)  # not an index: say so before creating a lock file in it
+    with write_lock(index_dir, wait=wait):
+        c = Collection.open(index_dir)
+        try:
+            n_img, n_cap = c.remove(ids)
+            c.save()
+        finally:
+            c.close()
     out.print(f"removed {n_img} images and {n_cap} captions")
     if n_img < len(ids):
         err.print(f"[yellow]{len(ids) - n_img} of the ids were not in the index[/]")

@@ -15,6 +15,15 @@ from mmrag.cli.common import (
 )
 
 
+MAX_CELL = 200  # characters of a caption shown in the table (--json gives the whole field)
+
+
+def _short(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters with an ellipsis: a long field must not flood the terminal."""
+    text = " ".join(text[: width * 2].split())  # also folds newlines, which would break the row
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
 def _print_hits(hits, target: str) -> None:
     t = Table(show_header=True, header_style="bold")
     t.add_column("#", justify="right")
@@ -23,7 +32,7 @@ def _print_hits(hits, target: str) -> None:
     t.add_column("caption" if target == "images" else "text")
     for i, h in enumerate(hits, 1):
         text = h.metadata.get("text") if target == "captions" else (h.metadata.get("captions") or [""])[0]
-        t.add_row(str(i), f"{h.score:.3f}", h.id, text or "")
+        t.add_row(str(i), f"{h.score:.3f}", _short(h.id, 120), _short(text or "", MAX_CELL))
     out.print(t)
 
 

@@ -32,12 +32,14 @@ class Skipped:
 
 @dataclass
 class Corpus:
-    """The items a reader produced plus what it had to skip."""
+    """The items a reader produced, what it had to skip, and what it kept with a warning
+    (e.g. an image whose caption file could not be decoded: the image is indexed)."""
 
     name: str
     root: Path
     items: list[CorpusItem]
     skipped: list[Skipped] = field(default_factory=list)
+    warnings: list[Skipped] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.items)

@@ -32,8 +32,8 @@ Policies shared by every reader:
   :class:`CorpusError` naming the file, the byte offset and the line, because a wrongly
   encoded manifest is a problem with the whole file, not with one row.
 * Caption sidecars of the ``folder`` reader are the exception: one badly encoded sidecar should
-  not lose the image, so it is decoded with ``errors="replace"`` and *also* recorded in
-  ``skipped`` (source = the sidecar, reason says so) while the image is kept.
+  not lose the image, so it is decoded with ``errors="replace"`` and recorded in ``warnings``
+  (source = the sidecar, reason says so) while the image is kept; so is an unreadable sidecar.
 * In JSONL manifests a line that is not valid JSON, or a row without ``image``, is skipped with
   its line number in ``skipped``; it is not fatal.
 * Captions are stripped and empty ones dropped; their order is kept.
@@ -226,16 +226,16 @@ def _split_hint(requested: str | None, available: Iterable[str | None]) -> str:
 # --------------------------------------------------------------------------- folder
 
 
-def _read_sidecar(path: Path, skipped: list[Skipped]) -> list[str]:
+def _read_sidecar(path: Path, warnings: list[Skipped]) -> list[str]:
     try:
         data = path.read_bytes()
     except OSError as e:
-        skipped.append(Skipped(str(path), f"caption file unreadable ({e.strerror or e})"))
+        warnings.append(Skipped(str(path), f"caption file unreadable ({e.strerror or e})"))
         return []
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        skipped.append(
+        warnings.append(
             Skipped(
                 str(path),
                 f"caption file not valid UTF-8 at byte {e.start}; read with replacement "
@@ -277,7 +277,7 @@ def read_folder(
     for item in corpus.items:  # sidecars only for the items kept (limit makes this cheap)
         side = item.path.with_suffix(".txt")
         if side.is_file():
-            item.captions = _read_sidecar(side, corpus.skipped)
+            item.captions = _read_sidecar(side, corpus.warnings)
             item.metadata["caption_file"] = side.relative_to(root).as_posix()
     return corpus
 

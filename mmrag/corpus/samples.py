@@ -23,8 +23,10 @@ INSTALL_HINT = "pip install scikit-image  (or: pip install 'mmrag[quickstart]')"
 
 
 def default_samples_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mmrag" / "samples"
+    """``mmrag.paths.cache_dir()/samples`` (follows ``$MMRAG_CACHE``, like every other cache)."""
+    from mmrag.paths import cache_dir
+
+    return cache_dir() / "samples"
 
 
 def sample_captions() -> dict[str, list[str]]:
@@ -56,7 +58,7 @@ def _to_rgb(arr: np.ndarray) -> Image.Image:
 
 def sample_photos_corpus(out_dir: str | os.PathLike | None = None) -> Corpus:
     """Write the sample photos as JPEGs (plus ``name.txt`` caption sidecars, so the folder is
-    also a valid ``folder`` corpus) into ``out_dir`` (default ``~/.cache/mmrag/samples``) and
+    also a valid ``folder`` corpus) into ``out_dir`` (default :func:`default_samples_dir`) and
     return them as a corpus. Files already there are reused. A photo that the installed
     scikit-image cannot load offline is left out and listed in ``skipped``."""
     try:

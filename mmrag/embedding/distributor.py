@@ -50,20 +50,20 @@ class SequentialDistributor:
             desc="embedding", on_progress=None) -> list[dict]:
         if not records:
             return []
-        runner = runner_cls(**runner_kwargs, encoder=encoder, writer=writer)
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(records), desc=desc, unit="img", file=sys.stderr)
+        # the bar moves per embedding mini-batch (the mapper reports), not per committed batch
         out = []
         try:
+            runner = runner_cls(**runner_kwargs, encoder=encoder, writer=writer,
+                                on_rows=bar.update if bar is not None else None)
             for a in range(0, len(records), batch_size):
                 part = records[a : a + batch_size]
                 res = runner(rows_batch(part))
                 out.extend(dict(zip(res, vals)) for vals in zip(*(v.tolist() for v in res.values())))
-                if bar is not None:
-                    bar.update(len(part))
                 if on_progress is not None:
                     on_progress(a + len(part), len(records))
         finally:
@@ -88,6 +88,26 @@ def _probe(address: str | None, timeout: float = 5.0) -> None:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as e:
         raise MmragError(f"cannot start or reach Ray at {address}: {e}") from None
+
+
+def start_ray(address: str | None = None, attempts: int = 3, **kw) -> None:
+    """``ray.init(address, **kw)``, retried when a *local* runtime times out starting up.
+
+    Ray waits a fixed 30 s for its raylet to register ("The current node timed out during
+    startup"); on a loaded 2-core machine that is not always enough, and a second try after a
+    clean shutdown usually is. Other errors (a bad address, a cluster that is down) are raised
+    at once."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address, **kw)
+            return
+        except Exception as e:
+            if address is not None or "timed out during startup" not in str(e) or attempt == attempts:
+                raise
+            logging.getLogger(__name__).warning("Ray start-up timed out (try %d of %d); retrying", attempt, attempts)
+            ray.shutdown()
 
 
 @DISTRIBUTORS.register("ray")
@@ -136,7 +156,7 @@ class RayDistributor:
                 if self.object_store_memory:
                     kw["object_store_memory"] = int(self.object_store_memory)
             try:
-                ray.init(address=self.address, **kw)
+                start_ray(self.address, **kw)
             except Exception as e:  # ConnectionError, bad address, ...
                 raise MmragError(f"cannot start or reach Ray at {self.address or 'a local runtime'}: {e}") from None
             started = True

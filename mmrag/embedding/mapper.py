@@ -44,9 +44,11 @@ class EmbeddingMapper:
     """
 
     def __init__(self, encoder: Encoder | None = None, encoder_name: str = "effnet-minilm",
-                 encoder_options: dict[str, Any] | None = None, embed_batch_size: int = 32):
+                 encoder_options: dict[str, Any] | None = None, embed_batch_size: int = 32,
+                 on_rows: Callable[[int], None] | None = None):
         self.encoder = encoder or create_encoder(encoder_name, **(encoder_options or {}))
         self.embed_batch_size = embed_batch_size
+        self.on_rows = on_rows  # called with how many rows were just done (a progress bar's update)
 
     def __call__(self, rows: list[dict], admit: Admit | None = None) -> MappedBatch:
         """Hash every file, then embed the readable ones -- or only those ``admit`` returns
@@ -60,13 +62,20 @@ class EmbeddingMapper:
                 errors[i] = f"cannot read file ({e.strerror or e})"
         keep = admit(rows, sha, errors) if admit is not None else [i for i in range(len(rows)) if not errors[i]]
         img = np.zeros((len(rows), dim), np.float32)
-        if keep:
-            vecs, errs = self.encoder.embed_images_safe([Path(rows[i]["source"]) for i in keep],
-                                                        batch_size=self.embed_batch_size)
-            img[keep] = vecs
+        if self.on_rows is not None and len(rows) > len(keep):
+            self.on_rows(len(rows) - len(keep))  # not embedded: done
+        # one mini-batch at a time (what embed_images_safe does inside anyway), so progress
+        # moves per mini-batch rather than per committed batch
+        step = max(1, self.embed_batch_size)
+        for a in range(0, len(keep), step):
+            part = keep[a : a + step]
+            vecs, errs = self.encoder.embed_images_safe([Path(rows[i]["source"]) for i in part], batch_size=step)
+            img[part] = vecs
             for j, reason in errs.items():
-                errors[keep[j]] = reason
-                img[keep[j]] = 0.0
+                errors[part[j]] = reason
+                img[part[j]] = 0.0
+            if self.on_rows is not None:
+                self.on_rows(len(part))
         texts, n_caps = [], [0] * len(rows)
         for i in keep:
             if not errors[i]:

@@ -51,10 +51,10 @@ class EmbeddingRunner:
 
     def __init__(self, out_folder: str | None = None, encoder_name: str = "effnet-minilm",
                  encoder_options: dict[str, Any] | None = None, embed_batch_size: int = 32,
-                 encoder=None, writer=None):
+                 encoder=None, writer=None, on_rows=None):
         if writer is None and out_folder is None:
             raise ValueError("give an out_folder (shards) or a writer")
-        self.mapper = EmbeddingMapper(encoder, encoder_name, encoder_options, embed_batch_size)
+        self.mapper = EmbeddingMapper(encoder, encoder_name, encoder_options, embed_batch_size, on_rows)
         self.writer = writer if writer is not None else ShardWriter(out_folder)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -71,7 +71,8 @@ class EmbeddingRunner:
 def _fingerprint(records: Sequence[dict]) -> str:
     h = hashlib.sha256()
     for r in records:
-        h.update(f"{r['index']}\0{r['id']}\0{r['path']}\n".encode("utf-8"))
+        # the metadata holds the file's size and mtime: a changed file invalidates old shards
+        h.update(f"{r['index']}\0{r['id']}\0{r['path']}\0{r['metadata']}\n".encode("utf-8"))
     return h.hexdigest()
 
 

@@ -24,14 +24,16 @@ from typing import Sequence
 
 import numpy as np
 
-try:  # declared dependencies; checked when a tokenizer is built so the encoder stays registered
-    import ftfy
-    import regex
-except ImportError as _e:  # pragma: no cover - broken install
-    ftfy = regex = None  # type: ignore[assignment]
-    _IMPORT_ERROR: ImportError | None = _e
-else:
-    _IMPORT_ERROR = None
+
+def _deps():
+    """(ftfy, regex), imported on first use: declared dependencies, but ftfy alone costs ~0.1-0.4 s
+    of every command's start-up, and only CLIP tokenisation needs them."""
+    try:
+        import ftfy
+        import regex
+    except ImportError as e:  # pragma: no cover - broken install
+        raise ModelUnavailableError(f"the CLIP tokenizer needs ftfy and regex ({e}); pip install ftfy regex") from None
+    return ftfy, regex
 
 from mmrag.errors import ModelUnavailableError
 
@@ -65,7 +67,7 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def basic_clean(text: str) -> str:
-    text = ftfy.fix_text(text)
+    text = _deps()[0].fix_text(text)
     text = html.unescape(html.unescape(text))
     return text.strip()
 
@@ -109,10 +111,7 @@ class ClipTokenizer:
         sot_token: str = SOT_TOKEN,
         eot_token: str = EOT_TOKEN,
     ):
-        if _IMPORT_ERROR is not None:
-            raise ModelUnavailableError(
-                f"the CLIP tokenizer needs ftfy and regex ({_IMPORT_ERROR}); pip install ftfy regex"
-            )
+        regex = _deps()[1]
         self.encoder = dict(encoder)
         self.bpe_ranks = {tuple(m): i for i, m in enumerate(merges)}
         self.byte_encoder = bytes_to_unicode()

@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from mmrag.encoders.base import l2_normalize, progress_bar
+from mmrag.encoders.base import l2_normalize
 from mmrag.errors import ModelUnavailableError
 
 log = logging.getLogger(__name__)
@@ -221,8 +222,19 @@ class _OnnxMiniLM:
             return self._run(encodings)
         out = np.empty((len(texts), self.dim), np.float32)
         chunks = _length_chunks([len(e.ids) for e in encodings], batch_size)
-        for rows in progress_bar(chunks, len(chunks), "embedding texts", progress):
-            out[rows] = self._run([encodings[i] for i in rows])
+        bar = None
+        if progress:  # counted in texts, not batches: the longest batches come first and are slow
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(texts), desc="embedding texts", unit="text", leave=False, file=sys.stderr)
+        try:
+            for rows in chunks:
+                out[rows] = self._run([encodings[i] for i in rows])
+                if bar is not None:
+                    bar.update(len(rows))
+        finally:
+            if bar is not None:
+                bar.close()
         return out
 
 

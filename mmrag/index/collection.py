@@ -4,7 +4,10 @@
       manifest.json      encoder name + options, dim, backend, counts (written atomically)
       images/            VectorStore: one row per unique image (id = corpus item id)
       captions/          VectorStore: one row per caption (id = "<image id>#<k>")
-      skipped.jsonl      every input left out, with the reason (appended as they happen)
+      skipped.jsonl      every input left out or warned about: {source, reason, kind, time}, kind
+                         "skipped" (not indexed), "duplicate" (same bytes as an indexed image) or
+                         "warning" (indexed, with a problem: e.g. an unreadable caption file)
+      .lock              held (fcntl.flock) by the one process writing the index; holds its pid
 
 Both stores commit each batch durably, so indexing that is killed at any point resumes from the
 last committed batch when run again (images already present are not embedded twice).
@@ -12,16 +15,50 @@ last committed batch when run again (images already present are not embedded twi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from mmrag.index.base import VectorStore, open_store
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
+SKIP_KINDS = ("skipped", "duplicate", "warning")
+
+
+@contextlib.contextmanager
+def write_lock(root: str | Path, wait: bool = False) -> Iterator[None]:
+    """Hold the index directory's write lock for the block: one writer at a time, so the
+    manifest and the stores never come from two interleaved runs. Another holder makes this
+    raise IndexError_ naming its pid, or, with ``wait``, block until it is done. An OS lock
+    (flock): it goes away with the process, so a killed writer leaves no stale lock."""
+    import fcntl
+
+    from mmrag.errors import IndexError_
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            raise IndexError_(f"{root} is being written by another process (pid {holder}); "
+                              "wait for it to finish, or pass --wait to queue behind it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # before the unlock: a waiter then writes its own pid
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def caption_id(image_id: str, k: int) -> str:
@@ -115,9 +152,12 @@ class Collection:
         root = Path(root)
         return cls(root, IndexManifest.load(root))
 
-    def record_skipped(self, source: str, reason: str) -> None:
+    def record_skipped(self, source: str, reason: str, kind: str = "skipped") -> None:
+        """Append to skipped.jsonl; ``kind`` is one of :data:`SKIP_KINDS`."""
+        if kind not in SKIP_KINDS:
+            raise ValueError(f"kind must be one of {SKIP_KINDS}, got {kind!r}")
         with open(self.root / "skipped.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"source": source, "reason": reason, "time": time.time()}) + "\n")
+            f.write(json.dumps({"source": source, "reason": reason, "kind": kind, "time": time.time()}) + "\n")
 
     def skipped(self) -> list[dict]:
         p = self.root / "skipped.jsonl"
@@ -126,10 +166,21 @@ class Collection:
         out = []
         for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                out.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a crash mid-append
+            if "kind" not in row:  # written before kinds existed
+                row["kind"] = "duplicate" if str(row.get("reason", "")).startswith("duplicate of ") else "skipped"
+            out.append(row)
         return out
+
+    def skip_counts(self) -> dict[str, int]:
+        """Distinct sources per kind in skipped.jsonl (a rerun that meets the same broken file
+        again appends it again; it is still one file)."""
+        seen: dict[str, set[str]] = {k: set() for k in SKIP_KINDS}
+        for row in self.skipped():
+            seen.setdefault(row["kind"], set()).add(row.get("source", ""))
+        return {k: len(v) for k, v in seen.items()}
 
     def remove(self, image_ids: list[str]) -> tuple[int, int]:
         """Delete images and their captions (no rebuild). Returns (images, captions) removed."""
@@ -159,7 +210,7 @@ class Collection:
             "backend": self.manifest.backend,
             "images": self.images.count(),
             "captions": self.captions.count(),
-            "skipped": len(self.skipped()),
+            **{("skipped" if k == "skipped" else k + "s"): n for k, n in self.skip_counts().items()},
             "sources": self.manifest.sources,
         }
         for name, store in (("images_store", self.images), ("captions_store", self.captions)):

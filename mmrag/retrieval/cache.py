@@ -141,8 +141,10 @@ class CachedTextEmbedder:
     the sha1 of each text in ``embeddings/texts_<model_key>.npz``, rewritten atomically when new
     texts were embedded (at most once a minute, and at exit)."""
 
-    def __init__(self, embedder, model_key: str = "all-MiniLM-L6-v2", path: str | Path | None = None):
+    def __init__(self, embedder, model_key: str = "all-MiniLM-L6-v2", path: str | Path | None = None,
+                 progress: bool = False):
         self.embedder = embedder
+        self.progress = progress  # what embed(progress=None) does: a command line turns it on
         self.path = Path(path) if path else embeddings_dir() / f"texts_{_safe(model_key)}.npz"
         self._vectors: dict[str, np.ndarray] = {}
         self._dirty = False
@@ -160,10 +162,14 @@ class CachedTextEmbedder:
     def key(text: str) -> str:
         return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
-    def embed(self, texts: Sequence[str], batch_size: int = 128, progress: bool = False) -> np.ndarray:
+    def embed(self, texts: Sequence[str], batch_size: int = 128, progress: bool | None = None) -> np.ndarray:
         texts = list(texts)
         keys = [self.key(t) for t in texts]
         todo = sorted({k: t for k, t in zip(keys, texts) if k not in self._vectors}.items())
+        progress = self.progress if progress is None else progress
+        if progress and len(todo) > batch_size:  # a first run over many texts takes minutes: say so once
+            print(f"embedding {len(todo):,} texts not embedded before; cached in {self.path} for next time",
+                  file=sys.stderr, flush=True)
         if todo:
             vecs = self.embedder.embed([t for _, t in todo], batch_size=batch_size, progress=progress)
             for (k, _), v in zip(todo, vecs):

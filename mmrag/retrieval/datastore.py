@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -185,6 +186,10 @@ class CaptionDatastore:
                         return ds
                 except (DatastoreError, OSError, ValueError, KeyError):
                     pass  # a damaged cache is rebuilt
+        if progress:  # minutes on a small CPU: say what is being built, and that it happens once
+            where = f"; cached in {cache_file.parent}" if cache_file is not None else " (not cached)"
+            print(f"building the caption datastore ({corpus.name}{' ' + split if split else ''}, "
+                  f"{len(texts):,} captions) once{where}", file=sys.stderr, flush=True)
         ds = cls.from_texts(encoder, texts, ids, info=info, image_paths=paths, progress=progress)
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import resource
 import struct
 import sys
@@ -204,12 +205,14 @@ def test_folder_reader_policies(messy_folder):
     by_id = {it.id: it for it in c.items}
     assert by_id["b.jpg"].captions == ["a red square", "second caption"]
     assert by_id["a/x.jpeg"].captions == []
-    # Bad sidecar: image kept, text decoded with replacement, and recorded.
+    # Bad sidecar: image kept, text decoded with replacement, and recorded as a warning (the
+    # image is not skipped, so it is not counted as skipped).
     assert by_id["latin.jpg"].captions == ["caf\ufffd au lait"]
+    warned = {Path(s.source).name: s.reason for s in c.warnings}
+    assert "not valid UTF-8" in warned["latin.txt"] and "image kept" in warned["latin.txt"]
+    assert set(warned) == {"latin.txt"}
     reasons = {Path(s.source).name: s.reason for s in c.skipped}
-    assert "not valid UTF-8" in reasons["latin.txt"] and "image kept" in reasons["latin.txt"]
-    assert reasons["empty.jpg"] == "empty file (0 bytes)"
-    assert set(reasons) == {"latin.txt", "empty.jpg"}
+    assert reasons == {"empty.jpg": "empty file (0 bytes)"}
     assert c.root == messy_folder and c.name == "photos"
     assert detect_kind(messy_folder) == "folder"
     assert [it.id for it in read_corpus("auto", messy_folder, limit=2).items] == ids[:2]
@@ -524,3 +527,20 @@ def test_sample_photos_without_scikit_image(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "skimage.data", None)
     with pytest.raises(CorpusError, match="pip install scikit-image"):
         sample_photos_corpus(tmp_path)
+
+
+def test_one_cache_root(tmp_path, monkeypatch):
+    """Every cache follows $MMRAG_CACHE (mmrag.paths.cache_dir): the samples, the caption
+    datastore, the embedding caches; no module spells its own ~/.cache."""
+    from mmrag.corpus.samples import default_samples_dir
+    from mmrag.retrieval.cache import embeddings_dir
+    from mmrag.retrieval.datastore import _default_cache_dir
+
+    monkeypatch.setenv("MMRAG_CACHE", str(tmp_path / "cache"))
+    for d in (default_samples_dir(), _default_cache_dir(), embeddings_dir()):
+        assert Path(d).is_relative_to(tmp_path / "cache"), d
+    pkg = Path(__file__).resolve().parents[1] / "mmrag"
+    spelled = re.compile(r"""[~/"']\.cache\b|XDG_CACHE_HOME""")
+    own = [str(p.relative_to(pkg)) for p in pkg.rglob("*.py")
+           if p.name != "paths.py" and spelled.search(p.read_text(encoding="utf-8"))]
+    assert own == [], f"modules choosing their own cache folder: {own}"

@@ -44,9 +44,13 @@ def test_index_messy_folder_and_search(effnet_minilm, messy_folder, tmp_path):
     rep = build_index(corpus, out, effnet_minilm, IndexConfig(batch_size=8, progress=False))
     d = rep.as_dict()
     reasons = {Path(s["source"]).name: s["reason"] for s in d["skipped_reasons"]}
-    assert {"corrupt.jpg", "notes.jpg", "copy_of_first.jpg"} <= set(reasons), reasons
-    assert "duplicate" in reasons["copy_of_first.jpg"]
-    assert d["duplicates"] == 1
+    assert {"corrupt.jpg", "notes.jpg"} <= set(reasons), reasons
+    assert "copy_of_first.jpg" not in reasons  # a duplicate is counted as one, not as skipped
+    # the reason does not repeat the path the report already names
+    assert reasons["notes.jpg"] == "not an image or unsupported format", reasons
+    dups = {Path(s["source"]).name: s["reason"] for s in d["duplicate_reasons"]}
+    assert list(dups) == ["copy_of_first.jpg"] and "duplicate of" in dups["copy_of_first.jpg"]
+    assert d["duplicates"] == 1 and d["warnings"] == 0
     n_good = 14 + ("truncated.jpg" not in reasons)  # PIL may or may not decode a partial JPEG
     assert d["total_images"] == d["added"] == n_good
     assert d["total_captions"] > 14 * 2
@@ -92,8 +96,7 @@ def test_shard_path_commits_like_the_local_path(effnet_minilm, messy_folder, tmp
     corpus = read_corpus("folder", messy_folder)
     local = build_index(corpus, tmp_path / "local", effnet_minilm, IndexConfig(batch_size=64, progress=False))
     assert not (tmp_path / "local" / "embeddings").exists()
-    reasons = dict(local.skipped)
-    assert reasons[str(messy_folder / "corrupt_again.jpg")] == "duplicate of corrupt.jpg (same bytes)"
+    assert dict(local.duplicates)[str(messy_folder / "corrupt_again.jpg")] == "duplicate of corrupt.jpg (same bytes)"
 
     run_embedding(corpus.items, tmp_path / "emb", encoder=effnet_minilm,
                   job=EmbeddingJob(distributor="sequential", shard_size=5, progress=False))
@@ -104,6 +107,9 @@ def test_shard_path_commits_like_the_local_path(effnet_minilm, messy_folder, tmp
     for s in corpus.skipped:  # what build_index records before committing
         rep.skipped.append((s.source, s.reason))
         col.record_skipped(s.source, s.reason)
+    for s in corpus.warnings:
+        rep.warnings.append((s.source, s.reason))
+        col.record_skipped(s.source, s.reason, "warning")
     index_from_embeddings(tmp_path / "emb", col, rep, {}, batch_size=64, progress=False)
     col.save()
     rep.total_images, rep.total_captions = col.images.count(), col.captions.count()

@@ -25,8 +25,12 @@ N_IMAGES = 10
 
 @pytest.fixture(scope="module")
 def ray_runtime():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20,
-             configure_logging=False)
+    # start_ray retries a local start that times out (Ray waits a fixed 30 s for its raylet,
+    # which a busy 2-core machine can exceed); one runtime for the whole module
+    from mmrag.embedding.distributor import start_ray
+
+    start_ray(None, attempts=4, num_cpus=2, include_dashboard=False, log_to_driver=False,
+              object_store_memory=200 * 2**20, configure_logging=False)
     yield
     ray.shutdown()
 
@@ -97,7 +101,7 @@ def test_ray_engine_builds_the_sequential_index(corpus_file, effnet_minilm, ray_
     par = build_index(corpus, tmp_path / "ray", effnet_minilm,
                       IndexConfig(batch_size=4, progress=False, engine="ray", shard_size=3))
     assert seq.as_dict() == par.as_dict()
-    assert par.added == N_IMAGES and par.duplicates == 1 and len(par.skipped) == 2
+    assert par.added == N_IMAGES and len(par.duplicates) == 1 and len(par.skipped) == 1
     a, b = _contents(tmp_path / "seq"), _contents(tmp_path / "ray")
     _assert_same_index(a, b)
     assert any("duplicate of" in r for _, r in b["skipped"])
