@@ -20,7 +20,7 @@ from mmrag.embedding.reader import MAX_CAPTION_CHARS
 from mmrag.errors import IndexError_
 from mmrag.index.collection import Collection, write_lock
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
