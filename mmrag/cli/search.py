@@ -23,7 +23,9 @@ def _print_hits(hits, target: str) -> None:
     t.add_column("caption" if target == "images" else "text")
     for i, h in enumerate(hits, 1):
         text = h.metadata.get("text") if target == "captions" else (h.metadata.get("captions") or [""])[0]
-        t.add_row(str(i), f"{h.score:.3f}", h.id, text or "")
+        if not text and h.metadata.get("ocr_text"):  # the words written in the image (--ocr)
+            text = "text in image: " + " ".join(str(h.metadata["ocr_text"]).split())
+        t.add_row(str(i), f"{h.score:.3f}" if abs(h.score) >= 0.001 else f"{h.score:.2g}", h.id, text or "")
     out.print(t)
 
 
@@ -35,6 +37,8 @@ def search(
     k: int = typer.Option(10, "-k", help="Number of results."),
     target: str = typer.Option("images", help="images (text/image -> image) or captions (image -> caption)."),
     where: list[str] = typer.Option([], "--where", help="Metadata filter key=value (repeatable)."),
+    mode: str = typer.Option("auto", help="vector, keyword (BM25 over captions, text in images, file names), hybrid (both, rank-fused) or auto (hybrid for text on an index with text)."),
+    safe: bool = typer.Option(False, "--safe", help="Drop images the safety model flagged (index built with --safety)."),
     as_json: bool = typer.Option(False, "--json", help="JSON output."),
 ):
     """Search an index by text, by image, or both."""
@@ -46,8 +50,16 @@ def search(
             fail(f"--where takes key=value, got {w!r}")
         key, val = w.split("=", 1)
         flt[key] = val  # metadata values compare as strings
+    from mmrag.retrieval.searcher import MODES
+
+    if mode not in MODES:
+        fail(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     s = Searcher(index_dir)
-    hits = s.search(text=text, image=image, k=k, weight=weight, target=target, filter=flt or None)
+    try:
+        hits = s.search(text=text, image=image, k=k, weight=weight, target=target, filter=flt or None,
+                        mode=mode, safe=safe)
+    except ValueError as e:
+        fail(str(e))
     if as_json:
         print(json.dumps([{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits], indent=2, ensure_ascii=False))
     else:

@@ -14,6 +14,10 @@ from mmrag.serve.service import BadRequestError, public_metadata
 Scalar = Union[str, int, float, bool, None]
 FilterSpec = dict[str, Union[Scalar, list[Scalar]]]
 
+MODE_HELP = ("vector: embeddings; keyword: BM25 over each image's text (captions, text in the image, file "
+             "name, metadata); hybrid: both, reciprocal-rank fused (score = fused rank score, metadata "
+             "vector_score/keyword_score); auto: hybrid for a text query when the index has text, else vector.")
+SAFE_HELP = "Drop images the safety model (open_nsfw) flagged; needs an index built with --safety."
 FILTER_HELP = ('Metadata filter: {"key": value} or {"key": [v1, v2]} (any of); several keys must all '
                'match. Values match by JSON type: 1 does not match "1".')
 
@@ -29,6 +33,8 @@ class SearchRequest(BaseModel):
     k: Optional[int] = Field(None, ge=1, description="Number of results (default: the server's default_k).")
     target: Literal["images", "captions"] = Field("images", description="Search images or captions.")
     filter: Optional[FilterSpec] = Field(None, description=FILTER_HELP)
+    mode: Literal["auto", "vector", "keyword", "hybrid"] = Field("auto", description=MODE_HELP)
+    safe: bool = Field(False, description=SAFE_HELP)
 
 
 class SearchHit(BaseModel):
@@ -46,6 +52,7 @@ class SearchResponse(BaseModel):
     results: list[SearchHit]
     k: int
     target: str
+    mode: str = Field("vector", description="The mode that ran (auto resolved).")
     took_ms: float
 
 
@@ -64,8 +71,9 @@ class CaptionResponse(BaseModel):
 
 
 class KnnRequest(BaseModel):
-    """clip-retrieval's ``/knn-service`` body (extra keys such as ``use_safety_model`` are
-    accepted and ignored)."""
+    """clip-retrieval's ``/knn-service`` body. ``use_safety_model`` drops images the safety model
+    flagged when the index has safety scores (``mmrag index --safety``) and is refused otherwise;
+    other extra keys are accepted."""
 
     model_config = ConfigDict(extra="allow")
     text: Optional[str] = None
@@ -77,6 +85,7 @@ class KnnRequest(BaseModel):
     num_result_ids: Optional[int] = Field(None, ge=1)
     indice_name: Optional[str] = None
     deduplicate: bool = False
+    use_safety_model: bool = False
 
 
 class MetadataRequest(BaseModel):
