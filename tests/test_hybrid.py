@@ -63,6 +63,9 @@ def test_fts_follows_adds_deletes_and_old_stores(tmp_path):
     st.delete(["b"])
     assert st.keyword_search("tractor") == []
     st.close()
+    c = sqlite3.connect(tmp_path / "s" / "store.db")  # no stale keyword rows left behind
+    assert c.execute("SELECT COUNT(*) FROM items_fts").fetchone()[0] == 1
+    c.close()
     # a store written before the keyword table existed gets it filled on open
     c = sqlite3.connect(tmp_path / "s" / "store.db")
     c.execute("DROP TABLE items_fts")
