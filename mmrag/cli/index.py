@@ -32,6 +32,8 @@ def index(
     batch_size: int = typer.Option(256, help="Images per committed batch (the unit of resume)."),
     prune: bool = typer.Option(True, "--prune/--no-prune", help="Remove indexed images whose file under PATH is gone (--no-prune keeps them)."),
     wait: bool = typer.Option(False, "--wait", help="If another process is writing this index, wait for it instead of refusing."),
+    ocr: bool = typer.Option(False, "--ocr", help="Read the text in each image (OCR; the 'ocr' extra) into its metadata: found by keyword and hybrid search."),
+    safety: bool = typer.Option(False, "--safety", help="Score each image with Yahoo open_nsfw (the 'safety' extra); search --safe and use_safety_model drop unsafe ones."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     dataset: DatasetAlias = None,
     data_dir: DataDirAlias = None,
@@ -56,8 +58,18 @@ def index(
     opts = {"index_type": index_type} if store == "faiss" or index_type != "auto" else {}
     if store_uri:
         opts["uri"] = store_uri if "://" in store_uri else str(Path(store_uri).expanduser().resolve())
+    enrichers = tuple(n for n, on in (("ocr", ocr), ("safety", safety)) if on)
+    if enrichers:  # fail before any work when the package is missing
+        from mmrag.embedding.enrich import check_available
+        from mmrag.errors import ModelUnavailableError
+
+        try:
+            check_available(enrichers)
+        except ModelUnavailableError as e:
+            fail(str(e))
     rep = build_index(c, out_dir, enc, IndexConfig(batch_size=batch_size, backend=store, backend_options=opts,
-                                                   engine=engine, ray_address=ray_address, prune=prune, wait=wait))
+                                                   engine=engine, ray_address=ray_address, prune=prune, wait=wait,
+                                                   enrichers=enrichers))
     d = rep.as_dict()
     if as_json:
         print(json.dumps(d, indent=2, ensure_ascii=False))

@@ -32,7 +32,10 @@ def _print_hits(hits, target: str) -> None:
     t.add_column("caption" if target == "images" else "text")
     for i, h in enumerate(hits, 1):
         text = h.metadata.get("text") if target == "captions" else (h.metadata.get("captions") or [""])[0]
-        t.add_row(str(i), f"{h.score:.3f}", _short(h.id, 120), _short(text or "", MAX_CELL))
+        if not text and h.metadata.get("ocr_text"):  # the words written in the image (--ocr)
+            text = "text in image: " + " ".join(str(h.metadata["ocr_text"]).split())
+        score = f"{h.score:.3f}" if abs(h.score) >= 0.001 else f"{h.score:.2g}"
+        t.add_row(str(i), score, _short(h.id, 120), _short(text or "", MAX_CELL))
     out.print(t)
 
 
@@ -44,6 +47,8 @@ def search(
     k: int = typer.Option(10, "-k", help="Number of results."),
     target: str = typer.Option("images", help="images (text/image -> image) or captions (image -> caption)."),
     where: list[str] = typer.Option([], "--where", help="Metadata filter key=value (repeatable)."),
+    mode: str = typer.Option("auto", help="vector, keyword (BM25 over captions, text in images, file names), hybrid (both, rank-fused) or auto (hybrid for text on an index with text)."),
+    safe: bool = typer.Option(False, "--safe", help="Drop images the safety model flagged (index built with --safety)."),
     as_json: bool = typer.Option(False, "--json", help="JSON output."),
 ):
     """Search an index by text, by image, or both."""
@@ -59,10 +64,15 @@ def search(
             fail(f"--where takes key=value, got {w!r}")
         key, val = w.split("=", 1)
         flt[key] = val  # metadata values compare as strings
+    from mmrag.retrieval.searcher import MODES
+
+    if mode not in MODES:
+        fail(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     s = Searcher(index_dir)
     if not s.has_store(target):
         fail(f"--target must be one of {', '.join(TARGETS)} (or an extra store the index has), got {target!r}")
-    hits = s.search(text=text, image=image, k=k, weight=weight, target=target, filter=flt or None)
+    hits = s.search(text=text, image=image, k=k, weight=weight, target=target, filter=flt or None,
+                    mode=mode, safe=safe)
     if as_json:
         print(json.dumps([{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits], indent=2, ensure_ascii=False))
     else:

@@ -35,6 +35,7 @@ from mmrag import __version__
 from mmrag.corpus.items import Corpus, CorpusItem
 from mmrag.embedding.committer import Committer, IndexReport, indexed_hashes, indexed_metadata
 from mmrag.embedding.distributor import create_distributor
+from mmrag.embedding.enrich import backfill, create_enrichers
 from mmrag.embedding.mapper import file_sha256
 from mmrag.embedding.reader import MTIME_KEY, SIZE_KEY, cap_captions, file_stat, item_records
 from mmrag.embedding.runner import EmbeddingJob, EmbeddingRunner, commit_shards, run_embedding
@@ -61,6 +62,9 @@ class IndexConfig:
     embeddings_dir: str | None = None  # ray: where shards go (default <index>/embeddings)
     prune: bool = True              # remove indexed images whose file under the corpus root is gone
     wait: bool = False              # another writer holds the index: wait for it (else refuse)
+    # per-image analyses into the metadata (mmrag.embedding.enrich: "ocr", "safety"); images
+    # indexed before without them are enriched too (backfill)
+    enrichers: tuple[str, ...] = ()
 
 
 def build_index(
@@ -85,8 +89,11 @@ def _build_locked(corpus: Corpus, out_dir: str | Path, encoder: Encoder, config:
         backend_options=config.backend_options, sources=[str(corpus.root)], mmrag_version=__version__,
     )
     col = Collection.create_or_open(out_dir, manifest)
-    if str(corpus.root) not in col.manifest.sources:
-        col.manifest.sources.append(str(corpus.root))
+    new_enrichers = [n for n in config.enrichers if n not in col.manifest.enrichers]
+    if str(corpus.root) not in col.manifest.sources or new_enrichers:
+        if str(corpus.root) not in col.manifest.sources:
+            col.manifest.sources.append(str(corpus.root))
+        col.manifest.enrichers.extend(new_enrichers)
         col.manifest.save(col.root)
     report = IndexReport()
     try:
@@ -106,11 +113,15 @@ def _build_locked(corpus: Corpus, out_dir: str | Path, encoder: Encoder, config:
         report.already_indexed = len(items) - len(todo)
         if todo and config.engine == "sequential":
             create_distributor("sequential").run(
-                item_records(todo), EmbeddingRunner, {"embed_batch_size": config.embed_batch_size},
+                item_records(todo), EmbeddingRunner, {"embed_batch_size": config.embed_batch_size,
+                                                      "enrichers": tuple(config.enrichers)},
                 config.batch_size, encoder=encoder, writer=CollectionWriter(committer),
                 progress=config.progress, desc="indexing", on_progress=on_progress)
         elif todo:
             _index_from_shards(col, encoder, items, todo, committer, config)
+        if config.enrichers and report.already_indexed:  # images indexed before without them
+            backfill(col.images, create_enrichers(config.enrichers), [it.id for it in items if it.id in metas],
+                     progress=config.progress)
     finally:
         col.save()
         report.total_images = col.images.count()
@@ -183,7 +194,7 @@ def _index_from_shards(col: Collection, encoder: Encoder, items: list[CorpusItem
     run over the same corpus, then commit from the shards."""
     job = EmbeddingJob(distributor=config.engine, ray_address=config.ray_address, num_workers=config.num_workers,
                        shard_size=config.shard_size, embed_batch_size=config.embed_batch_size,
-                       progress=config.progress)
+                       progress=config.progress, enrichers=tuple(config.enrichers))
     folder = Path(config.embeddings_dir) if config.embeddings_dir else col.root / "embeddings"
     only = {it.id for it in todo}
     summary = run_embedding(items, folder, encoder=encoder, job=job, overwrite=True, only=only)

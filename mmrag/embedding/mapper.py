@@ -6,10 +6,11 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from mmrag.embedding.enrich import create_enrichers, enrich_rows
 from mmrag.encoders.base import Encoder, create_encoder
 
 # (rows, sha256, errors) -> positions worth embedding; see EmbeddingMapper.__call__
@@ -45,10 +46,11 @@ class EmbeddingMapper:
 
     def __init__(self, encoder: Encoder | None = None, encoder_name: str = "effnet-minilm",
                  encoder_options: dict[str, Any] | None = None, embed_batch_size: int = 32,
-                 on_rows: Callable[[int], None] | None = None):
+                 on_rows: Callable[[int], None] | None = None, enrichers: Sequence[str] = ()):
         self.encoder = encoder or create_encoder(encoder_name, **(encoder_options or {}))
         self.embed_batch_size = embed_batch_size
         self.on_rows = on_rows  # called with how many rows were just done (a progress bar's update)
+        self.enrichers = create_enrichers(enrichers)  # by name: Ray actors build their own
 
     def __call__(self, rows: list[dict], admit: Admit | None = None) -> MappedBatch:
         """Hash every file, then embed the readable ones -- or only those ``admit`` returns
@@ -76,6 +78,7 @@ class EmbeddingMapper:
                 img[part[j]] = 0.0
             if self.on_rows is not None:
                 self.on_rows(len(part))
+        enrich_rows(self.enrichers, rows, [i for i in keep if not errors[i]])
         texts, n_caps = [], [0] * len(rows)
         for i in keep:
             if not errors[i]:

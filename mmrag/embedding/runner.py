@@ -42,6 +42,7 @@ class EmbeddingJob:
     embed_batch_size: int = 32
     progress: bool = True
     distributor_options: dict[str, Any] = field(default_factory=dict)
+    enrichers: tuple[str, ...] = ()  # names (mmrag.embedding.enrich), run per image by each mapper
 
 
 class EmbeddingRunner:
@@ -51,10 +52,10 @@ class EmbeddingRunner:
 
     def __init__(self, out_folder: str | None = None, encoder_name: str = "effnet-minilm",
                  encoder_options: dict[str, Any] | None = None, embed_batch_size: int = 32,
-                 encoder=None, writer=None, on_rows=None):
+                 encoder=None, writer=None, on_rows=None, enrichers: Sequence[str] = ()):
         if writer is None and out_folder is None:
             raise ValueError("give an out_folder (shards) or a writer")
-        self.mapper = EmbeddingMapper(encoder, encoder_name, encoder_options, embed_batch_size, on_rows)
+        self.mapper = EmbeddingMapper(encoder, encoder_name, encoder_options, embed_batch_size, on_rows, enrichers)
         self.writer = writer if writer is not None else ShardWriter(out_folder)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -132,7 +133,8 @@ def run_embedding(items: Sequence[CorpusItem], out_folder: str | Path, encoder=N
     dist = create_distributor(job.distributor, address=job.ray_address, num_workers=job.num_workers,
                               **job.distributor_options) if job.distributor == "ray" else create_distributor(job.distributor)
     runner_kwargs = {"out_folder": str(folder.resolve()), "encoder_name": encoder_name,
-                     "encoder_options": encoder_options or {}, "embed_batch_size": job.embed_batch_size}
+                     "encoder_options": encoder_options or {}, "embed_batch_size": job.embed_batch_size,
+                     "enrichers": tuple(job.enrichers)}
     t0 = time.perf_counter()
     shards = dist.run(pending, EmbeddingRunner, runner_kwargs, job.shard_size, encoder=encoder, progress=job.progress)
     wanted = len(records) if only is None else sum(1 for r in records if r["id"] in only)

@@ -26,6 +26,10 @@ class Hit:
 @runtime_checkable
 class VectorStore(Protocol):
     dim: int
+    # optional capability: keyword (BM25) search over each item's text (captions, OCR text, file
+    # name, string metadata; see mmrag.index.keyword). Callers check this flag before calling
+    # keyword_search, which raises IndexError_ on a store without it.
+    supports_keyword: bool
 
     def add(
         self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]] | None = None
@@ -40,6 +44,13 @@ class VectorStore(Protocol):
     ) -> list[list[Hit]]:
         """For each query row, the k best hits, best first. ``filter``: metadata key == value
         (a list value means 'any of')."""
+
+    def keyword_search(self, query: str, k: int = 10, filter: dict[str, Any] | None = None) -> list[Hit]:
+        """The k best keyword matches of ``query`` (score: BM25, higher is better), best first;
+        [] when nothing matches or the query has no usable word."""
+
+    def has_keyword_text(self) -> bool:
+        """Whether any item has searchable text beyond its file name."""
 
     def get(self, ids: Sequence[str]) -> list[dict[str, Any] | None]: ...
 

@@ -81,6 +81,7 @@ class IndexManifest:
     created: float = field(default_factory=time.time)
     sources: list[str] = field(default_factory=list)
     mmrag_version: str = ""
+    enrichers: list[str] = field(default_factory=list)  # per-image analyses run at index time ("ocr", "safety")
 
     def save(self, root: Path) -> None:
         tmp = root / (MANIFEST + ".tmp")

@@ -138,6 +138,7 @@ class FaissStore:
 
         self.path.mkdir(parents=True, exist_ok=True)
         self._db = SqliteMeta(self.path, self.dim, self.metric)
+        self.supports_keyword = self._db.has_fts  # FTS5 in store.db (see SqliteMeta)
         try:
             self._load_or_build()
         except BaseException:
@@ -376,6 +377,21 @@ class FaissStore:
                 hits.append(Hit(id=rows[r][0], score=sign * d, metadata=dict(parsed[r])))
             out.append(hits)
         return out
+
+    def keyword_search(self, query: str, k: int = 10, filter: dict[str, Any] | None = None) -> list[Hit]:
+        if not self.supports_keyword:
+            raise IndexError_(f"store {self.path}: this SQLite has no FTS5, so no keyword search")
+        where, params = filter_sql(filter) if filter else ("1", [])
+        with self._lock:
+            self._check_open()
+            found = self._db.keyword_rids(str(query), int(k), where, params)
+            rows = self._db.rows_by_rid(np.asarray([r for r, _ in found], np.int64))
+        return [Hit(id=rows[r][0], score=s, metadata=json.loads(rows[r][1])) for r, s in found if r in rows]
+
+    def has_keyword_text(self) -> bool:
+        with self._lock:
+            self._check_open()
+            return self._db.has_keyword_text()
 
     def get(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
         ids = check_ids(ids)

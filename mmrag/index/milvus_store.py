@@ -381,6 +381,17 @@ class MilvusStore:
                 limit = min(limit * 4, MAX_TOPK)
             return out
 
+    # Keyword search is not offered here: Milvus 2.6 full-text search needs a schema with an
+    # analyzer-enabled VARCHAR field and a BM25 function, which this store's schema lacks.
+    supports_keyword = False
+
+    def keyword_search(self, query: str, k: int = 10, filter: dict[str, Any] | None = None) -> list[Hit]:
+        raise IndexError_("keyword and hybrid search need the faiss store (this index uses milvus); "
+                          "search with --mode vector, or build the index with --store faiss")
+
+    def has_keyword_text(self) -> bool:
+        return False
+
     def get(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
         ids = self._check_ids(ids)
         with self._lock:

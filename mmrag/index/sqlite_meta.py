@@ -4,6 +4,9 @@
 ``rid`` (AUTOINCREMENT: a re-added id gets a fresh one), the float32 vector as a little-endian
 blob and the metadata as JSON text) and the table ``meta`` (format, dim, metric, a random store
 uuid and a *generation* counter that every committed add/delete bumps in the same transaction).
+``items_fts`` (FTS5, trigram tokenizer, rowid = ``rid``) holds each row's keyword text
+(:func:`mmrag.index.keyword.keyword_text`), written in the same transactions as ``items``; a
+store made before it existed gets it filled on first open.
 
 :class:`SqliteMeta` owns the connection; every write is one ``BEGIN IMMEDIATE`` transaction
 (:meth:`SqliteMeta.transaction`), durable when it returns. Callers serialise access (the store's
@@ -24,6 +27,7 @@ import numpy as np
 
 from mmrag.errors import IndexError_
 from mmrag.index.filters import key_expr
+from mmrag.index.keyword import fts_query, keyword_text
 
 __all__ = ["CHUNK", "DB_NAME", "FORMAT_VERSION", "SqliteMeta", "StoreMismatchError", "json_list"]
 
@@ -96,6 +100,31 @@ class SqliteMeta:
         self.uuid = meta["uuid"]
         self.generation = int(meta["generation"])
         self.count = c.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        self.has_fts = self._init_fts()
+
+    def _init_fts(self) -> bool:
+        """Create (and, for an older store, fill) the keyword table; False where SQLite lacks
+        FTS5 or the file is read-only without it."""
+        c = self.conn
+        try:
+            if c.execute("SELECT 1 FROM sqlite_master WHERE name = 'items_fts'").fetchone():
+                return True
+            with self.transaction():
+                c.execute("CREATE VIRTUAL TABLE items_fts USING fts5(body, name, tokenize='trigram')")
+                cur = c.execute("SELECT rid, metadata FROM items")
+                while rows := cur.fetchmany(CHUNK):
+                    self._fts_insert([r for r, _ in rows], [m for _, m in rows])
+            return True
+        except sqlite3.Error:
+            return False
+
+    def _fts_insert(self, rids, metas: list[str]) -> None:
+        texts = [keyword_text(json.loads(m)) for m in metas]
+        self.conn.executemany("INSERT INTO items_fts(rowid, body, name) VALUES (?, ?, ?)",
+                              [(int(r), b, n) for r, (b, n) in zip(rids, texts) if b or n])
+
+    def _fts_delete(self, rids: list[int]) -> None:
+        self.conn.execute("DELETE FROM items_fts WHERE rowid IN (SELECT value FROM json_each(?))", (json_list(rids),))
 
     def close(self) -> None:
         self.conn.close()
@@ -140,6 +169,10 @@ class SqliteMeta:
             )
             if len(new) != len(ids):
                 raise IndexError_(f"store {self.path}: inserted {len(ids)} rows but found {len(new)}")
+            if self.has_fts:
+                if old:
+                    self._fts_delete(old)
+                self._fts_insert(new, metas)
             self._bump_generation()
         self.count += len(ids) - len(old)
         return old, new
@@ -151,6 +184,8 @@ class SqliteMeta:
             old = self._rids_of(ids)
             if old:
                 c.execute("DELETE FROM items WHERE rid IN (SELECT value FROM json_each(?))", (json.dumps(old),))
+                if self.has_fts:
+                    self._fts_delete(old)
                 self._bump_generation()
         self.count -= len(old)
         return old
@@ -232,6 +267,24 @@ class SqliteMeta:
             except sqlite3.Error:
                 pass  # e.g. a read-only file system: the filter still works, by a scan
             self._indexed_keys.add(key)
+
+    # ---------------------------------------------------------------- keyword search
+    def keyword_rids(self, query: str, k: int, where: str = "1", params: Sequence[Any] = ()) -> list[tuple[int, float]]:
+        """(row id, BM25 score; higher is better) of the ``k`` best keyword matches of
+        ``query`` among the rows matching ``where``; [] when the query has no usable word."""
+        expr = fts_query(query)
+        if expr is None or not self.has_fts or k <= 0:
+            return []
+        # bm25() is smaller for better matches; the file name counts half as much as the text
+        sql = ("SELECT items_fts.rowid, -bm25(items_fts, 1.0, 0.5) AS s FROM items_fts"
+               + ("" if where == "1" else " JOIN items ON items.rid = items_fts.rowid")
+               + f" WHERE items_fts MATCH ? AND {where} ORDER BY s DESC LIMIT ?")
+        return [(r, float(s)) for r, s in self.conn.execute(sql, [expr, *params, int(k)])]
+
+    def has_keyword_text(self) -> bool:
+        """Whether any row has text beyond its file name (captions, OCR text, metadata)."""
+        return self.has_fts and self.conn.execute(
+            "SELECT 1 FROM items_fts WHERE body != '' LIMIT 1").fetchone() is not None
 
     # ---------------------------------------------------------------- reads by id
     def metadata_by_id(self, ids: list[str]) -> dict[str, str]:

@@ -12,9 +12,15 @@ import numpy as np
 from mmrag.encoders.base import Encoder, ImageInput, create_encoder, l2_normalize
 from mmrag.errors import InvalidInputError
 from mmrag.index.base import Hit, VectorStore
-from mmrag.index.collection import Collection, IndexManifest
+from mmrag.index.collection import Collection, IndexManifest, caption_image_id
 
 TARGETS = ("images", "captions")
+# vector: embeddings only; keyword: BM25 over the items' text (captions, OCR text, file name,
+# metadata); hybrid: both fused by reciprocal rank; auto: hybrid for a text-only query on an
+# index that has text and a store with keyword search, vector otherwise
+MODES = ("auto", "vector", "keyword", "hybrid")
+RRF_K = 60          # reciprocal rank fusion constant (Cormack et al. 2009)
+HYBRID_POOL = 100   # candidates taken from each side before fusing
 
 
 def check_query(text: str | None = None, image: Any = None, weight: float = 0.5, k: int = 10) -> None:
@@ -55,14 +61,129 @@ class Searcher:
         return l2_normalize(sum(w * v for w, v in parts)[None])[0]
 
     def search(self, text: str | None = None, image: ImageInput | None = None, k: int = 10,
-               weight: float = 0.5, target: str = "images", filter: dict[str, Any] | None = None) -> list[Hit]:
-        """``target``: "images" (text->image, image->image, both) or "captions" (image->caption)."""
+               weight: float = 0.5, target: str = "images", filter: dict[str, Any] | None = None,
+               mode: str = "vector", safe: bool = False) -> list[Hit]:
+        """``target``: "images" (text->image, image->image, both) or "captions" (image->caption).
+        ``mode``: see :data:`MODES`. ``safe``: drop images the safety enricher scored unsafe."""
         check_query(text, image, weight, k)
+        mode = self.resolve_mode(mode, text, image, target)
+        if safe:
+            self.check_safety_scores()
+        want = k
+        while True:
+            hits = self._search_once(text, image, want, weight, target, filter, mode)
+            if not safe:
+                return hits
+            kept = self.drop_unsafe(hits, target)
+            # over-fetch until k safe hits are found or the store is exhausted
+            if len(kept) >= k or len(hits) < want:
+                return kept[:k]
+            want *= 4
+
+    def _search_once(self, text, image, k, weight, target, filter, mode) -> list[Hit]:
+        if mode == "keyword":
+            return self.keyword_search(text, k, target, filter)
         store = self._store(target)
         q = self.query_vector(text, image, weight)
         if target == "captions" and image is not None and text is None:
             return self.captions_for_image_vector(q, k, filter)
+        if mode == "hybrid":
+            pool = max(k, HYBRID_POOL)
+            return self.fuse(q, text, store.search(q[None], k=pool, filter=filter)[0], k, target, filter)
         return store.search(q[None], k=k, filter=filter)[0]
+
+    # ------------------------------------------------------------------ keyword and hybrid
+    def supports_keyword(self, target: str = "images") -> bool:
+        return bool(self._store(target).supports_keyword)
+
+    def has_text(self, target: str = "images") -> bool:
+        """Whether keyword search has anything to find: a store with keyword search whose items
+        have text beyond file names (cached per store size)."""
+        store = self._store(target)
+        if not store.supports_keyword:
+            return False
+        key = (target, store.count())
+        cache = self.__dict__.setdefault("_has_text", {})
+        if key not in cache:
+            cache[key] = store.has_keyword_text()
+        return cache[key]
+
+    def resolve_mode(self, mode: str, text: str | None, image: ImageInput | None = None,
+                     target: str = "images") -> str:
+        """The mode a query runs in (``auto`` resolved), or ValueError saying why it cannot."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode == "auto":  # text only: with an image the query is a weighted vector (--weight)
+            return "hybrid" if image is None and text is not None and text.strip() and self.has_text(target) else "vector"
+        if mode == "vector":
+            return mode
+        if text is None or not text.strip():
+            raise ValueError(f"{mode} search needs a text query")
+        if mode == "keyword" and image is not None:
+            raise ValueError("keyword search takes a text query only (use hybrid or vector with an image)")
+        if not self.supports_keyword(target):
+            self._store(target).keyword_search(text, 1)  # raises the store's own explanation
+            raise ValueError(f"the {target} store has no keyword search")
+        return mode
+
+    def keyword_search(self, text: str, k: int = 10, target: str = "images",
+                       filter: dict[str, Any] | None = None) -> list[Hit]:
+        """BM25 keyword matches of ``text`` (score: BM25, higher is better)."""
+        return self._store(target).keyword_search(text, k=k, filter=filter)
+
+    def fuse(self, q: np.ndarray, text: str, vector_hits: list[Hit], k: int, target: str = "images",
+             filter: dict[str, Any] | None = None) -> list[Hit]:
+        """Reciprocal rank fusion of ``vector_hits`` (the vector search's best, best first) and
+        the keyword matches of ``text``: score = 1/(RRF_K + vector rank) + 1/(RRF_K + keyword
+        rank). Keyword matches outside ``vector_hits`` get their exact cosine, so every
+        candidate has a vector rank; one without a keyword match has only its vector term.
+        Each hit's metadata gains ``vector_score`` and ``keyword_score`` (None: no match)."""
+        store = self._store(target)
+        pool = max(k, len(vector_hits), HYBRID_POOL)
+        kw = store.keyword_search(text, k=pool, filter=filter)
+        if not kw:
+            for h in vector_hits:
+                h.metadata.update(vector_score=h.score, keyword_score=None)
+            return vector_hits[:k]
+        cand: dict[str, Hit] = {h.id: h for h in vector_hits}
+        cos = {h.id: float(h.score) for h in vector_hits}
+        extra = [h for h in kw if h.id not in cand]
+        if extra:
+            x = store.vectors([h.id for h in extra])
+            for h, c in zip(extra, x @ np.asarray(q, np.float32)):
+                cand[h.id], cos[h.id] = h, float(c)
+        v_rank = {i: r for r, i in enumerate(sorted(cos, key=lambda i: -cos[i]), 1)}
+        k_rank = {h.id: r for r, h in enumerate(kw, 1)}
+        k_score = {h.id: h.score for h in kw}
+        out = []
+        for i, h in cand.items():
+            s = 1.0 / (RRF_K + v_rank[i]) + (1.0 / (RRF_K + k_rank[i]) if i in k_rank else 0.0)
+            h.metadata.update(vector_score=cos[i], keyword_score=k_score.get(i))
+            out.append(Hit(id=i, score=s, metadata=h.metadata))
+        out.sort(key=lambda h: (-h.score, -cos[h.id]))
+        return out[:k]
+
+    # ------------------------------------------------------------------ safety
+    def has_safety_scores(self) -> bool:
+        return "safety" in (self.manifest.enrichers or [])
+
+    def check_safety_scores(self) -> None:
+        if not self.has_safety_scores():
+            raise ValueError("this index has no safety scores: build (or extend) it with "
+                             "`mmrag index ... --safety` to filter unsafe images")
+
+    def drop_unsafe(self, hits: list[Hit], target: str = "images") -> list[Hit]:
+        """The hits whose image has a safety score below the threshold. Fails closed: an image
+        without a score (the enricher could not score it) is dropped too. Caption hits are
+        judged by their image."""
+        from mmrag.embedding.enrich import SAFETY_THRESHOLD
+
+        if target == "images":
+            metas = [h.metadata for h in hits]
+        else:
+            metas = self.metadata([caption_image_id(h.id) for h in hits]) if hits else []
+        return [h for h, m in zip(hits, metas)
+                if isinstance((m or {}).get("nsfw"), (int, float)) and m["nsfw"] < SAFETY_THRESHOLD]
 
     def captions_for_image_vector(self, q: np.ndarray, k: int = 10, filter: dict[str, Any] | None = None) -> list[Hit]:
         """image->caption with the captions' hubness prior (score = cos - prior), when the index

@@ -17,6 +17,10 @@ from mmrag.serve.service import BadRequestError, public_metadata
 Scalar = Union[str, int, float, bool, None]
 FilterSpec = dict[str, Union[Scalar, list[Scalar]]]
 
+MODE_HELP = ("vector: embeddings; keyword: BM25 over each image's text (captions, text in the image, file "
+             "name, metadata); hybrid: both, reciprocal-rank fused (score = fused rank score, metadata "
+             "vector_score/keyword_score); auto: hybrid for a text query when the index has text, else vector.")
+SAFE_HELP = "Drop images the safety model (open_nsfw) flagged; needs an index built with --safety."
 FILTER_HELP = ('Metadata filter: {"key": value} or {"key": [v1, v2]} (any of); several keys must all '
                'match. Values match by JSON type: 1 does not match "1".')
 
@@ -32,6 +36,8 @@ class SearchRequest(BaseModel):
     k: Optional[int] = Field(None, ge=1, description="Number of results (default: the server's default_k).")
     target: Literal["images", "captions"] = Field("images", description="Search images or captions.")
     filter: Optional[FilterSpec] = Field(None, description=FILTER_HELP)
+    mode: Literal["auto", "vector", "keyword", "hybrid"] = Field("auto", description=MODE_HELP)
+    safe: bool = Field(False, description=SAFE_HELP)
 
 
 class SearchHit(BaseModel):
@@ -49,6 +55,7 @@ class SearchResponse(BaseModel):
     results: list[SearchHit]
     k: int
     target: str
+    mode: str = Field("vector", description="The mode that ran (auto resolved).")
     took_ms: float
 
 
@@ -71,11 +78,14 @@ class KnnRequest(BaseModel):
 
     Honoured: ``text`` | ``image`` | ``image_url`` | ``embedding_input``, ``modality``,
     ``num_images``, ``num_result_ids`` (candidates searched before de-duplication), ``deduplicate``,
-    ``indice_name`` (the one index served, see ``/indices-list``). Accepted but not applied on this
-    server -- named in the response header ``X-Mmrag-Ignored`` whenever a request asks for them:
-    ``use_safety_model``, ``use_violence_detector`` (no content filter here), ``use_mclip`` (the
-    index's own text encoder is used), ``aesthetic_score``/``aesthetic_weight`` (no aesthetic
-    embeddings; clip-retrieval's back end skips them likewise when it has none)."""
+    ``indice_name`` (the one index served, see ``/indices-list``), and ``use_safety_model`` when the
+    index has safety scores (``mmrag index --safety``: images the model flagged are dropped).
+    Accepted but not applied on this server -- named in the response header ``X-Mmrag-Ignored``
+    whenever a request asks for them: ``use_safety_model`` on an index without safety scores,
+    ``use_violence_detector`` (no violence model here), ``use_mclip`` (the index's own text encoder
+    is used), ``aesthetic_score``/``aesthetic_weight`` (no aesthetic embeddings; clip-retrieval's
+    back end skips them likewise when it has none). Its client sends the two filters by default,
+    so refusing them would break every call."""
 
     model_config = ConfigDict(extra="allow")
     text: Optional[str] = Field(None, max_length=2000)

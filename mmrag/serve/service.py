@@ -31,6 +31,7 @@ from mmrag.encoders.base import Encoder, l2_normalize
 from mmrag.errors import ImageError, MmragError
 from mmrag.index.base import Hit
 from mmrag.retrieval import Searcher
+from mmrag.retrieval.searcher import HYBRID_POOL
 from mmrag.serve.batching import MicroBatcher
 from mmrag.serve.config import ServeConfig
 
@@ -67,6 +68,8 @@ class Query:
     target: str = "images"
     filter: dict[str, Any] | None = None
     vector: np.ndarray | None = None  # a ready query vector (clip-retrieval ``embedding_input``)
+    mode: str = "vector"  # see mmrag.retrieval.searcher.MODES ("auto": hybrid when the index has text)
+    safe: bool = False    # drop images the safety enricher flagged (index built with --safety)
 
 
 @dataclass
@@ -206,9 +209,30 @@ class SearchService:
             raise BadRequestError(f"target must be one of {TARGETS}, got {q.target!r}")
         if not 1 <= q.k <= self.config.max_k:
             raise BadRequestError(f"k must be within [1, {self.config.max_k}], got {q.k}")
-        vec = await self.query_vector(q)
-        image_only = q.text is None and q.vector is None
-        return await self.search_batcher.submit(_SearchJob(vec, q.k, q.target, q.filter or None, image_only))
+        try:
+            has_image = q.image is not None or q.image_id is not None or q.vector is not None
+            mode = self.searcher.resolve_mode(q.mode, q.text, True if has_image else None, q.target)
+            if q.safe:
+                self.searcher.check_safety_scores()
+        except (ValueError, MmragError) as e:
+            raise BadRequestError(str(e)) from None
+        q.mode = mode  # what ran (the response says it)
+        k = max(4 * q.k, 100) if q.safe else q.k  # over-fetch once: unsafe hits are dropped below
+        try:
+            if mode == "keyword":
+                hits = await asyncio.to_thread(self.searcher.keyword_search, q.text, k, q.target, q.filter or None)
+            else:
+                vec = await self.query_vector(q)
+                image_only = q.text is None and q.vector is None
+                pool = max(k, HYBRID_POOL) if mode == "hybrid" else k
+                hits = await self.search_batcher.submit(_SearchJob(vec, pool, q.target, q.filter or None, image_only))
+                if mode == "hybrid":
+                    hits = await asyncio.to_thread(self.searcher.fuse, vec, q.text, hits, k, q.target, q.filter or None)
+        except ValueError as e:  # a bad filter key or value (the vector path reports its own)
+            raise BadRequestError(str(e)) from None
+        if q.safe:
+            hits = await asyncio.to_thread(self.searcher.drop_unsafe, hits, q.target)
+        return hits[: q.k]
 
     # ------------------------------------------------------------------ images
     def decode_upload(self, data: bytes) -> Image.Image:

@@ -39,6 +39,9 @@ def test_gen_opt_values_are_json_when_they_parse():
 
 
 def test_gen_opt_error_is_one_line(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "x.jpg")  # a readable image: the option is what fails
     r = _run("caption", tmp_path / "x.jpg", "--datastore", tmp_path / "none.npz", "--gen-opt", "oops")
     assert r.exit_code == 2 and "error: --gen-opt takes KEY=VALUE, got 'oops'" in r.output
 

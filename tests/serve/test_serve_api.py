@@ -65,7 +65,7 @@ def test_text_search_matches_the_searcher_and_finds_the_described_image(served):
         r = c.post("/api/search", json={"text": it.captions[0], "k": 5})
         assert r.status_code == 200, r.text
         res = r.json()["results"]
-        direct = searcher.search(text=it.captions[0], k=5)
+        direct = searcher.search(text=it.captions[0], k=5, mode="auto")  # the API default
         assert [x["id"] for x in res] == [h.id for h in direct]  # batched path == direct path
         assert np.allclose([x["score"] for x in res], [h.score for h in direct], atol=1e-5)
         assert all(a["score"] >= b["score"] for a, b in zip(res, res[1:]))
@@ -89,7 +89,8 @@ def test_image_upload_finds_itself_and_weighting_interpolates(served):
         rr = c.post("/api/search/upload", files={"image": ("q.jpg", _jpeg(it), "image/jpeg")},
                     data={"k": "20", "text": text, "weight": w})
         both[w] = [x["id"] for x in rr.json()["results"]]
-    only_text = [x["id"] for x in c.post("/api/search", json={"text": text, "k": 20}).json()["results"]]
+    # weighting is a vector-mode notion (a text-only query defaults to hybrid search)
+    only_text = [x["id"] for x in c.post("/api/search", json={"text": text, "k": 20, "mode": "vector"}).json()["results"]]
     only_image = [x["id"] for x in c.post("/api/search/upload", files={"image": ("q.jpg", _jpeg(it), "image/jpeg")},
                                           data={"k": "20"}).json()["results"]]
     assert both["1"] == only_text and both["0"] == only_image

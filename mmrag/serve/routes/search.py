@@ -25,6 +25,8 @@ from fastapi import APIRouter, Depends, File, Form, Query as Q, Request, Respons
 from mmrag.serve.app import ServeState, get_state
 from mmrag.serve.schemas import (
     FILTER_HELP,
+    MODE_HELP,
+    SAFE_HELP,
     KnnRequest,
     MetadataRequest,
     SearchRequest,
@@ -55,7 +57,7 @@ async def read_upload(state: ServeState, upload: UploadFile | None) -> Any:
 async def run_search(state: ServeState, q: Query) -> dict[str, Any]:
     t = time.perf_counter()
     hits = await state.service.search(q)
-    return {"results": [hit_to_dict(h, q.target) for h in hits], "k": q.k, "target": q.target,
+    return {"results": [hit_to_dict(h, q.target) for h in hits], "k": q.k, "target": q.target, "mode": q.mode,
             "took_ms": round(1000 * (time.perf_counter() - t), 2)}
 
 
@@ -71,7 +73,7 @@ async def search_json(body: SearchRequest, state: ServeState = Depends(get_state
         data = decode_base64_image(body.image)
         image = await asyncio.to_thread(state.service.decode_upload, data)
     q = Query(text=body.text, image=image, image_id=body.image_id, weight=body.weight, k=_k(state, body.k),
-              target=body.target, filter=body.filter)
+              target=body.target, filter=body.filter, mode=body.mode, safe=body.safe)
     return await run_search(state, q)
 
 
@@ -84,11 +86,13 @@ async def search_upload(
     k: Optional[int] = Form(None, ge=1),
     target: str = Form("images"),
     filter: Optional[str] = Form(None, description="JSON object. " + FILTER_HELP),
+    mode: str = Form("auto", description=MODE_HELP),
+    safe: bool = Form(False, description=SAFE_HELP),
     state: ServeState = Depends(get_state),
 ):
     flt = _parse_filter(filter)
     img = await read_upload(state, image)
-    q = Query(text=text, image=img, weight=weight, k=_k(state, k), target=target, filter=flt)
+    q = Query(text=text, image=img, weight=weight, k=_k(state, k), target=target, filter=flt, mode=mode, safe=safe)
     return await run_search(state, q)
 
 
@@ -98,9 +102,12 @@ async def search_get(
     k: Optional[int] = Q(None, ge=1),
     target: str = Q("images"),
     filter: Optional[str] = Q(None, description="JSON object. " + FILTER_HELP),
+    mode: str = Q("auto", description=MODE_HELP),
+    safe: bool = Q(False, description=SAFE_HELP),
     state: ServeState = Depends(get_state),
 ):
-    return await run_search(state, Query(text=q, k=_k(state, k), target=target, filter=_parse_filter(filter)))
+    return await run_search(state, Query(text=q, k=_k(state, k), target=target, filter=_parse_filter(filter),
+                                         mode=mode, safe=safe))
 
 
 def _parse_filter(raw: Optional[str]) -> Optional[dict]:
@@ -171,8 +178,12 @@ def _check_indice(state: ServeState, name: Optional[str]) -> None:
 async def knn_service(request: Request, response: Response, state: ServeState = Depends(get_state),
                       body: KnnRequest = Depends(any_json_body(KnnRequest))) -> list[dict]:
     _check_indice(state, body.indice_name)
-    ignored = body.ignored()
-    if ignored:  # accepted so clip-retrieval's defaults work, but never silently
+    # the safety filter runs where the index has scores (mmrag index --safety); elsewhere, like the
+    # fields this server cannot apply, it is accepted (clip-retrieval's client sends it by default)
+    # and named in the response header, never silently dropped
+    safe = body.use_safety_model and state.service.searcher.has_safety_scores()
+    ignored = [f for f in body.ignored() if not (f == "use_safety_model" and safe)]
+    if ignored:
         response.headers[IGNORED_HEADER] = ", ".join(ignored)
     target = "images" if body.modality == "image" else "captions"
     image = None
@@ -196,6 +207,7 @@ async def knn_service(request: Request, response: Response, state: ServeState = 
     # a ready embedding wins; otherwise text and/or image (equal weights when both are given)
     q = Query(vector=vector, k=1, target=target) if vector is not None else \
         Query(text=body.text, image=image, k=1, target=target)
+    q.safe = safe
     want = min(max(body.num_images, body.num_result_ids or 0), state.config.max_k)
     q.k = min(state.config.max_k, want * 2) if body.deduplicate else want
     hits = await state.service.search(q)

@@ -84,9 +84,12 @@ function setupTabs(features) {
 
 // ------------------------------------------------------------------ result cards
 function hitCard(hit, extra = {}) {
-  const caption = hit.caption || (hit.captions && hit.captions[0]) || "";
+  const ocr = hit.metadata && typeof hit.metadata.ocr_text === "string" ? hit.metadata.ocr_text.split(/\s+/).join(" ").trim() : "";
+  const caption = hit.caption || (hit.captions && hit.captions[0]) || (ocr ? `text in image: ${ocr}` : "");
+  // hybrid and keyword scores are rank-fusion / BM25 values, not similarities
+  const label = extra.mode === "hybrid" ? "fused" : extra.mode === "keyword" ? "keyword" : "similarity";
   const meta = el("div", { class: "meta" },
-    el("span", { class: "score", text: `similarity ${Number(hit.score).toFixed(3)}` }),
+    el("span", { class: "score", text: `${label} ${Number(hit.score).toFixed(3)}` }),
     extra.move || null,
     el("span", { class: "caption", text: caption }),
   );
@@ -127,8 +130,9 @@ async function runSearch(query) {
   try {
     const res = await busy(button, () => query());
     const what = res.target === "captions" ? "captions" : "images";
-    setStatus("#search-status", `${res.results.length} ${what} in ${res.took_ms.toFixed(0)} ms`);
-    renderHits("#search-results", res.results, { onSimilar: searchSimilar });
+    const how = res.mode && res.mode !== "vector" ? ` (${res.mode} search)` : "";
+    setStatus("#search-status", `${res.results.length} ${what} in ${res.took_ms.toFixed(0)} ms${how}`);
+    renderHits("#search-results", res.results, { onSimilar: searchSimilar, mode: res.mode });
   } catch (e) {
     setStatus("#search-status", e.message, true);
   }
@@ -154,6 +158,7 @@ function setupSearch() {
     try { filter = parseFilter($("#search-filter").value); } catch (e) { setStatus("#search-status", e.message, true); return; }
     const k = Number($("#search-k").value) || 20;
     const target = $("#search-target").value;
+    const mode = $("#search-mode").value;
     if (file) {
       const form = new FormData();
       form.append("image", file);
@@ -161,10 +166,11 @@ function setupSearch() {
       form.append("weight", weight.value);
       form.append("k", String(k));
       form.append("target", target);
+      form.append("mode", mode);
       if (filter) form.append("filter", JSON.stringify(filter));
       runSearch(() => api("/api/search/upload", { method: "POST", body: form }));
     } else {
-      runSearch(() => postJSON("/api/search", { text, k, target, filter }));
+      runSearch(() => postJSON("/api/search", { text, k, target, filter, mode }));
     }
   });
 }
