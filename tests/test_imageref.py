@@ -301,7 +301,7 @@ def minilm():
     try:
         return default_text_embedder()
     except ModelUnavailableError as e:
-        pytest.skip(str(e))
+        pytest.skip(f"the MiniLM text embedder is unavailable: {e}")
 
 
 @pytest.mark.slow
