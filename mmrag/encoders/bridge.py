@@ -82,6 +82,14 @@ class Bridge:
         """
         Tc = np.asarray(T, np.float64) - self.y_mean
         _, s, Vt = np.linalg.svd(Tc, full_matrices=False)
+        if len(s) < Tc.shape[1]:
+            # Fewer captions than dimensions: the reduced SVD spans only the sample, which would
+            # make the map (and every vector) lower-dimensional. Complete the basis; directions the
+            # sample does not vary in get its smallest real variance (the 1e-6 floor would blow
+            # them up 1000x). The full-rank case (e.g. the shipped 30,000-caption fit) is unchanged.
+            r = max(int((s > s[0] * 1e-6).sum()), 1)
+            Vt = np.linalg.svd(Tc, full_matrices=True)[2]
+            s = np.concatenate([s[:r], np.full(Tc.shape[1] - r, s[r - 1])])
         s = np.maximum(s, s[0] * 1e-6)
         self.extras["text_whitening"] = (Vt.T * (s / s[0]) ** -power).astype(np.float32)
 

@@ -96,8 +96,10 @@ def test_shipped_bridge_retrieves_on_flickr8k_test(effnet_minilm, flickr8k_dir):
     c = read_corpus("flickr8k", flickr8k_dir, split="test", limit=100)
     res = evaluate_retrieval(c, effnet_minilm, progress=False)
     assert res["n_images"] == 100 and res["n_captions"] == 500
-    assert res["t2i"]["R@5"] > 40, res
-    assert res["i2t"]["R@5"] > 40, res
+    # measured t2i R@1/R@5 58.0/89.4, i2t 67.0/87.0 (i2t with the hubness prior); 5 points margin
+    # for numeric differences across machines, well above chance (5 %) and what a regression costs
+    assert res["t2i"]["R@1"] >= 53 and res["t2i"]["R@5"] >= 84, res
+    assert res["i2t"]["R@1"] >= 62 and res["i2t"]["R@5"] >= 82, res
 
 
 def test_retrieval_scores_on_hand_made_case():

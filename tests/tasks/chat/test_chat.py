@@ -17,6 +17,7 @@ from mmrag.tasks.chat import (
     SimulatedUser,
     create_questioner,
 )
+from mmrag.tasks.chat.answerers import AnswererError
 from mmrag.tasks.chat.dialog import Round
 from mmrag.tasks.chat.evaluate import (
     ChatEvalError,
@@ -86,7 +87,7 @@ def test_simulated_user_answers_from_its_captions_only(test_corpus):
     assert u2.answer("is it a cat or a dog?") == "dog"
     assert u2.answer("is it a cat or a horse?") == "neither"  # like a "no": no caption mentions either
     assert u2.answer("is the photo in color?") == "i don't know"
-    with pytest.raises(Exception):
+    with pytest.raises(AnswererError, match="at least one reference caption"):
         SimulatedUser([])
 
 

@@ -4,7 +4,10 @@ and the pipeline on real d2l chapters with the real MiniLM model."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -301,7 +304,7 @@ def minilm():
     try:
         return default_text_embedder()
     except ModelUnavailableError as e:
-        pytest.skip(str(e))
+        pytest.skip(f"the MiniLM text embedder is unavailable: {e}")
 
 
 @pytest.mark.slow
@@ -371,8 +374,12 @@ def test_cli_eval_imageref_and_compose(d2l_docs, minilm, tmp_path, data_dir):
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout[r.stdout.index("{"):])
     assert set(k for _, k in find_references(d["markdown"])) <= {im["key"] for im in d["images"]}
-    r = CliRunner().invoke(app, ["compose", "q", "--docs", str(tmp_path / "missing")])
-    assert r.exit_code != 0
+    # bad input: the one-line error of the real entry point (exit 2, no traceback)
+    p = subprocess.run([sys.executable, "-m", "mmrag.cli", "compose", "q", "--docs", str(tmp_path / "missing")],
+                       capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"},
+                       cwd=Path(__file__).resolve().parents[1])
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.startswith("error:") and "no such file or folder" in p.stderr and "Traceback" not in p.stderr
 
 
 @pytest.mark.slow
