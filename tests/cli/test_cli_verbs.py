@@ -21,7 +21,7 @@ import pytest
 
 from serve_helpers import build_serve_index, free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "COLUMNS": "200"}
 
 

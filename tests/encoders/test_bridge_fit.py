@@ -15,7 +15,7 @@ import pytest
 
 from mmrag.encoders.bridge import Bridge
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 N_FIT = 40  # 200 captions: fewer than the 384 text dimensions (the rank-deficient case)
 
 
