@@ -26,6 +26,8 @@ def serve(
     max_k: int = typer.Option(200, help="Largest number of results a query may ask for."),
     allow_url_fetch: bool = typer.Option(False, help="Let clients name http(s) image URLs for the server to "
                                                      "download (off: the server never fetches URLs)."),
+    allow_private_urls: bool = typer.Option(False, help="With --allow-url-fetch: let those URLs reach loopback and "
+                                                        "private addresses (off: public addresses only)."),
     generator: str = typer.Option("consensus", help="Default generator for captions and /v1/chat/completions: "
                                                     "consensus, local or openai."),
     generator_opt: list[str] = typer.Option([], "--generator-opt",
@@ -58,6 +60,7 @@ def serve(
                              text_workers=text_workers, model_threads=model_threads or None,
                              image_threads=image_threads or None,
                              max_upload_bytes=int(max_upload_mb * MIB), max_k=max_k, allow_url_fetch=allow_url_fetch,
+                             url_fetch_private=allow_private_urls,
                              generator=generator, generator_options=parse_generator_options(generator_opt),
                              caption_datastore=caption_datastore, cors_origins=list(cors_origin))
     except ValueError as e:  # the config's own checks, reported like any other bad option

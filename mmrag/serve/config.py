@@ -25,7 +25,10 @@ class ServeConfig:
     Limits: request bodies above ``max_upload_bytes`` get 413; images above
     ``max_image_pixels`` (decompression bombs) get 400 before they are decoded; ``k`` is capped
     at ``max_k``. ``allow_url_fetch``: whether ``/knn-service`` and ``/v1/chat/completions`` may
-    download ``http(s)`` image URLs (off: the server never makes outbound requests for a client).
+    download ``http(s)`` image URLs (off: the server never makes outbound requests for a client);
+    ``url_fetch_private``: whether those URLs (and their redirects) may reach loopback, private,
+    link-local or other non-public addresses (off: only public ones -- a client must not make the
+    server probe its own network; on: e.g. an intranet image server).
     Generation: ``generator`` is the default for ``/v1/chat/completions`` and captions;
     ``generator_options`` holds per-generator keyword arguments, e.g.
     ``{"openai": {"base_url": "http://127.0.0.1:8080/v1"}}``. ``caption_datastore``: ``None``
@@ -44,6 +47,7 @@ class ServeConfig:
     max_k: int = 200
     default_k: int = 20
     allow_url_fetch: bool = False
+    url_fetch_private: bool = False
     url_fetch_timeout_s: float = 10.0
     generator: str = "consensus"
     generator_options: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -163,6 +163,14 @@ def loopback_files(flickr8k_dir, tmp_path):
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/moved":  # a relative redirect to the photo
+            self.send_response(302)
+            self.send_header("Location", "/photo.jpg")
+            self.end_headers()
+            return
+        super().do_GET()
+
     def log_message(self, *args):
         pass
 
@@ -176,11 +184,23 @@ def test_allow_url_fetch_against_a_loopback_server(index, loopback_files, effnet
     idx, _ = index
     base, item = loopback_files
     off = create_app(idx, ServeConfig(), encoder=effnet_minilm)
-    on = create_app(idx, ServeConfig(allow_url_fetch=True, max_upload_bytes=1024 * 1024), encoder=effnet_minilm)
+    public_only = create_app(idx, ServeConfig(allow_url_fetch=True), encoder=effnet_minilm)
+    on = create_app(idx, ServeConfig(allow_url_fetch=True, url_fetch_private=True, max_upload_bytes=1024 * 1024),
+                    encoder=effnet_minilm)
     try:
-        c_off, c_on = TestClient(off), TestClient(on)
+        c_off, c_on, c_public = TestClient(off), TestClient(on), TestClient(public_only)
         r = c_off.post("/knn-service", json={"image_url": f"{base}/photo.jpg", "num_images": 3})
         assert r.status_code == 400 and "disabled" in r.text  # off by default: no outbound request
+        # URL fetching on, private addresses not allowed (the default): loopback and private
+        # addresses are refused before any request, also when a public-looking hop redirects there
+        port = base.rsplit(":", 1)[1]
+        for url in (f"{base}/photo.jpg", f"http://localhost:{port}/photo.jpg", "http://10.0.0.1/x.jpg",
+                    "http://169.254.169.254/latest/meta-data", "http://[::1]/x.jpg"):
+            r = c_public.post("/knn-service", json={"image_url": url, "num_images": 3})
+            assert r.status_code == 400 and "non-public address" in r.text, (url, r.text)
+        # redirects are followed by hand (each hop checked): a redirect to the photo still finds it
+        r = c_on.post("/knn-service", json={"image_url": f"{base}/moved", "num_images": 3})
+        assert r.status_code == 200 and r.json()[0]["image_id"] == item.id, r.text
         r = c_on.post("/knn-service", json={"image_url": f"{base}/photo.jpg", "num_images": 3})
         assert r.status_code == 200, r.text
         assert r.json()[0]["image_id"] == item.id and r.json()[0]["similarity"] > 0.99  # the photo is indexed
@@ -192,5 +212,5 @@ def test_allow_url_fetch_against_a_loopback_server(index, loopback_files, effnet
             r = c_on.post("/knn-service", json={"image_url": url, "num_images": 3})
             assert r.status_code == 400 and "http(s)" in r.text, url
     finally:
-        off.state.mmrag.service.close()
-        on.state.mmrag.service.close()
+        for app in (off, on, public_only):
+            app.state.mmrag.service.close()

@@ -131,23 +131,56 @@ async def fetch_image_url(state: ServeState, url: str) -> bytes:
                               "send the image as base64 in 'image' instead")
     import httpx
 
-    if not url.startswith(("http://", "https://")):
-        raise BadRequestError("image_url must be an http(s) URL")
     limit = state.config.max_upload_bytes
     try:
-        async with httpx.AsyncClient(timeout=state.config.url_fetch_timeout_s, follow_redirects=True) as client:
-            async with client.stream("GET", url) as resp:
-                if resp.status_code != 200:
-                    raise BadRequestError(f"image_url answered HTTP {resp.status_code}")
-                chunks, n = [], 0
-                async for chunk in resp.aiter_bytes():
-                    n += len(chunk)
-                    if n > limit:
-                        raise BadRequestError(f"image_url is larger than {limit} bytes")
-                    chunks.append(chunk)
+        async with httpx.AsyncClient(timeout=state.config.url_fetch_timeout_s, follow_redirects=False) as client:
+            for _ in range(MAX_REDIRECTS + 1):  # redirects followed by hand: each hop is checked
+                await _check_fetchable(url, state.config.url_fetch_private)
+                async with client.stream("GET", url) as resp:
+                    if resp.is_redirect and "location" in resp.headers:
+                        url = str(resp.url.join(resp.headers["location"]))
+                        continue
+                    if resp.status_code != 200:
+                        raise BadRequestError(f"image_url answered HTTP {resp.status_code}")
+                    chunks, n = [], 0
+                    async for chunk in resp.aiter_bytes():
+                        n += len(chunk)
+                        if n > limit:
+                            raise BadRequestError(f"image_url is larger than {limit} bytes")
+                        chunks.append(chunk)
+                    return b"".join(chunks)
     except httpx.HTTPError as e:
         raise BadRequestError(f"cannot fetch image_url ({type(e).__name__}: {e})") from None
-    return b"".join(chunks)
+    raise BadRequestError(f"image_url redirected more than {MAX_REDIRECTS} times")
+
+
+MAX_REDIRECTS = 5
+
+
+async def _check_fetchable(url: str, allow_private: bool) -> None:
+    """Refuse what a client must not make the server fetch: non-http(s) schemes and, unless
+    ``allow_private``, hosts that resolve to loopback, private, link-local or other non-public
+    addresses (every address the name resolves to is checked)."""
+    import ipaddress
+    import socket
+    from urllib.parse import urlsplit
+
+    if not url.startswith(("http://", "https://")):
+        raise BadRequestError("image_url must be an http(s) URL")
+    host = urlsplit(url).hostname
+    if not host:
+        raise BadRequestError("image_url has no host")
+    if allow_private:
+        return
+    try:
+        infos = await asyncio.to_thread(socket.getaddrinfo, host, None)
+    except (socket.gaierror, UnicodeError) as e:
+        raise BadRequestError(f"cannot resolve the image_url host {host!r} ({e})") from None
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        if not ip.is_global:
+            raise BadRequestError(f"image_url host {host!r} is a non-public address ({ip}): refused "
+                                  "(a server started with --allow-private-urls may fetch from its own network)")
 
 
 def _deduplicate(state: ServeState, hits, target: str):
