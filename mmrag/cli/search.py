@@ -20,11 +20,27 @@ def _print_hits(hits, target: str) -> None:
     t.add_column("#", justify="right")
     t.add_column("score", justify="right")
     t.add_column("id")
-    t.add_column("caption" if target == "images" else "text")
+    texts = [h.metadata.get("text") if target == "captions" else (h.metadata.get("captions") or [""])[0]
+             for h in hits]
+    # the path says where the file is; the id alone (often a file name) does not
+    paths = [str(h.metadata.get("path") or "") for h in hits]
+    if any(p and p != h.id for p, h in zip(paths, hits)):
+        t.add_column("path", overflow="fold")
+    else:
+        paths = None
+    if any(texts):  # no empty caption column for an uncaptioned index
+        t.add_column("caption" if target == "images" else "text")
     for i, h in enumerate(hits, 1):
-        text = h.metadata.get("text") if target == "captions" else (h.metadata.get("captions") or [""])[0]
-        t.add_row(str(i), f"{h.score:.3f}", h.id, text or "")
+        row = [str(i), f"{h.score:.3f}", h.id]
+        if paths is not None:
+            row.append(paths[i - 1])
+        if any(texts):
+            row.append(texts[i - 1] or "")
+        t.add_row(*row)
     out.print(t)
+    if target == "captions" and any(h.score < 0 for h in hits):
+        out.print("score: cosine similarity of the query and caption vectors; across image and text it is "
+                  "often below 0 even for a good match -- compare scores by rank, not by sign.", markup=False)
 
 
 def search(
@@ -53,6 +69,8 @@ def search(
     s = Searcher(index_dir)
     if not s.has_store(target):
         fail(f"--target must be one of {', '.join(TARGETS)} (or an extra store the index has), got {target!r}")
+    if target == "captions" and s.count("captions") == 0:
+        fail("this index has no captions to search (--target captions); caption it first (`mmrag caption`)")
     hits = s.search(text=text, image=image, k=k, weight=weight, target=target, filter=flt or None)
     if as_json:
         print(json.dumps([{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits], indent=2, ensure_ascii=False))

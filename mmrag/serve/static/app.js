@@ -130,6 +130,7 @@ async function runSearch(query) {
     setStatus("#search-status", `${res.results.length} ${what} in ${res.took_ms.toFixed(0)} ms`);
     renderHits("#search-results", res.results, { onSimilar: searchSimilar });
   } catch (e) {
+    $("#search-results").replaceChildren();  // old results under a new error would read as its answer
     setStatus("#search-status", e.message, true);
   }
 }
@@ -195,6 +196,7 @@ function setupCaption() {
         el("h3", { text: "Retrieved captions (evidence)" }), evidenceList(ev10));
     } catch (e) {
       setStatus("#caption-status", e.message, true);
+      $("#caption-result").replaceChildren();  // old results under a new error would read as its answer
     }
   });
 }
@@ -292,6 +294,7 @@ function setupAsk() {
         el("h3", { text: "Evidence: similar images" }), evidenceList(res.evidence));
     } catch (e) {
       setStatus("#ask-status", e.message, true);
+      $("#ask-result").replaceChildren();  // old results under a new error would read as its answer
     }
   });
 }
@@ -318,6 +321,7 @@ function setupCompose() {
       setStatus("#compose-status", `${n} image${n === 1 ? "" : "s"} placed`);
     } catch (e) {
       setStatus("#compose-status", e.message, true);
+      $("#compose-result").replaceChildren();  // old results under a new error would read as its answer
     }
   });
 }
