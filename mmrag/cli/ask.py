@@ -53,8 +53,9 @@ def ask(
     k: Optional[int] = typer.Option(None, "-k", "--k", help="Similar images retrieved (the cues); default 20 for "
                                                          "knn (chosen on VQA-RAD dev), 5 for generators."),
     no_rir: bool = typer.Option(False, "--no-rir", help="Answer without reverse image retrieval (baseline)."),
-    answerer: str = typer.Option("knn", help="knn (votes with answers to similar questions; needs QA pairs "
-                                             "in the index) or a generator name."),
+    answerer: str = typer.Option("auto", help="auto (knn with QA pairs in the index, else captions), knn (votes "
+                                              "with answers to similar questions), captions (from the similar "
+                                              "images' captions) or a generator name."),
     generator: Optional[str] = typer.Option(None, "--generator", "-g",
                                             help="Answer with this generator (local, openai, ...) instead of knn."),
     gen_opt: GenOpt = [],
@@ -68,6 +69,9 @@ def ask(
         fail(f"{image}: no such image file")
     if not question.strip():
         fail("the question is empty")
+    from mmrag.corpus.images import open_image
+
+    open_image(image)  # an unreadable file fails here (ImageError, one line), before any model loads
     try:
         pipe = _pipeline(index_dir, provider, answerer, _generator(generator, gen_opt), k)
     except KeyError as e:

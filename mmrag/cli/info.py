@@ -20,8 +20,29 @@ def info(index_dir: Path = typer.Option(..., "--index", "-i"), as_json: bool = t
     if as_json:
         print(json.dumps(d, indent=2, ensure_ascii=False))
     else:
-        for key, v in d.items():
-            out.print(f"[bold]{key}[/]: {v}")
+        for line in info_lines(d):
+            out.print(line, markup=False, highlight=False)
+
+
+def info_lines(d: dict, indent: int = 0) -> list[str]:
+    """``key: value`` lines, nested dicts indented and lists comma-joined -- not Python reprs."""
+    lines = []
+    pad = "  " * indent
+    for key, v in d.items():
+        label = str(key).replace("_", " ")
+        if isinstance(v, dict):
+            lines.append(f"{pad}{label}:" + ("" if v else " none"))
+            lines += info_lines(v, indent + 1)
+        elif isinstance(v, (list, tuple)):
+            if v and all(isinstance(x, dict) for x in v):
+                lines.append(f"{pad}{label}:")
+                for x in v:
+                    lines.append(f"{pad}  - " + ", ".join(f"{k}={y}" for k, y in x.items()))
+            else:
+                lines.append(f"{pad}{label}: " + (", ".join(str(x) for x in v) or "none"))
+        else:
+            lines.append(f"{pad}{label}: {'none' if v is None else v}")
+    return lines
 
 
 def remove(

@@ -29,14 +29,31 @@ def _print_hits(hits, target: str) -> None:
     t.add_column("#", justify="right")
     t.add_column("score", justify="right")
     t.add_column("id")
-    t.add_column("caption" if target == "images" else "text")
+    texts = [h.metadata.get("text") if target == "captions" else (h.metadata.get("captions") or [""])[0]
+             for h in hits]
+    for n, h in enumerate(hits):  # the words written in an uncaptioned image (--ocr)
+        if not texts[n] and h.metadata.get("ocr_text"):
+            texts[n] = "text in image: " + " ".join(str(h.metadata["ocr_text"]).split())
+    # the path says where the file is; the id alone (often a file name) does not
+    paths = [str(h.metadata.get("path") or "") for h in hits]
+    if any(p and p != h.id for p, h in zip(paths, hits)):
+        t.add_column("path", overflow="fold")
+    else:
+        paths = None
+    if any(texts):  # no empty caption column for an uncaptioned index
+        t.add_column("caption" if target == "images" else "text")
     for i, h in enumerate(hits, 1):
-        text = h.metadata.get("text") if target == "captions" else (h.metadata.get("captions") or [""])[0]
-        if not text and h.metadata.get("ocr_text"):  # the words written in the image (--ocr)
-            text = "text in image: " + " ".join(str(h.metadata["ocr_text"]).split())
         score = f"{h.score:.3f}" if abs(h.score) >= 0.001 else f"{h.score:.2g}"
-        t.add_row(str(i), score, _short(h.id, 120), _short(text or "", MAX_CELL))
+        row = [str(i), score, _short(h.id, 120)]
+        if paths is not None:
+            row.append(paths[i - 1])
+        if any(texts):
+            row.append(_short(texts[i - 1] or "", MAX_CELL))
+        t.add_row(*row)
     out.print(t)
+    if target == "captions" and any(h.score < 0 for h in hits):
+        out.print("score: cosine similarity of the query and caption vectors; across image and text it is "
+                  "often below 0 even for a good match -- compare scores by rank, not by sign.", markup=False)
 
 
 def search(
@@ -71,6 +88,8 @@ def search(
     s = Searcher(index_dir)
     if not s.has_store(target):
         fail(f"--target must be one of {', '.join(TARGETS)} (or an extra store the index has), got {target!r}")
+    if target == "captions" and s.count("captions") == 0:
+        fail("this index has no captions to search (--target captions); caption it first (`mmrag caption`)")
     hits = s.search(text=text, image=image, k=k, weight=weight, target=target, filter=flt or None,
                     mode=mode, safe=safe)
     if as_json:

@@ -157,7 +157,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ImageError)
     async def _bad_image(_: Request, e: ImageError):
-        return _error(400, f"unreadable image: {e}")
+        # the reader names in-memory images "<bytes>": to the client it is the file it sent
+        msg = str(e)
+        for placeholder in ("<bytes>: ", "<image>: "):
+            if msg.startswith(placeholder):
+                msg = "the uploaded file " + msg[len(placeholder):]
+        return _error(400, f"unreadable image: {msg}")
 
     @app.exception_handler(BadRequestError)
     async def _bad_request(_: Request, e: BadRequestError):
@@ -250,12 +255,48 @@ def create_app(index_dir: str | Path, config: ServeConfig | None = None, encoder
     return app
 
 
+def index_knowledge(state: ServeState) -> dict[str, int]:
+    """How many indexed images carry captions and QA pairs (one metadata scan, then cached):
+    what decides whether ask and chat completions can work here."""
+
+    def scan() -> dict[str, int]:
+        s = state.service.searcher
+        ids = list(s.ids())
+        n_cap = n_qa = 0
+        for start in range(0, len(ids), 1024):
+            for m in s.metadata(ids[start:start + 1024]):
+                m = m or {}
+                n_cap += bool(m.get("captions"))
+                n_qa += bool(m.get("qa"))
+        return {"captioned_images": n_cap, "qa_images": n_qa}
+
+    return state.lazy("index_knowledge", scan)
+
+
 def features(state: ServeState) -> dict[str, Any]:
-    """What the web page may show: search always; the rest when available on this server."""
+    """What the web page may show: search always; the rest when it can work on this server and
+    index. ``unavailable`` says, for each feature that is off, why."""
     svc = state.service
-    f = {"search": True, "image_search": True, "caption": svc.searcher.count("captions") > 0
-         or state.config.caption_datastore is not None, "chat_completions": True,
+    know = index_knowledge(state)
+    unavailable: dict[str, str] = {}
+    caption = svc.searcher.count("captions") > 0 or state.config.caption_datastore is not None
+    if not caption:
+        unavailable["caption"] = "the index has no captions and the server no caption datastore (--caption-datastore)"
+    # consensus/extractive pick among the retrieved captions: nothing to pick on an uncaptioned index
+    chat_completions = know["captioned_images"] > 0 or state.config.generator not in ("consensus", "extractive")
+    if not chat_completions:
+        unavailable["chat_completions"] = (f"the {state.config.generator} generator answers from the retrieved "
+                                           "images' captions and this index has none; caption it or serve "
+                                           "with a language-model generator (--generator local)")
+    f = {"search": True, "image_search": True, "caption": caption, "chat_completions": chat_completions,
          "url_fetch": state.config.allow_url_fetch, "max_upload_bytes": state.config.max_upload_bytes,
          "max_k": state.config.max_k, "default_k": state.config.default_k}
     f.update(state.extras.get("task_features", {}))
+    if f.get("ask") and not (know["qa_images"] or know["captioned_images"]):
+        f["ask"] = False
+        unavailable["ask"] = ("this index has neither QA pairs nor captions to answer from; caption it "
+                              "(`mmrag caption`) or index a VQA dataset")
+    if "compose" in f and not f["compose"]:
+        unavailable.setdefault("compose", "the index holds no documents to compose answers from")
+    f["unavailable"] = unavailable
     return f

@@ -166,3 +166,42 @@ def test_chat_and_ask_search_with_the_index_encoder(bridged_index, tmp_path):
 
     prov = create_provider("index", index_dir=idx)
     assert prov.encoder.fingerprint() == enc.fingerprint() != create_encoder("effnet-minilm").fingerprint()
+
+
+# ---------------------------------------------------------------------- a photo index (no captions)
+
+@pytest.fixture(scope="module")
+def photo_index(coco_sample, tmp_path_factory):
+    """``mmrag index`` over a plain folder of 4 photos: no captions, no QA pairs."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("photos")
+    (root / "pics").mkdir()
+    for p in sorted((coco_sample / "images").glob("*.jpg"))[:4] if (coco_sample / "images").is_dir() else \
+            sorted(coco_sample.rglob("*.jpg"))[:4]:
+        shutil.copy(p, root / "pics" / p.name)
+    r = _run("index", root / "pics", "--out", root / "idx")
+    assert r.exit_code == 0, r.output
+    return root / "idx", sorted((root / "pics").glob("*.jpg"))
+
+
+def test_photo_index_output_is_readable_and_says_what_cannot_work(photo_index, tmp_path):
+    idx, pics = photo_index
+    r = _run("info", "--index", idx)
+    assert r.exit_code == 0 and "{'" not in r.stdout and "['" not in r.stdout, r.stdout  # no Python reprs
+    r = _run("search", "--index", idx, "--text", "a photo", "-k", "2")
+    assert r.exit_code == 0, r.output
+    header = r.stdout.splitlines()[1]
+    assert "caption" not in header and "path" in header and str(pics[0].parent) in r.stdout.replace("\n", "")
+    # errors as the user sees them (main() turns library errors into one line, exit 2)
+    from tests.cli.test_cli_errors import run_cli
+
+    r = run_cli("search", "--index", str(idx), "--image", str(pics[0]), "--target", "captions")
+    assert r.returncode == 2 and "no captions" in r.stderr, r.stderr
+    r = run_cli("ask", str(pics[0]), "Is there a dog?", "--index", str(idx))
+    assert r.returncode == 2 and "neither QA pairs nor captions" in r.stderr, r.stderr
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image at all")
+    # the image is checked before the index (and its model) is opened: a missing index is not reached
+    r = run_cli("ask", str(bad), "Is there a dog?", "--index", str(tmp_path / "no-such-index"))
+    assert r.returncode == 2 and "broken.jpg" in r.stderr and "no-such-index" not in r.stderr, r.stderr

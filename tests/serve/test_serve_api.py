@@ -455,10 +455,43 @@ def test_ask_with_reverse_image_retrieval(tmp_path, data_dir, effnet_minilm, ser
         assert c.post("/api/ask", data={"question": "Is there a fracture?"}).status_code == 400
     finally:
         app.state.mmrag.service.close()
-    # the Flickr8k index has no QA pairs and the default generator (consensus) cannot answer
+    # the Flickr8k index has no QA pairs: the default answers from the neighbours' captions
     _, fc, items = served
+    assert fc.get("/healthz").json()["features"]["ask"] is True
     r = fc.post("/api/ask", data={"question": "What is the dog doing?", "image_id": items[0].id})
-    assert r.status_code == 400 and "cannot answer questions" in r.json()["detail"]
+    assert r.status_code == 200, r.text
+    d = r.json()
+    caps = {c for it in items if it.id in {e["id"] for e in d["evidence"]} for c in it.captions}
+    assert d["answerer"] == "captions" and d["answer"] in caps  # a caption of a retrieved image
+    r = fc.post("/api/ask", data={"question": "Is there a dog?", "image_id": items[0].id})
+    assert r.status_code == 200 and r.json()["answer"] in ("yes", "no")
+
+
+def test_uncaptioned_index_says_what_cannot_work(tmp_path, flickr8k_dir, effnet_minilm):
+    """A photo index (no captions, no QA): healthz turns ask and chat completions off and says
+    why; the calls fail with that reason instead of a generic error."""
+    import dataclasses
+
+    from mmrag.corpus.items import Corpus
+    from mmrag.corpus.readers import read_corpus
+    from mmrag.embedding import IndexConfig, build_index
+
+    items = [dataclasses.replace(it, captions=[]) for it in
+             read_corpus("flickr8k", flickr8k_dir, split="dev", limit=4).items]
+    build_index(Corpus("photos", flickr8k_dir, items), tmp_path / "photos", effnet_minilm, IndexConfig(progress=False))
+    app = create_app(tmp_path / "photos", encoder=effnet_minilm)
+    try:
+        c = TestClient(app)
+        f = c.get("/healthz").json()["features"]
+        assert f["ask"] is False and "neither QA pairs nor captions" in f["unavailable"]["ask"]
+        assert f["chat_completions"] is False and "captions" in f["unavailable"]["chat_completions"]
+        assert f["caption"] is False and "caption" in f["unavailable"]
+        r = c.post("/api/ask", data={"question": "Is there a dog?", "image_id": items[0].id})
+        assert r.status_code == 503 and "neither QA pairs nor captions" in r.json()["detail"]
+        r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "a dog"}]})
+        assert r.status_code == 400 and "no captions" in r.json()["error"]["message"]
+    finally:
+        app.state.mmrag.service.close()
 
 
 def test_compose_with_images_in_place(tmp_path, data_dir, effnet_minilm, served):

@@ -10,7 +10,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 
 from mmrag.serve.app import ServeState
 from mmrag.serve.schemas import image_links
-from mmrag.serve.service import BadRequestError
+from mmrag.serve.service import BadRequestError, UnavailableError
 
 __all__ = ["ask_router"]
 
@@ -24,8 +24,8 @@ def ask_router(state: ServeState) -> APIRouter:
     def pipeline(answerer: str):
         def build():
             provider = create_provider("index", searcher=state.service.searcher)
-            if answerer == "knn":
-                return RIRPipeline(provider, answerer="knn")
+            if answerer in ("knn", "captions", "auto"):
+                return RIRPipeline(provider, answerer=answerer)
             from mmrag.serve.rag import RagPipeline
 
             gen = RagPipeline(state).generator(answerer)  # shared instance, server's options
@@ -38,21 +38,19 @@ def ask_router(state: ServeState) -> APIRouter:
         return state.lazy(f"rir:{answerer}", build)
 
     def default_answerer() -> str:
-        """knn when the index has QA pairs, else the server's generator."""
-        if "rir_has_qa" not in state.extras:
-            try:
-                p = pipeline("knn")
-                state.extras["rir_has_qa"] = p.bank is not None and len(p.bank) > 0
-            except AnswererError:
-                state.extras["rir_has_qa"] = False
-        return "knn" if state.extras["rir_has_qa"] else state.config.generator
+        """What works on this index without a language model: knn with QA pairs, else the
+        neighbours' captions (:func:`mmrag.tasks.rir.auto_answerer`); its error says why not."""
+        try:
+            return pipeline("auto").answerer.name
+        except AnswererError as e:
+            raise UnavailableError(str(e)) from None
 
     @router.post("/ask", summary="Answer a question about an image, with similar images as evidence")
     async def ask(
         question: str = Form(..., min_length=1, max_length=1000),
         image: Optional[UploadFile] = File(None, description="The image the question is about."),
         image_id: Optional[str] = Form(None, description="Or: an indexed image (treated as unseen)."),
-        answerer: Optional[str] = Form(None, description="knn (needs QA pairs in the index) or a generator name."),
+        answerer: Optional[str] = Form(None, description="knn (needs QA pairs in the index), captions (needs captions) or a generator name; default: what the index has."),
         rir: bool = Form(True, description="Use reverse image retrieval (false: the no-RIR baseline)."),
         k: Optional[int] = Form(None, ge=1, le=50),
     ):
@@ -76,6 +74,8 @@ def ask_router(state: ServeState) -> APIRouter:
                                 exclude_ids=[image_id] if image_id else (), exclude_same_image=raw is not None)
             except KeyError as e:
                 raise BadRequestError(str(e).strip("'\"")) from None
+            except AnswererError as e:
+                raise UnavailableError(str(e)) from None
             except ValueError as e:
                 raise BadRequestError(str(e)) from None
 

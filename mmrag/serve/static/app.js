@@ -134,6 +134,7 @@ async function runSearch(query) {
     setStatus("#search-status", `${res.results.length} ${what} in ${res.took_ms.toFixed(0)} ms${how}`);
     renderHits("#search-results", res.results, { onSimilar: searchSimilar, mode: res.mode });
   } catch (e) {
+    $("#search-results").replaceChildren();  // old results under a new error would read as its answer
     setStatus("#search-status", e.message, true);
   }
 }
@@ -201,6 +202,7 @@ function setupCaption() {
         el("h3", { text: "Retrieved captions (evidence)" }), evidenceList(ev10));
     } catch (e) {
       setStatus("#caption-status", e.message, true);
+      $("#caption-result").replaceChildren();  // old results under a new error would read as its answer
     }
   });
 }
@@ -298,6 +300,7 @@ function setupAsk() {
         el("h3", { text: "Evidence: similar images" }), evidenceList(res.evidence));
     } catch (e) {
       setStatus("#ask-status", e.message, true);
+      $("#ask-result").replaceChildren();  // old results under a new error would read as its answer
     }
   });
 }
@@ -324,6 +327,7 @@ function setupCompose() {
       setStatus("#compose-status", `${n} image${n === 1 ? "" : "s"} placed`);
     } catch (e) {
       setStatus("#compose-status", e.message, true);
+      $("#compose-result").replaceChildren();  // old results under a new error would read as its answer
     }
   });
 }

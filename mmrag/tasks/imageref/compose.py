@@ -364,7 +364,7 @@ def compose(query: str, documents: Sequence[Document] | None = None, index: str 
         docs = list(documents)
         if not docs:
             raise ComposeError("no documents to answer from")
-        chunks = [c for d in docs for c in chunk_document(d, config.chunk_words)]
+        chunks = [c for d in docs for c in chunk_document(d, config.chunk_words, sentences=True)]
         ranked = _rank_chunks(query, chunks, embedder, config.top_chunks)
     if not ranked:
         raise ComposeError("the documents hold no text to answer from")

@@ -112,7 +112,7 @@ def ingest_documents(documents: Sequence[Document], index_dir: str | Path, encod
                 old = [i for i in store.ids() if i.startswith(d.id + "#s")]
                 if old:
                     store.delete(old)
-            chunks.extend(chunk_document(d, chunk_words))
+            chunks.extend(chunk_document(d, chunk_words, sentences=True))
             known[d.id] = d
         if chunks:
             vecs = encoder.embed_texts([f"{c.heading}: {c.text}" if c.heading else c.text for c in chunks],

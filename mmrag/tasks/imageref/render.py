@@ -60,7 +60,8 @@ def render(markdown: str, images: Sequence[Any], mode: str = "path", base_dir: s
 
     ``mode``: ``"path"`` (Markdown link to the file; relative to ``base_dir`` when given),
     ``"data"`` (the file inlined as a ``data:`` URL, for a self-contained page) or ``"html"``
-    (``<img src alt>`` tags)."""
+    (the whole answer as HTML -- headings, paragraphs, ``<img src alt>`` -- rendered by
+    markdown-it-py's CommonMark renderer)."""
     if mode not in ("path", "data", "html"):
         raise ValueError("mode must be path, data or html")
     bad = invalid_references(markdown, len(images))
@@ -83,8 +84,12 @@ def render(markdown: str, images: Sequence[Any], mode: str = "path", base_dir: s
                 target = Path(path).resolve().relative_to(Path(base_dir).resolve()).as_posix()
             except ValueError:
                 target = Path(path).resolve().as_posix()
-        if mode == "html":
-            return f'<img src="{html.escape(target, quote=True)}" alt="{html.escape(caption, quote=True)}">'
         return f"![{caption}]({target.replace(' ', '%20').replace(')', '%29')})"
 
-    return IMAGE_REF.sub(link, markdown)
+    resolved = IMAGE_REF.sub(link, markdown)
+    if mode != "html":
+        return resolved
+    from markdown_it import MarkdownIt
+
+    # raw HTML in the answer (it quotes documents) is escaped, not passed through
+    return MarkdownIt("commonmark", {"html": False}).render(resolved)

@@ -46,6 +46,7 @@ from mmrag.tasks.rir.answerers import (
     AnswererError,
     AnswerOutput,
     AnswerRequest,
+    CaptionAnswerer,
     GeneratorAnswerer,
     KnnAnswerer,
     KnnConfig,
@@ -53,7 +54,7 @@ from mmrag.tasks.rir.answerers import (
 from mmrag.tasks.rir.cues import CueBlock, Evidence, build_cue_block
 from mmrag.tasks.rir.knowledge import QABank, QAPair, index_vqa
 from mmrag.tasks.rir.normalize import answer_in_prediction, closed_form, exact_match, normalize_answer
-from mmrag.tasks.rir.pipeline import DEFAULT_K, Answer, RIRPipeline, answer_question
+from mmrag.tasks.rir.pipeline import DEFAULT_K, Answer, RIRPipeline, answer_question, auto_answerer
 from mmrag.tasks.rir.providers import (
     PROVIDERS,
     IndexProvider,
@@ -65,10 +66,10 @@ from mmrag.tasks.rir.providers import (
 )
 
 __all__ = [
-    "ANSWERERS", "Answer", "Answerer", "AnswererError", "AnswerOutput", "AnswerRequest", "CueBlock",
+    "ANSWERERS", "Answer", "Answerer", "AnswererError", "AnswerOutput", "AnswerRequest", "CaptionAnswerer", "CueBlock",
     "DEFAULT_K", "Evidence", "GeneratorAnswerer", "IndexProvider", "KnnAnswerer", "KnnConfig", "Neighbour",
     "PROVIDERS", "ProviderUnavailableError", "QABank", "QAPair", "RIRPipeline", "ReverseSearchProvider",
-    "VQADataset", "VQAQuestion", "WebProvider", "answer_in_prediction", "answer_question", "build_cue_block",
+    "VQADataset", "VQAQuestion", "WebProvider", "answer_in_prediction", "answer_question", "auto_answerer", "build_cue_block",
     "closed_form", "create_provider", "exact_match", "index_vqa", "normalize_answer", "qa_corpus", "read_vqa",
     "read_vqa_jsonl", "read_vqa_rad", "split_by_image",
 ]

@@ -13,6 +13,11 @@
     With RIR the answer is the argmax of ``(1 - mix) * global + mix * neighbours`` (``mix = 0``
     is exactly the no-RIR answer). Defaults were chosen on a VQA-RAD dev split carved out of
     train by image (``benchmarks/bench_rir.py``; docs/benchmarks.md).
+``captions`` (no language model; any captioned index)
+    Answers from the retrieved images' captions: a yes/no question ("Is there a dog?") is
+    answered by whether its content words occur in the neighbours' captions (similarity-weighted
+    majority); any other question gets the caption the neighbours agree on most (``consensus``
+    generator, CIDEr-D). What the default answerer (``auto``) falls back to without QA pairs.
 ``generator``
     Any generator of the shared layer (``local``, ``openai``, ...): a prompt with the cue block
     (RIR) or without it (no RIR), the question, and an instruction to answer briefly; the image is
@@ -35,7 +40,7 @@ from mmrag.tasks.rir.knowledge import QABank
 from mmrag.tasks.rir.providers import Neighbour
 
 __all__ = ["AnswerRequest", "AnswerOutput", "Answerer", "ANSWERERS", "KnnConfig", "KnnAnswerer",
-           "GeneratorAnswerer", "AnswererError", "build_prompt", "SYSTEM_PROMPT"]
+           "GeneratorAnswerer", "CaptionAnswerer", "AnswererError", "build_prompt", "SYSTEM_PROMPT"]
 
 
 class AnswererError(MmragError):
@@ -181,6 +186,66 @@ class GeneratorAnswerer:
                                             evidence=evidence)
         out = self.generator.generate(gen)
         return AnswerOutput(text=out.text.strip(), details={"prompt": prompt, "usage": out.usage})
+
+
+_YES_NO_START = frozenset("is are was were am does do did can could has have will would should".split())
+# Words that carry no object to look for in a caption.
+_QUESTION_STOP = frozenset(
+    "is are was were am be does do did can could has have had will would should there here this that these "
+    "those it its a an the any some of in on at to for with by from and or not no yes what which who whom "
+    "whose where when why how image picture photo photograph shown visible see seen".split())
+
+
+def _stem(word: str) -> str:
+    # plural/verb endings, so "dogs" matches "dog" and "running" matches "runs"
+    for suffix in ("ing", "s"):
+        if len(word) > len(suffix) + 2 and word.endswith(suffix) and not word.endswith("ss"):
+            return word[: -len(suffix)]
+    return word
+
+
+def _words(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"[a-z]+", text.lower())
+
+
+class CaptionAnswerer:
+    """Answers from the neighbours' captions (see the module docstring); needs RIR."""
+
+    name = "captions"
+
+    def __init__(self, yes_threshold: float = 0.5):
+        self.yes_threshold = float(yes_threshold)
+
+    def answer(self, request: AnswerRequest) -> AnswerOutput:
+        captioned = [n for n in request.neighbours if n.captions and n.id not in request.exclude_images]
+        if not captioned:
+            raise AnswererError("the captions answerer needs retrieved images with captions; this index has none "
+                                "near this image (caption the index with `mmrag caption`, or use a generator)")
+        words = _words(request.question)
+        content = [_stem(w) for w in words if w not in _QUESTION_STOP and len(w) > 1]
+        if words and words[0] in _YES_NO_START and content:
+            # similarity-weighted share of neighbours whose captions mention every content word
+            weights = np.exp([n.similarity - captioned[0].similarity for n in captioned])
+            hits = np.array([all(c in {_stem(w) for cap in n.captions for w in _words(cap)} for c in content)
+                             for n in captioned], dtype=np.float64)
+            share = float((weights * hits).sum() / weights.sum())
+            return AnswerOutput(text="yes" if share >= self.yes_threshold else "no",
+                                details={"method": "yes/no from the neighbours' captions", "looked_for": content,
+                                         "share": round(share, 4), "neighbours": len(captioned)})
+        from mmrag.generators import GenerationRequest, create_generator
+
+        captions = [c for n in captioned for c in n.captions]
+        scores = [n.similarity for n in captioned for _ in n.captions]
+        out = create_generator("consensus").generate(GenerationRequest(evidence=captions, evidence_scores=scores))
+        return AnswerOutput(text=out.text.strip(), details={"method": "consensus caption of the neighbours",
+                                                             "candidates": len(captions)})
+
+
+@ANSWERERS.register("captions")
+def _make_captions(**kwargs) -> CaptionAnswerer:
+    return CaptionAnswerer(**kwargs)
 
 
 @ANSWERERS.register("knn")

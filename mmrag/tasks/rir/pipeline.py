@@ -21,7 +21,7 @@ from mmrag.tasks.rir.cues import CueBlock, Evidence, build_cue_block
 from mmrag.tasks.rir.knowledge import QABank
 from mmrag.tasks.rir.providers import ReverseSearchProvider, create_provider
 
-__all__ = ["Answer", "RIRPipeline", "answer_question", "DEFAULT_K", "GENERATOR_K"]
+__all__ = ["Answer", "RIRPipeline", "answer_question", "auto_answerer", "DEFAULT_K", "GENERATOR_K"]
 
 # knn: chosen on the VQA-RAD dev split (by image) of train; see docs/benchmarks.md.
 DEFAULT_K = 20
@@ -66,30 +66,39 @@ def _jsonable(x: Any) -> Any:
 class RIRPipeline:
     """Provider + answerer (+ the provider's QA bank for question similarities).
 
-    ``answerer``: ``"knn"`` (options: :class:`KnnConfig` fields), ``"generator"`` (option
+    ``answerer``: ``"auto"`` (knn when the index has QA pairs, else ``captions`` when it has captions;
+    otherwise :class:`AnswererError` saying why), ``"knn"`` (options: :class:`KnnConfig` fields),
+    ``"captions"``, ``"generator"`` (option
     ``generator=NAME``), a generator name directly (``"local"``, ``"openai"``), or an
     :class:`Answerer` instance. ``k``: neighbours retrieved; ``qa_per_image``: QA pairs per
     neighbour in the cue block.
     """
 
-    def __init__(self, provider: ReverseSearchProvider, answerer: str | Answerer = "knn", k: int | None = None,
+    def __init__(self, provider: ReverseSearchProvider, answerer: str | Answerer = "auto", k: int | None = None,
                  qa_per_image: int = 3, bank: QABank | None = None, **answerer_options: Any):
         if k is not None and k < 1:
             raise ValueError("k must be at least 1")
         self.provider = provider
         self.qa_per_image = int(qa_per_image)
         encoder = provider.encoder
+        self.n_captioned: int | None = None  # images with captions, when the provider can list them
         if bank is None and encoder is not None:
-            bank = QABank.from_provider(provider)
+            meta = provider.all_metadata()
+            bank = QABank.from_metadata(meta, encoder)
+            self.n_captioned = sum(bool(m.get("captions")) for _, m in meta) if meta else None
         self.bank = bank
         self.encoder = encoder
         if isinstance(answerer, str):
             answerer = self._make_answerer(answerer, answerer_options)
         self.answerer = answerer
         # Default k: DEFAULT_K for knn, GENERATOR_K for generators (prompt length).
-        self.k = int(k) if k is not None else (DEFAULT_K if answerer.name == "knn" else GENERATOR_K)
+        self.k = int(k) if k is not None else (DEFAULT_K if answerer.name in ("knn", "captions") else GENERATOR_K)
 
     def _make_answerer(self, name: str, options: dict[str, Any]) -> Answerer:
+        if name == "auto":
+            name = auto_answerer(self.bank, self.n_captioned)
+        if name == "captions":
+            return ANSWERERS.create("captions", **options)
         if name == "knn":
             if self.bank is None:
                 from mmrag.tasks.rir.answerers import AnswererError
@@ -160,18 +169,31 @@ class RIRPipeline:
         self.provider.close()
 
 
+def auto_answerer(bank: QABank | None, n_captioned: int | None) -> str:
+    """The answerer that works with what the index has: knn (QA pairs), else captions; else why not."""
+    if bank is not None and len(bank) > 0:
+        return "knn"
+    if n_captioned is None or n_captioned > 0:
+        return "captions"
+    from mmrag.tasks.rir.answerers import AnswererError
+
+    raise AnswererError("this index has neither QA pairs nor captions, so no answerer without a language model "
+                        "can answer: caption it (`mmrag caption`), index a VQA dataset, or answer with a "
+                        "generator (--generator local)")
+
+
 _PIPELINES: dict[tuple, RIRPipeline] = {}
 _LOCK = threading.Lock()
 
 
 def answer_question(image: Any, question: str, *, index: str | Path | None = None, searcher=None,
                     provider: ReverseSearchProvider | None = None, k: int | None = None, rir: bool = True,
-                    answerer: str = "knn", exclude_same_image: bool = False, **answerer_options: Any) -> Answer:
+                    answerer: str = "auto", exclude_same_image: bool = False, **answerer_options: Any) -> Answer:
     """Answer a question about an image with reverse image retrieval over an index.
 
     Give the index as ``index`` (a directory), ``searcher`` (an open :class:`mmrag.retrieval.Searcher`)
-    or ``provider`` (any :class:`ReverseSearchProvider`). ``answerer``: ``"knn"`` (default, no
-    language model; needs QA pairs in the index), or a generator name (``"local"``, ``"openai"``;
+    or ``provider`` (any :class:`ReverseSearchProvider`). ``answerer``: ``"auto"`` (default: knn with
+    QA pairs, else the neighbours' captions), ``"knn"``, ``"captions"``, or a generator name (``"local"``, ``"openai"``;
     generator options such as ``generator_options`` go through ``**answerer_options``).
 
     >>> a = answer_question("scan.jpg", "Is there a fracture?", index="vqa_rad_index")  # doctest: +SKIP

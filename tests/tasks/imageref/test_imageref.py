@@ -224,7 +224,10 @@ def test_render_resolves_and_rejects_invalid_references(tmp_path):
     assert render(md, [str(img)]) == f"# T\n\ntext\n\n![a pic]({img})\n"
     assert render(md, [{"path": str(img)}], base_dir=tmp_path) == "# T\n\ntext\n\n![a pic](a.png)\n"
     assert "data:image/png;base64," in render(md, [str(img)], mode="data")
-    assert '<img src="a.png" alt="a pic">' in render(md, [str(img)], mode="html", base_dir=tmp_path)
+    page = render(md + "\n<script>x</script>\n", [str(img)], mode="html", base_dir=tmp_path)
+    # real HTML, not Markdown: headings and paragraphs too, and the answer's raw HTML escaped
+    assert "<h1>T</h1>" in page and "<p>text</p>" in page and '<img src="a.png" alt="a pic"' in page
+    assert "# T" not in page and "<script>" not in page
     with pytest.raises(InvalidReferenceError):
         render("![x](IMAGE_2)", [str(img)])
     assert find_references(md) == [("a pic", "IMAGE_1")]
@@ -450,3 +453,18 @@ def test_compose_with_a_generator_endpoint(d2l_docs, minilm):
     assert refs and set(refs) <= {im.key for im in c.images}
     hidden = [p for p in c.positions if p.heading == "Hidden state"][0]
     assert hidden.image and "hidden state" in c.image_map()[hidden.image].caption.lower()
+
+
+def test_reader_chunks_end_at_sentences_and_drop_link_only_paragraphs():
+    from mmrag.corpus.documents import Document, Section
+    from mmrag.tasks.imageref import chunk_document
+
+    para = " ".join(f"Sentence number {i} says something about very deep networks." for i in range(30))
+    doc = Document("d", "T", [Section("S", 2, para + "\n\n[Discussions](https://discuss.d2l.ai/t/1)")])
+    chunks = chunk_document(doc, 40, sentences=True)
+    assert len(chunks) > 1 and all(c.text.endswith("networks.") for c in chunks)  # whole sentences
+    assert all(len(c.text.split()) <= 40 for c in chunks)
+    assert not any("Discussions" in c.text for c in chunks)
+    # the figure-position evaluation's word cuts are unchanged
+    words = chunk_document(doc, 40)
+    assert not words[0].text.endswith("networks.") and "Discussions" in words[-1].text

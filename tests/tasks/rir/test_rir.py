@@ -335,3 +335,23 @@ def test_cli_errors_are_clean(small_index, vqa_rad_dir, tmp_path):
     (tmp_path / "t.jsonl").write_text(json.dumps({"image": str(img), "question": "Q?", "answers": ["yes"]}) + "\n")
     r = _cli("eval", "ask", "--dataset", "jsonl", "--test", str(tmp_path / "t.jsonl"))
     assert r.returncode == 2 and "--train" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_captions_answerer_reads_the_neighbours_captions():
+    from mmrag.tasks.rir import CaptionAnswerer, Neighbour, auto_answerer
+
+    near = [Neighbour("a", 0.9, captions=["Two dogs run on the grass ."]),
+            Neighbour("b", 0.8, captions=["A brown dog is running .", "A dog plays outside ."]),
+            Neighbour("c", 0.5, captions=["A man rides a bike ."])]
+    a = CaptionAnswerer()
+    assert a.answer(AnswerRequest("Is there a dog?", neighbours=near)).text == "yes"
+    assert a.answer(AnswerRequest("Are there dogs?", neighbours=near)).text == "yes"  # plural matches
+    assert a.answer(AnswerRequest("Are there any bikes in the picture?", neighbours=near)).text == "no"
+    what = a.answer(AnswerRequest("What is happening?", neighbours=near))
+    assert what.text in {c for n in near for c in n.captions} and "consensus" in what.details["method"]
+    with pytest.raises(AnswererError, match="captions"):
+        a.answer(AnswerRequest("Is there a dog?", neighbours=[Neighbour("d", 0.9)]))
+    # auto: knn with QA pairs, captions without; neither: an error that says what to do
+    assert auto_answerer(None, 3) == "captions"
+    with pytest.raises(AnswererError, match="neither QA pairs nor captions"):
+        auto_answerer(None, 0)
