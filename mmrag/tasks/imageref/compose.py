@@ -59,7 +59,9 @@ EXTRACTIVE = "extractive"  # the default generator (a registry name)
 DEFAULT_Z_THRESHOLD = 0.5
 DEFAULT_COUNT_FACTOR: float | None = 1.2
 DEFAULT_EMPTY_PENALTY = 2.0
-SHORT_CAPTION_WORDS = 16
+# Alt text is shown whole up to this length (the longest d2l figure caption is 36 words); only a
+# caption longer than that is cut, at a clause boundary, with an ellipsis.
+SHORT_CAPTION_WORDS = 60
 
 
 class ComposeError(MmragError):
@@ -158,14 +160,25 @@ class Composition:
 
 
 def short_caption(text: str, max_words: int = SHORT_CAPTION_WORDS) -> str:
-    """A one-line caption safe inside ``![...]``: no brackets or newlines, at most ``max_words``."""
+    """A one-line caption safe inside ``![...]``: no brackets or newlines, otherwise whole.
+
+    Only a caption longer than ``max_words`` words is cut, and the cut is marked with " ...":
+    after its first sentence when that fits, else after the last clause boundary (``,`` ``;`` ``:``
+    or a dash) within the limit when that keeps at least half of it, else at the word limit --
+    never silently mid-phrase."""
     text = re.sub(r"[\[\]]", "", re.sub(r"\s+", " ", text)).strip()
-    first = re.match(r"(.+?[.!?])(\s|$)", text)
-    if first and len(first.group(1).split()) >= 3:
-        text = first.group(1)
     words = text.split()
-    out = " ".join(words[:max_words]) + (" ..." if len(words) > max_words else "")
-    return out.rstrip(".") or "image"
+    if len(words) <= max_words:
+        return text.rstrip(".") or "image"
+    first = re.match(r"(.+?[.!?])(\s|$)", text)
+    if first and 3 <= len(first.group(1).split()) <= max_words:
+        return first.group(1).rstrip(".") + " ..."
+    cut = max_words
+    for i in range(max_words, (max_words + 1) // 2 - 1, -1):
+        if re.search(r"[,;:]$", words[i - 1]) or words[i] in ("-", "--", "\u2013", "\u2014"):
+            cut = i
+            break
+    return " ".join(words[:cut]).rstrip(",;:") + " ..."
 
 
 def build_markdown(title: str, sections: Sequence[AnswerSection], placed: dict[int, ImageCandidate]) -> str:

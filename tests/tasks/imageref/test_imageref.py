@@ -468,3 +468,23 @@ def test_reader_chunks_end_at_sentences_and_drop_link_only_paragraphs():
     # the figure-position evaluation's word cuts are unchanged
     words = chunk_document(doc, 40)
     assert not words[0].text.endswith("networks.") and "Discussions" in words[-1].text
+
+
+def test_alt_text_is_whole_or_cut_at_a_boundary_with_an_ellipsis(data_dir):
+    """#16 item 13: compose showed d2l's figure alt text cut mid-phrase ('... where weights are ')."""
+    from mmrag.tasks.imageref.compose import AnswerSection, ImageCandidate, build_markdown, short_caption
+
+    chapter = data_dir / "d2l" / "chapter_attention-mechanisms-and-transformers" / "attention-scoring-functions.md"
+    if not chapter.exists():
+        pytest.skip("d2l chapters not in the shared data")
+    im = next(i for d in read_documents(chapter).documents for i in d.images if "where weights are" in i.caption)
+    assert len(im.caption.split()) == 26  # a real caption longer than the old 16-word cut
+    md = build_markdown("T", [AnswerSection("Scoring", 2, "Text.")],
+                        {1: ImageCandidate("IMAGE_1", im.id, im.path, im.caption)})
+    alt = find_references(md)[0][0]
+    assert alt == im.caption.rstrip(".") and alt.endswith("and the softmax operation")
+    # a caption over the limit: its first sentence, or a clause, then " ..." -- never mid-phrase
+    assert short_caption("One two three four. Five six seven eight nine.", 6) == "One two three four ..."
+    assert short_caption("one two three four, five six seven eight nine ten", 6) == "one two three four ..."
+    assert short_caption("a b c d e f g h", 4) == "a b c d ..."
+    assert short_caption("a [b]\nc.") == "a b c"
