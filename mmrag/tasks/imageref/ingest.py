@@ -7,8 +7,9 @@ Layout added to an ordinary index directory (``mmrag.index.collection``)::
     INDEX_DIR/documents.jsonl   every document's title, sections and images (rewritten atomically)
     INDEX_DIR/images/           the documents' raster images, like any indexed image (id
                                 "<doc id>::<image id>", captions = the image's caption, metadata
-                                doc_id), so `mmrag search` finds them; images the encoder cannot
-                                read (SVG, missing) are listed in skipped.jsonl and still kept in
+                                doc_id), so `mmrag search` finds them (SVGs rasterised, see
+                                mmrag.corpus.images); images the encoder cannot
+                                read (missing, corrupt) are listed in skipped.jsonl and still kept in
                                 documents.jsonl for composing.
 
 Images without a caption or surrounding text get one from the mRAG-gim captioner when one is

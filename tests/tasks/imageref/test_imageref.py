@@ -488,3 +488,37 @@ def test_alt_text_is_whole_or_cut_at_a_boundary_with_an_ellipsis(data_dir):
     assert short_caption("one two three four, five six seven eight nine ten", 6) == "one two three four ..."
     assert short_caption("a b c d e f g h", 4) == "a b c d ..."
     assert short_caption("a [b]\nc.") == "a b c"
+
+
+@pytest.mark.slow
+def test_ingest_embeds_svg_figures_and_reports_a_bad_one(tmp_path, data_dir, effnet_minilm):
+    """#16 item 13: `compose --ingest` skipped d2l's SVG figures as 'not an image'."""
+    try:
+        import cairosvg  # noqa: F401
+    except (ImportError, OSError) as e:
+        pytest.skip(f"cairosvg and libcairo (Debian libcairo2) are needed to rasterise SVG: {e}")
+    from mmrag.index.collection import Collection
+    from mmrag.tasks.imageref.ingest import ingest_documents
+
+    img = data_dir / "d2l" / "img"
+    if not (img / "qkv.svg").exists():
+        pytest.skip("d2l images not in the shared data")
+    for name in ("qkv.svg", "attention-output.svg"):
+        shutil.copy(img / name, tmp_path / name)
+    (tmp_path / "bad.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"><rect')
+    (tmp_path / "a.md").write_text(
+        "# Attention\n\nQueries, keys and values.\n\n![Queries, keys and values](qkv.svg)\n\n"
+        "## Scoring\n\nThe output is a weighted average of values.\n\n![Attention output](attention-output.svg)\n\n"
+        "## Broken\n\nA figure that cannot be drawn.\n\n![A broken figure](bad.svg)\n", encoding="utf-8")
+    rep = ingest_documents(read_documents(tmp_path / "a.md").documents, tmp_path / "idx", encoder=effnet_minilm)
+    assert rep["images_added"] == 2 and rep["images_skipped"] == 1, rep
+    skipped = [json.loads(ln) for ln in (tmp_path / "idx" / "skipped.jsonl").read_text().splitlines()]
+    assert len(skipped) == 1 and "bad.svg" in json.dumps(skipped) and "corrupt or unsupported SVG" in json.dumps(skipped)
+    col = Collection.open(tmp_path / "idx")
+    try:
+        assert col.images.count() == 2
+    finally:
+        col.close()
+    # the two figures embed to different, non-zero vectors (drawn, not blank)
+    vecs, errors = effnet_minilm.embed_images_safe([tmp_path / "qkv.svg", tmp_path / "attention-output.svg"])
+    assert not errors and np.all(np.linalg.norm(vecs, axis=1) > 0.5) and float(vecs[0] @ vecs[1]) < 0.999
