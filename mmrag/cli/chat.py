@@ -112,7 +112,18 @@ def chat(
         _show_turn(turn)
     if turn.question is None:
         out.print("(no further question to ask)")
-    write_json_report(json_out, session.to_dict())
+    _show_summary(session.summary())
+    write_json_report(json_out, {**session.to_dict(), "summary": session.summary()})
+
+
+def _show_summary(s: dict) -> None:
+    """The last word of every chat, however it ended (an empty answer used to end it silently)."""
+    out.print(f"chat ended after {s['rounds']} answer{'s' if s['rounds'] != 1 else ''}; query: {s['query']}")
+    if not s["best"]:
+        out.print("no results")
+    for h in s["best"]:
+        cap = f"  {h['caption']}" if h["caption"] else ""
+        out.print(f"best {h['rank']}: {h['id']} ({h['score']:.3f}){cap}", markup=False, highlight=False)
 
 
 def eval_chat(

@@ -129,6 +129,16 @@ class ChatSession:
                     "dialog": self.dialog.to_dict() if self.dialog else None,
                     "turns": [t.to_dict() for t in self.turns]}
 
+    def summary(self, n: int = 3) -> dict[str, Any]:
+        """Where the chat ended, whatever ended it (an empty answer, the round limit, no question
+        left): answers given, the query the last results came from, and the ``n`` best of them."""
+        with self._lock:
+            last = self.turns[-1] if self.turns else None
+            return {"rounds": self.round, "query": last.query if last else "",
+                    "pending_question": last.question.text if last and last.question else None,
+                    "best": [{"rank": h.rank, "id": h.id, "score": h.score, "caption": _caption_of(h.metadata)}
+                             for h in (last.hits[:n] if last else [])]}
+
     # ------------------------------------------------------------------ internals
     def _step(self) -> Turn:
         d = self.dialog

@@ -381,3 +381,21 @@ def test_cli_chat_and_eval_replay(index, test_corpus, small_datastore, tmp_path)
     assert j["questioner"] == "replay" and j["n_queries"] == 4 and len(j["hits@10"]) == 3
     r = runner.invoke(app, ["chat", "--index", str(index), "--questioner", "nope", "-d", "x", "-a", "y"])
     assert r.exit_code == 2 and "error: unknown questioner" in r.output  # one-line error, exit 2
+
+
+def test_cli_chat_ends_with_a_summary_on_an_empty_answer(index, tmp_path):
+    """#16 item 12: an empty answer ended the interactive chat with no summary."""
+    from typer.testing import CliRunner
+
+    from mmrag.cli import app
+
+    out = tmp_path / "chat.json"
+    r = CliRunner().invoke(app, ["chat", "--index", str(index), "-d", "a dog runs on the grass", "-k", "3",
+                                 "--captions", "index", "--json", str(out)], input="yes\n\n")
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    s = d["summary"]
+    assert s["rounds"] == 1 and len(s["best"]) == 3 and s["pending_question"]
+    assert s["best"][0]["id"] == d["turns"][-1]["hits"][0]["id"]
+    tail = r.output[r.output.rindex("chat ended"):]
+    assert tail.startswith("chat ended after 1 answer;") and f"best 1: {s['best'][0]['id']}" in tail
