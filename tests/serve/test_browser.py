@@ -145,6 +145,25 @@ def test_errors_are_shown_not_thrown(page):
     expect(status).to_have_attribute("role", "alert")
 
 
+def test_a_failed_upload_shows_its_error_and_no_old_results(page, site):
+    """#16 item 12: after a failed upload the page kept the previous results under the error."""
+    _, items = site
+    page.fill("#search-text", items[0].captions[0])
+    page.click("#search-submit")
+    expect(page.locator("#search-results > li")).to_have_count(8)
+    page.fill("#search-text", "")
+    page.set_input_files("#search-image", files=[{"name": "notes.txt", "mimeType": "text/plain",
+                                                 "buffer": b"not an image"}])
+    page.click("#search-submit")
+    status = page.locator("#search-status")
+    expect(status).to_have_attribute("role", "alert")
+    expect(status).to_contain_text("not an image")
+    expect(page.locator("#search-results > li")).to_have_count(0)
+    text = status.inner_text()
+    for internal in ("<bytes>", "undefined", "null", "[object", "Traceback"):
+        assert internal not in text, text
+
+
 def test_narrow_screen_has_no_horizontal_scroll(browser, site):
     ctx = browser.new_context(viewport={"width": 360, "height": 740}, is_mobile=True)
     pg = ctx.new_page()
