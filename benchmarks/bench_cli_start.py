@@ -13,9 +13,7 @@ is printed: on a busy machine the times are not the start-up cost alone.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -25,6 +23,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_results  # noqa: E402
 HEAVY = ("torch", "transformers", "sentence_transformers", "sklearn", "scipy", "pandas", "pyarrow",
          "onnxruntime", "faiss", "PIL", "ray", "fastapi")
 
@@ -82,16 +82,13 @@ def main() -> None:
     }
     heavy = _imports(index)
     res = {"commands": rows, "text_search_imports": heavy, "index": str(index),
-           "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}}
+           "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     print(f"{'command':<24}{'median s':>10}{'min s':>8}{'max s':>8}")
     for name, r in rows.items():
         print(f"{name:<24}{r['median_s']:>10.3f}{r['min_s']:>8.3f}{r['max_s']:>8.3f}")
     print(f"text search imports: {', '.join(heavy) or 'none of ' + ', '.join(HEAVY)}")
     print(f"load average (1 min) before/after: {res['load_average_1min']}")
-    a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps(res, indent=2))
-    print(f"wrote {a.json}")
+    write_results(a.json, res)
     if tmp is not None:
         shutil.rmtree(tmp, ignore_errors=True)
 

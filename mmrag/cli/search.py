@@ -13,6 +13,7 @@ from mmrag.cli.common import (
     BridgeOpt, CorpusArg, DataDirAlias, DatasetAlias, EncoderModelOpt, EncoderOpt, KindOpt, SplitOpt,
     corpus_source, encoder_from_options, fail, out, write_json_report,
 )
+from mmrag.errors import InvalidInputError
 
 
 MAX_CELL = 200  # characters of a caption shown in the table (--json gives the whole field)
@@ -90,8 +91,11 @@ def search(
         fail(f"--target must be one of {', '.join(TARGETS)} (or an extra store the index has), got {target!r}")
     if target == "captions" and s.count("captions") == 0:
         fail("this index has no captions to search (--target captions); caption it first (`mmrag caption`)")
-    hits = s.search(text=text, image=image, k=k, weight=weight, target=target, filter=flt or None,
-                    mode=mode, safe=safe)
+    try:
+        hits = s.search(text=text, image=image, k=k, weight=weight, target=target, filter=flt or None,
+                        mode=mode, safe=safe)
+    except InvalidInputError as e:  # (also caught by main(); here for callers of the Typer app itself)
+        fail(str(e))
     if as_json:
         print(json.dumps([{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits], indent=2, ensure_ascii=False))
     else:

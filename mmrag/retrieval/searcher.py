@@ -112,18 +112,18 @@ class Searcher:
                      target: str = "images") -> str:
         """The mode a query runs in (``auto`` resolved), or ValueError saying why it cannot."""
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+            raise InvalidInputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if mode == "auto":  # text only: with an image the query is a weighted vector (--weight)
             return "hybrid" if image is None and text is not None and text.strip() and self.has_text(target) else "vector"
         if mode == "vector":
             return mode
         if text is None or not text.strip():
-            raise ValueError(f"{mode} search needs a text query")
+            raise InvalidInputError(f"{mode} search needs a text query")
         if mode == "keyword" and image is not None:
-            raise ValueError("keyword search takes a text query only (use hybrid or vector with an image)")
+            raise InvalidInputError("keyword search takes a text query only (use hybrid or vector with an image)")
         if not self.supports_keyword(target):
             self._store(target).keyword_search(text, 1)  # raises the store's own explanation
-            raise ValueError(f"the {target} store has no keyword search")
+            raise InvalidInputError(f"the {target} store has no keyword search")
         return mode
 
     def keyword_search(self, text: str, k: int = 10, target: str = "images",
@@ -169,7 +169,7 @@ class Searcher:
 
     def check_safety_scores(self) -> None:
         if not self.has_safety_scores():
-            raise ValueError("this index has no safety scores: build (or extend) it with "
+            raise InvalidInputError("this index has no safety scores: build (or extend) it with "
                              "`mmrag index ... --safety` to filter unsafe images")
 
     def drop_unsafe(self, hits: list[Hit], target: str = "images") -> list[Hit]:

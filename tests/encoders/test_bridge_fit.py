@@ -85,10 +85,10 @@ def test_fitted_bridge_indexes_and_searches(fitted, flickr8k_dir, tmp_path):
 
     first = read_corpus("flickr8k", flickr8k_dir, split="dev", limit=12).items[0]
     hits = json.loads(run_cli("search", "--index", str(idx), "--image", str(first.path), "-k", "3",
-                              "--json").stdout)
+                              "--mode", "vector", "--json").stdout)
     assert hits[0]["id"] == first.id and hits[0]["score"] > 0.99
     caps = json.loads(run_cli("search", "--index", str(idx), "--text", first.captions[0], "-k", "12",
-                              "--target", "captions", "--json").stdout)
+                              "--target", "captions", "--mode", "vector", "--json").stdout)
     assert caps[0]["metadata"]["text"] == first.captions[0] and caps[0]["score"] > 0.99
 
 

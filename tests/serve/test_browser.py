@@ -71,7 +71,7 @@ def test_text_search_from_the_keyboard(page, site):
     expect(results).to_have_count(8)  # the server's default_k
     expect(page.locator("#search-status")).to_contain_text("8 images")
     first = results.first
-    expect(first.locator(".score")).to_contain_text("similarity")
+    expect(first.locator(".score")).to_contain_text("fused")  # a text query on a captioned index: hybrid
     assert first.locator(".caption").inner_text().strip()
     # every thumbnail really loaded (naturalWidth > 0)
     page.wait_for_function("[...document.querySelectorAll('#search-results img')].every(i => i.complete && i.naturalWidth > 0)")
