@@ -100,11 +100,20 @@ def fmt(r):
 
 
 class Bench:
-    def __init__(self, backbone: str):
+    def __init__(self, backbone: str, views=("center", "flip")):
+        from benchmarks.ood_features import VIEWS
+
         self.backbone = backbone
-        self.data = {s: load_split(backbone, s) for s in ("train", "samples") + EVAL}
+        self.views = list(views)
+        keep = [VIEWS.index(v) for v in views]
+        self.data = {}
+        for s in ("train", "samples") + EVAL:
+            d = dict(load_split(backbone, s))
+            for k in ("pooled", "logits", "mid"):
+                d[k] = d[k][:, keep]
+            self.data[s] = d
         self.mix_table, self.zs_table = class_tables()
-        self.recipe = FeatureRecipe(views=["center", "flip"], mid_weight=1.0)
+        self.recipe = FeatureRecipe(views=self.views, mid_weight=1.0)
         tr = self.data["train"]
         pooled, mix, mid, _ = parts(tr, self.recipe, self.mix_table)
         fill_standardisation(self.recipe, pooled, mix, mid)
@@ -116,6 +125,20 @@ class Bench:
         names = [Path(p).stem for p in split_rows("samples")[0]]
         self.qs_target = np.array([names.index(v) for v in QUICKSTART.values()])
         self.qs_text = text_encoder().embed(list(QUICKSTART))
+        # Concept queries on COCO dev: every ImageNet class name (first synonym, lower case)
+        # that at least 3 of its photos' captions use as a word; relevant = those photos.
+        import re
+
+        caps = split_rows("coco_dev")[1]
+        words = [set(re.findall(r"[a-z]+(?: [a-z]+)?", " ".join(c).lower())) | set(" ".join(c).lower().split())
+                 for c in caps]
+        joined = [" " + " ".join(c).lower() + " " for c in caps]
+        self.concepts = {}
+        for n in {x.lower() for x in imagenet_class_names()}:
+            rel = [i for i, j in enumerate(joined) if f" {n} " in j or f" {n}s " in j]
+            if len(rel) >= 3:
+                self.concepts[n] = rel
+        self.concept_text = text_encoder().embed(list(self.concepts)) if self.concepts else None
         self.Y = {s: captions(self.data[s]) for s in ("train",) + EVAL}
 
     def ridge(self, lam=3000.0, whiten=0.5) -> Bridge:
@@ -162,6 +185,10 @@ class Bench:
         S = b.center_text(self.qs_text) @ self.image_vectors(b, "samples", zs_weight).T
         own = S[np.arange(len(S)), self.qs_target]
         out["quickstart_ranks"] = ((S >= own[:, None]).sum(1)).tolist()  # 1 = found first
+        if self.concept_text is not None:
+            S = b.center_text(self.concept_text) @ self.image_vectors(b, "coco_dev", zs_weight).T
+            p5 = [np.isin(np.argsort(-s)[:5], rel).mean() for s, rel in zip(S, self.concepts.values())]
+            out["coco_concept_p5"] = round(100 * float(np.mean(p5)), 1)
         return out
 
 
@@ -173,21 +200,23 @@ def main() -> None:
                     help="InfoNCE settings epochs:temperature:anchor[:lr[:weight_decay]]")
     ap.add_argument("--ridge", nargs="+", default=["3000:0.5"], help="ridge settings lambda:whitening; "
                     "the first is the start of the InfoNCE runs")
+    ap.add_argument("--views", nargs="+", default=["center", "flip"], help="views averaged (of center, flip)")
     ap.add_argument("--json", default="benchmarks/results/encoder_ood.json")
     a = ap.parse_args()
     rows = []
-    head = (f"{'backbone':<7}{'variant':<26}" + "".join(f"| {s + ' t2i':>16} {s + ' i2t':>16} " for s in EVAL)
-            + "| quickstart ranks")
+    head = (f"{'backbone':<9}{'variant':<26}" + "".join(f"| {s + ' t2i':>16} {s + ' i2t':>16} " for s in EVAL)
+            + "| quickstart ranks | COCO concept P@5")
     print(head)
 
     def show(bb, name, res, extra=None):
-        line = f"{bb:<7}{name:<26}" + "".join(f"| {fmt(res[s]['t2i']):>16} {fmt(res[s]['i2t']):>16} " for s in EVAL)
-        line += "| " + ",".join(map(str, res["quickstart_ranks"]))
+        line = f"{bb:<9}{name:<26}" + "".join(f"| {fmt(res[s]['t2i']):>16} {fmt(res[s]['i2t']):>16} " for s in EVAL)
+        line += "| " + ",".join(map(str, res["quickstart_ranks"])) + f" | {res.get('coco_concept_p5', '-')}"
         print(line, flush=True)
         rows.append({"backbone": bb, "variant": name, **res, **(extra or {})})
 
     for bb in a.backbones:
-        bench = Bench(bb)
+        bench = Bench(bb, a.views)
+        bb = bb + ("" if a.views == ["center", "flip"] else "/" + "+".join(v[0] for v in a.views))
         base = None
         for spec in a.ridge:
             lam, wh = map(float, spec.split(":"))
