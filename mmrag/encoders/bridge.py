@@ -21,11 +21,16 @@ FORMAT_VERSION = 1
 
 @dataclass
 class BridgeConfig:
-    method: str = "ridge"  # "ridge" | "procrustes"
+    method: str = "ridge"  # "ridge" | "procrustes" (closed form) | "infonce" (ridge refined, contrastive.py)
     lam: float = 100.0  # ridge strength, relative to the mean feature variance times n
     # How raw image features become the design matrix (see ImageFeatureRecipe in effnet_minilm).
     recipe: dict = field(default_factory=dict)
     text_whitening: float = 0.5  # power of the caption-space whitening; 0 = off
+    # True when W maps straight into the whitened space (a map trained there, e.g. InfoNCE);
+    # False: the closed-form map predicts centred text vectors and the whitening follows.
+    whitened_output: bool = False
+    # Weight of the zero-shot channel fused into image vectors (effnet_minilm); 0 = off.
+    zeroshot_weight: float = 0.0
 
 
 class Bridge:
@@ -99,11 +104,14 @@ class Bridge:
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Map image features into the (centred, whitened) text space, L2-normalised."""
-        return l2_normalize(self._whiten((np.asarray(X, np.float32) - self.x_mean) @ self.W))
+        Z = (np.asarray(X, np.float32) - self.x_mean) @ self.W
+        return l2_normalize(Z if self.config.whitened_output else self._whiten(Z))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The fitted affine least-squares prediction ``(X - x_mean) W + y_mean`` (no whitening),
         L2-normalised: for maps whose targets are vectors of an existing space."""
+        if self.config.whitened_output:
+            raise ValueError("predict() needs a closed-form map (this bridge maps into the whitened space)")
         return l2_normalize((np.asarray(X, np.float32) - self.x_mean) @ self.W + self.y_mean)
 
     def center_text(self, T: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ The recipe travels inside the bridge file so features always match the map they 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -25,16 +25,25 @@ from mmrag.encoders.base import ENCODERS, Encoder, ImageInput, l2_normalize
 from mmrag.encoders.bridge import Bridge
 from mmrag.errors import ImageError, ModelUnavailableError
 
-SHIPPED_BRIDGES = {"flickr8k-train": "bridge_flickr8k_train.npz"}
+# flickr8k-train: EfficientNet-Lite0 (the first shipped bridge; the default);
+# flickr8k-train-v2: EfficientNet-Lite2 + the zero-shot channel (issue #15; better out of domain).
+SHIPPED_BRIDGES = {"flickr8k-train": "bridge_flickr8k_train.npz",
+                   "flickr8k-train-v2": "bridge_flickr8k_train_v2.npz"}
+# The default stays the Lite0 bridge until the tasks (captioning, ChatIR, RIR) are re-measured on
+# v2 (issue #15); `--bridge flickr8k-train-v2` selects the new one.
 DEFAULT_BRIDGE = "flickr8k-train"
-# Chosen on the Flickr8k dev split (docs/benchmarks.md, benchmarks/tune_bridge.py).
+# Chosen on the Flickr8k dev split (docs/benchmarks.md, benchmarks/tune_bridge.py): Lite0 bridge.
 DEFAULT_LAMBDA = 3000.0
+# The v2 bridge's settings, chosen on Flickr8k dev + COCO dev (benchmarks/bench_encoder_ood.py).
+V2_LAMBDA = 10000.0
+V2_ZEROSHOT_WEIGHT = 0.3
 
 
 @dataclass
 class FeatureRecipe:
     views: list[str] = field(default_factory=lambda: ["center"])
     size: int = 224
+    backbone: str = "lite0"  # efficientnet_lite.VARIANTS
     pooled_power: float = 0.5  # 0.5 = sqrt; 1 = raw
     pooled_weight: float = 1.0
     classmix_weight: float = 1.0
@@ -58,9 +67,45 @@ def default_recipe() -> FeatureRecipe:
     return FeatureRecipe(views=["center", "flip"], mid_weight=1.0)
 
 
-def imagenet_class_names() -> list[str]:
+def v2_recipe() -> FeatureRecipe:
+    """The default bridge's recipe: EfficientNet-Lite2 at its 260 px, centre crop only (the
+    mirror view added < 0.5 point at twice the cost), sqrt-pooled + class mix + mid-level."""
+    return FeatureRecipe(views=["center"], size=260, backbone="lite2", mid_weight=1.0)
+
+
+def fit_default_bridge(corpus, progress: bool = True) -> Bridge:
+    """The command that made the shipped default bridge (``flickr8k-train-v2``), on Flickr8k
+    train: ``fit_default_bridge(read_corpus("flickr8k", DIR, split="train")).save(PATH)``."""
+    return fit_effnet_bridge(corpus, v2_recipe(), method="ridge", lam=V2_LAMBDA, progress=progress,
+                             zeroshot_weight=V2_ZEROSHOT_WEIGHT)
+
+
+def imagenet_class_synonyms() -> list[list[str]]:
     text = resources.files("mmrag.assets").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
-    return [line.split(",")[0].strip() for line in text.splitlines() if line.strip()]
+    return [[n.strip() for n in line.split(",") if n.strip()] for line in text.splitlines() if line.strip()]
+
+
+def imagenet_class_names() -> list[str]:
+    return [names[0] for names in imagenet_class_synonyms()]
+
+
+# Prompt ensemble of the zero-shot channel (CLIP's practice): a class's text vector is the mean
+# of these templates over its first two synonyms ("teddy" alone reads as a name, "teddy bear"
+# does not), so no single phrasing decides.
+ZEROSHOT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "a picture of a {}.", "a close-up photo of a {}.",
+                      "a {} in the scene.", "there is a {} in the picture.")
+ZEROSHOT_SYNONYMS = 2
+
+
+def zeroshot_class_text(text_encoder, templates=ZEROSHOT_TEMPLATES, synonyms: int = ZEROSHOT_SYNONYMS) -> np.ndarray:
+    """[1000, 384] unit MiniLM vectors of the ImageNet classes, prompt-ensembled."""
+    names = [syn[:synonyms] for syn in imagenet_class_synonyms()]
+    texts = [t.format(n) for ns in names for n in ns for t in templates]
+    E = text_encoder.embed(texts)
+    owner = np.repeat(np.arange(len(names)), [len(ns) * len(templates) for ns in names])
+    out = np.zeros((len(names), E.shape[1]), np.float64)
+    np.add.at(out, owner, E)
+    return l2_normalize(out).astype(np.float32)
 
 
 def resolve_bridge(bridge: str | Path | None) -> Path:
@@ -89,13 +134,17 @@ class RawImageFeatures:
         from mmrag.encoders.image_features import EfficientNetFeaturizer
 
         self.recipe = recipe
-        self.featurizer = EfficientNetFeaturizer(size=recipe.size, views=recipe.views, backend=backend, threads=threads)
+        self.featurizer = EfficientNetFeaturizer(size=recipe.size, views=recipe.views, backend=backend, threads=threads,
+                                                 variant=recipe.backbone)
         if class_text is None:
             names = imagenet_class_names()
             class_text = text_encoder.embed([recipe.class_template.format(n) for n in names])
         self.class_text = class_text
 
-    def __call__(self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False):
+    def __call__(self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False,
+                 per_view: bool = False, with_probs: bool = False):
+        """(pooled, class mix, mid, errors), each [n, dim] (view mean) or with ``per_view``
+        [n, views, dim]; ``with_probs`` puts the class probabilities before errors."""
         bar = None
         if progress and len(images) > batch_size:
             from tqdm.auto import tqdm
@@ -117,8 +166,24 @@ class RawImageFeatures:
         z = f.logits / r.temperature
         z = np.exp(z - z.max(-1, keepdims=True))
         probs = z / z.sum(-1, keepdims=True)
-        mix = probs.mean(1) @ self.class_text  # [n, 384]
-        return pooled.mean(1), mix, f.mid.mean(1), f.errors
+        if per_view:  # the design is linear in the views, so the view mean of rows = row of means
+            out = (pooled, probs @ self.class_text, f.mid, probs)
+        else:
+            p = probs.mean(1)
+            out = (pooled.mean(1), p @ self.class_text, f.mid.mean(1), p)  # mix: [n, 384]
+        return (*out, f.errors) if with_probs else (*out[:3], f.errors)
+
+
+def fuse_zeroshot(bridge: Bridge, mapped: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Late fusion of the zero-shot channel: the class probabilities times the prompt-ensembled
+    class-name vectors read as a caption of the image (centred and whitened like one), added
+    with the bridge's ``zeroshot_weight``. It needs no training pair, so classes that the
+    training captions never name (giraffe, broccoli) still reach the right words."""
+    w = bridge.config.zeroshot_weight
+    table = bridge.extras.get("zs_class_text")
+    if not w or table is None:
+        return mapped
+    return l2_normalize(mapped + w * bridge.center_text(probs @ table))
 
 
 def design_matrix(pooled: np.ndarray, mix: np.ndarray, r: FeatureRecipe, mid: np.ndarray | None = None) -> np.ndarray:
@@ -189,6 +254,7 @@ class EffnetMinilmEncoder(Encoder):
             if bank is not None:
                 h.update(np.ascontiguousarray(bank[:64]).tobytes())
             h.update(str(bridge.HUB_BETA).encode())
+            h.update(f"{bridge.config.method}:{bridge.config.zeroshot_weight}".encode())
         h.update(str(self.recipe.center_text).encode())
 
     def set_threads(self, threads: int | None) -> None:
@@ -221,15 +287,19 @@ class EffnetMinilmEncoder(Encoder):
         return self.bridge.caption_prior(text_vectors) if self.bridge is not None else None
 
     def image_design(self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False):
-        pooled, mix, mid, errors = self.raw(images, batch_size=batch_size, progress=progress)
-        return design_matrix(pooled, mix, self.recipe, mid), errors
+        X, _, errors = self._design_and_probs(images, batch_size, progress)
+        return X, errors
+
+    def _design_and_probs(self, images, batch_size, progress):
+        pooled, mix, mid, probs, errors = self.raw(images, batch_size=batch_size, progress=progress, with_probs=True)
+        return design_matrix(pooled, mix, self.recipe, mid), probs, errors
 
     def embed_images_safe(self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False):
         """Like embed_images, but unreadable images give zero rows and an error by position."""
         if self.bridge is None:
             raise ModelUnavailableError("this encoder has no bridge yet: fit one with `mmrag bridge fit`")
-        X, errors = self.image_design(images, batch_size, progress)
-        out = self.bridge.transform(X)
+        X, probs, errors = self._design_and_probs(images, batch_size, progress)
+        out = fuse_zeroshot(self.bridge, self.bridge.transform(X), probs)
         if errors:
             out[list(errors)] = 0.0
         return out, errors
@@ -249,25 +319,35 @@ class EffnetMinilmEncoder(Encoder):
 
 def fit_effnet_bridge(corpus, recipe: FeatureRecipe | None = None, method: str = "ridge", lam: float = 100.0,
                       backend: str = "onnx", progress: bool = True, hub_bank_size: int = 1000,
-                      text_whitening: float = 0.5) -> Bridge:
+                      text_whitening: float = 0.5, contrastive=None, zeroshot_weight: float = 0.0,
+                      log=None) -> Bridge:
     """Fit the image->text bridge on a corpus with captions (the ``mmrag bridge fit`` job).
 
     Targets: the mean of each image's normalised caption embeddings. Unreadable images and
-    images without captions are left out of the fit.
+    images without captions are left out of the fit. ``method`` "ridge"/"procrustes": the closed
+    form; "infonce": ridge, then refined for ranking with ``contrastive`` (a
+    :class:`~mmrag.encoders.contrastive.ContrastiveConfig`; deterministic for its seed).
+    ``zeroshot_weight`` > 0 adds the zero-shot channel (:func:`fuse_zeroshot`).
     """
     from mmrag.encoders.bridge import BridgeConfig
     from mmrag.encoders.minilm import MiniLMTextEncoder
     from mmrag.errors import CorpusError
 
+    if method not in ("ridge", "procrustes", "infonce"):
+        raise ValueError(f"unknown bridge method {method!r}: ridge, procrustes or infonce")
+    if zeroshot_weight < 0 or not np.isfinite(zeroshot_weight):
+        raise ValueError(f"zero-shot weight must be >= 0, got {zeroshot_weight}")
     recipe = recipe or FeatureRecipe()
     items = [it for it in corpus.items if it.captions]
     if len(items) < 2:
         raise CorpusError(f"corpus {corpus.name!r} has {len(items)} captioned images; a bridge needs at least 2")
     text = MiniLMTextEncoder()
     raw = RawImageFeatures(recipe, text, backend)
-    pooled, mix, mid, errors = raw([it.path for it in items], progress=progress)
+    pooled_v, mix_v, mid_v, probs_v, errors = raw([it.path for it in items], progress=progress, per_view=True,
+                                                  with_probs=True)
     keep = np.array([i not in errors for i in range(len(items))])
-    pooled, mix, mid = pooled[keep], mix[keep], mid[keep]
+    pooled_v, mix_v, mid_v, probs = pooled_v[keep], mix_v[keep], mid_v[keep], probs_v[keep].mean(1)
+    pooled, mix, mid = pooled_v.mean(1), mix_v.mean(1), mid_v.mean(1)
     kept = [it for it, k in zip(items, keep) if k]
     caps = [c for it in kept for c in it.captions]
     owner = np.repeat(np.arange(len(kept)), [len(it.captions) for it in kept])
@@ -279,13 +359,27 @@ def fit_effnet_bridge(corpus, recipe: FeatureRecipe | None = None, method: str =
     X = design_matrix(pooled, mix, recipe, mid)
     info = {"corpus": corpus.name, "root": str(corpus.root), "n_images": int(len(kept)),
             "n_captions": len(caps), "skipped_images": len(errors)}
-    bridge = Bridge.fit(X, Y, BridgeConfig(method=method, lam=lam, recipe=asdict(recipe),
-                                           text_whitening=text_whitening),
-                        info=info, extras={"class_text": raw.class_text})
+    extras = {"class_text": raw.class_text}
+    if zeroshot_weight:
+        extras["zs_class_text"] = zeroshot_class_text(text)
+    config = BridgeConfig(method="ridge" if method == "infonce" else method, lam=lam, recipe=asdict(recipe),
+                          text_whitening=text_whitening, zeroshot_weight=float(zeroshot_weight))
+    bridge = Bridge.fit(X, Y, config, info=info, extras=extras)
     if text_whitening:
         bridge.whiten_text_space(T, text_whitening)
+    if method == "infonce":
+        from mmrag.encoders.contrastive import ContrastiveConfig, train_contrastive
+
+        cfg = contrastive or ContrastiveConfig()
+        Xv = np.stack([design_matrix(pooled_v[:, v], mix_v[:, v], recipe, mid_v[:, v])
+                       for v in range(pooled_v.shape[1])], 1) - bridge.x_mean
+        M = bridge.extras.get("text_whitening")
+        W0 = bridge.W if M is None else bridge.W @ M
+        W = train_contrastive(Xv, bridge.center_text(T), owner, W0, cfg, log=log)
+        bridge = Bridge(W, bridge.x_mean, bridge.y_mean, replace(config, method="infonce", whitened_output=True),
+                        info={**info, "contrastive": cfg.as_dict()}, extras=bridge.extras)
     # A fixed random bank of mapped training images for the captions' hubness prior.
     rng = np.random.default_rng(0)
     pick = np.sort(rng.choice(len(X), size=min(hub_bank_size, len(X)), replace=False))
-    bridge.extras["hub_bank"] = bridge.transform(X[pick])
+    bridge.extras["hub_bank"] = fuse_zeroshot(bridge, bridge.transform(X[pick]), probs[pick])
     return bridge

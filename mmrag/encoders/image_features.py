@@ -18,7 +18,7 @@ from PIL import Image
 
 from mmrag.corpus.images import open_image
 from mmrag.encoders.base import ImageInput
-from mmrag.encoders.efficientnet_lite import MID_DIM, load_efficientnet_lite0, weights_path
+from mmrag.encoders.efficientnet_lite import get_variant, load_efficientnet_lite, weights_path
 from mmrag.encoders.onnx_cache import cached_onnx, cpu_session, file_stamp
 from mmrag.errors import ImageError
 
@@ -79,11 +79,11 @@ def _load_views(src: ImageInput, size: int, views: Sequence[str]) -> list[np.nda
 class ImageFeatures:
     pooled: np.ndarray  # [n, views, 1280] float32
     logits: np.ndarray  # [n, views, 1000] float32
-    mid: np.ndarray  # [n, views, 624] float32 (see efficientnet_lite.MID_BLOCKS)
+    mid: np.ndarray  # [n, views, mid_dim] float32 (624 for Lite0, see efficientnet_lite.VARIANTS)
     errors: dict[int, str]  # input position -> reason, for inputs that could not be read
 
 
-def onnx_model_path() -> Path:
+def onnx_model_path(variant: str = "lite0") -> Path:
     """The network exported to ONNX once, cached next to the user's other mmrag files.
 
     ONNX Runtime runs this network 3-6x faster than eager PyTorch on CPU (depthwise convs and
@@ -91,18 +91,20 @@ def onnx_model_path() -> Path:
     """
     def export(tmp: Path) -> None:
         torch.onnx.export(
-            load_efficientnet_lite0(), torch.zeros(1, 3, 224, 224), str(tmp), input_names=["pixels"],
+            load_efficientnet_lite(variant), torch.zeros(1, 3, 224, 224), str(tmp), input_names=["pixels"],
             output_names=["pooled", "logits", "mid"],
             dynamic_axes={"pixels": {0: "n", 2: "h", 3: "w"}}, opset_version=17, dynamo=False,
         )
 
-    return cached_onnx("efficientnet_lite0", f"{file_stamp(weights_path())}:v2", export)
+    stem = "efficientnet_lite0" if variant == "lite0" else f"efficientnet_{variant}"  # lite0: keep old cache name
+    return cached_onnx(stem, f"{file_stamp(weights_path(variant))}:v2", export)
 
 
 class EfficientNetFeaturizer:
     """Pooled 1280-d features and ImageNet logits for each view of each image.
 
-    ``backend``: "onnx" (ONNX Runtime, default, fastest on CPU) or "torch" (eager PyTorch).
+    ``backend``: "onnx" (ONNX Runtime, default, fastest on CPU) or "torch" (eager PyTorch);
+    ``variant``: "lite0" (default) or "lite2" (see efficientnet_lite.VARIANTS).
     """
 
     def __init__(
@@ -112,14 +114,17 @@ class EfficientNetFeaturizer:
         backend: str = "onnx",
         threads: int | None = None,
         decode_workers: int | None = None,
+        variant: str = "lite0",
     ):
+        self.variant = variant
+        self.mid_dim = get_variant(variant).mid_dim
         self.size = size
         self.views = tuple(views)
         self.backend = backend
         if backend == "onnx":
-            self.session = cpu_session(onnx_model_path(), threads)
+            self.session = cpu_session(onnx_model_path(variant), threads)
         elif backend == "torch":
-            self.model = load_efficientnet_lite0().to(memory_format=torch.channels_last)
+            self.model = load_efficientnet_lite(variant).to(memory_format=torch.channels_last)
         else:
             raise ValueError(f"unknown backend {backend!r}: onnx or torch")
         self.decode_workers = decode_workers or 4
@@ -127,7 +132,7 @@ class EfficientNetFeaturizer:
     def set_threads(self, threads: int | None) -> None:
         """Intra-op threads of the ONNX Runtime session (rebuilt); torch: no-op."""
         if self.backend == "onnx":
-            self.session = cpu_session(onnx_model_path(), threads)
+            self.session = cpu_session(onnx_model_path(self.variant), threads)
 
     def _forward(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x = np.stack(arrays).astype(np.float32).transpose(0, 3, 1, 2)
@@ -148,7 +153,7 @@ class EfficientNetFeaturizer:
         n, nv = len(images), len(self.views)
         pooled = np.zeros((n, nv, 1280), np.float32)
         logits = np.zeros((n, nv, 1000), np.float32)
-        mid = np.zeros((n, nv, MID_DIM), np.float32)
+        mid = np.zeros((n, nv, self.mid_dim), np.float32)
         errors: dict[int, str] = {}
         load = lambda s: _load_views(s, self.size, self.views)  # noqa: E731
         with ThreadPoolExecutor(self.decode_workers) as pool:
