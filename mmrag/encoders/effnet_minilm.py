@@ -254,7 +254,8 @@ class EffnetMinilmEncoder(Encoder):
             if bank is not None:
                 h.update(np.ascontiguousarray(bank[:64]).tobytes())
             h.update(str(bridge.HUB_BETA).encode())
-            h.update(f"{bridge.config.method}:{bridge.config.zeroshot_weight}".encode())
+            if bridge.config.method != "ridge" or bridge.config.zeroshot_weight:  # (older bridges keep their id)
+                h.update(f"{bridge.config.method}:{bridge.config.zeroshot_weight}".encode())
         h.update(str(self.recipe.center_text).encode())
 
     def set_threads(self, threads: int | None) -> None:
