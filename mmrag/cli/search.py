@@ -71,10 +71,14 @@ def search(
     s = Searcher(index_dir)
     if not s.has_store(target):
         fail(f"--target must be one of {', '.join(TARGETS)} (or an extra store the index has), got {target!r}")
+    try:
+        mode = s.resolve_mode(mode, text, image, target)  # a mode that cannot run: one line, exit 2
+    except ValueError as e:
+        fail(str(e))
     hits = s.search(text=text, image=image, k=k, weight=weight, target=target, filter=flt or None,
                     mode=mode, safe=safe)
     # text->image hits get a calibrated relevance (probability of a match; mmrag.retrieval.relevance)
-    s.add_relevance(hits, text, image, target, s.resolve_mode(mode, text, image, target))
+    s.add_relevance(hits, text, image, target, mode)
     if as_json:
         print(json.dumps([{"id": h.id, "score": h.score, **({"relevance": h.metadata["relevance"]}
                                                              if "relevance" in h.metadata else {}),
