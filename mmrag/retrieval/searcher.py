@@ -28,7 +28,7 @@ FUSIONS = ("score", "rrf")
 FUSION = "score"
 # weight of the keyword channel in score fusion, chosen on dev sets (benchmarks/bench_hybrid.py:
 # sign photos made from coco_dev with other phrases, Flickr8k dev), never on the test sets
-KEYWORD_WEIGHT = 0.6
+KEYWORD_WEIGHT = 0.8
 SPREAD_SAMPLE = 20000  # stored vectors sampled to estimate the spread of a channel's scores
 
 

@@ -133,7 +133,7 @@ def test_score_fusion_keeps_the_whole_phrase_match_first(flickr8k_dir, effnet_mi
     finally:
         s.close()
     assert first == {"hybrid": len(items), "auto": len(items)}, first
-    assert rrf < len(items)  # what the default fixes (measured: RRF puts 9 of 20 first)
+    assert rrf < len(items)  # what the default fixes (measured: RRF puts 6 of 20 first)
 
 
 def test_weight_means_what_it_says_for_text_plus_image(flickr_index, effnet_minilm):
