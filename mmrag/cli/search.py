@@ -65,7 +65,7 @@ def search(
     k: int = typer.Option(10, "-k", help="Number of results."),
     target: str = typer.Option("images", help="images (text/image -> image) or captions (image -> caption)."),
     where: list[str] = typer.Option([], "--where", help="Metadata filter key=value (repeatable)."),
-    mode: str = typer.Option("auto", help="vector, keyword (BM25 over captions, text in images, file names), hybrid (both, rank-fused) or auto (hybrid for text on an index with text)."),
+    mode: str = typer.Option("auto", help="vector, keyword (BM25 over captions, text in images, file names), hybrid (both, score-fused) or auto (hybrid for text on an index with text)."),
     safe: bool = typer.Option(False, "--safe", help="Drop images the safety model flagged (index built with --safety)."),
     as_json: bool = typer.Option(False, "--json", help="JSON output."),
 ):
@@ -96,9 +96,19 @@ def search(
                         mode=mode, safe=safe)
     except InvalidInputError as e:  # (also caught by main(); here for callers of the Typer app itself)
         fail(str(e))
+    # text->image hits get a calibrated relevance (probability of a match; mmrag.retrieval.relevance)
+    s.add_relevance(hits, text, image, target, s.resolve_mode(mode, text, image, target))
     if as_json:
-        print(json.dumps([{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits], indent=2, ensure_ascii=False))
+        print(json.dumps([{"id": h.id, "score": h.score, **({"relevance": h.metadata["relevance"]}
+                                                             if "relevance" in h.metadata else {}),
+                           "metadata": h.metadata} for h in hits], indent=2, ensure_ascii=False))
     else:
+        if s.no_good_match(hits):
+            from mmrag.retrieval.relevance import NO_MATCH_THRESHOLD
+
+            best = max((h.metadata["relevance"] for h in hits), default=0.0)
+            out.print(f"no good match: the best hit's relevance is {best:.2f} (< {NO_MATCH_THRESHOLD}); "
+                      "the closest images follow")
         _print_hits(hits, target)
 
 

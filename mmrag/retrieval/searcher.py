@@ -16,11 +16,20 @@ from mmrag.index.collection import Collection, IndexManifest, caption_image_id
 
 TARGETS = ("images", "captions")
 # vector: embeddings only; keyword: BM25 over the items' text (captions, OCR text, file name,
-# metadata); hybrid: both fused by reciprocal rank; auto: hybrid for a text-only query on an
+# metadata); hybrid: both fused (see FUSIONS); auto: hybrid for a text-only query on an
 # index that has text and a store with keyword search, vector otherwise
 MODES = ("auto", "vector", "keyword", "hybrid")
 RRF_K = 60          # reciprocal rank fusion constant (Cormack et al. 2009)
 HYBRID_POOL = 100   # candidates taken from each side before fusing
+# "score": calibrated score fusion (default); "rrf": plain reciprocal rank fusion, kept to compare.
+# RRF ignores how much better the best keyword match is (a sign matching the whole phrase vs
+# signs matching one word of it), which is what lost the sign photos.
+FUSIONS = ("score", "rrf")
+FUSION = "score"
+# weight of the keyword channel in score fusion, chosen on dev sets (benchmarks/bench_hybrid.py:
+# sign photos made from coco_dev with other phrases, Flickr8k dev), never on the test sets
+KEYWORD_WEIGHT = 0.8
+SPREAD_SAMPLE = 20000  # stored vectors sampled to estimate the spread of a channel's scores
 
 
 def check_query(text: str | None = None, image: Any = None, weight: float = 0.5, k: int = 10) -> None:
@@ -50,15 +59,57 @@ class Searcher:
             raise ValueError(f"encoder dim {self.encoder.dim} != index dim {m.dim}")
 
     # ------------------------------------------------------------------ queries
-    def query_vector(self, text: str | None = None, image: ImageInput | None = None, weight: float = 0.5) -> np.ndarray:
-        """One unit query vector. With both text and image: ``weight`` on the text side."""
+    def query_vector(self, text: str | None = None, image: ImageInput | None = None, weight: float = 0.5,
+                     target: str = "images") -> np.ndarray:
+        """One unit query vector. With both text and image: ``weight`` on the text side, each
+        side's scores calibrated first (see :meth:`mix`)."""
         check_query(text, image, weight)
-        parts = []
-        if text is not None:
-            parts.append((weight if image is not None else 1.0, self.encoder.embed_texts([text])[0]))
-        if image is not None:
-            parts.append((1.0 - weight if text is not None else 1.0, self.encoder.embed_images([image])[0]))
-        return l2_normalize(sum(w * v for w, v in parts)[None])[0]
+        t = self.encoder.embed_texts([text])[0] if text is not None else None
+        i = self.encoder.embed_images([image])[0] if image is not None else None
+        if t is None or i is None:
+            return l2_normalize((t if i is None else i)[None])[0]
+        return self.mix(t, i, weight, target)
+
+    def mix(self, text_vec: np.ndarray, image_vec: np.ndarray, weight: float, target: str = "images") -> np.ndarray:
+        """The query vector whose inner products rank ``target`` as ``weight * z_text + (1 -
+        weight) * z_image``, where z is each side's score standardised by its distribution over
+        the index. A plain sum of the two unit vectors lets the image win at any weight (an
+        image's cosines with other images spread several times wider than a text's), so
+        ``weight`` would not mean what it says. Linear in the scores, so one vector does it:
+        z = (x.q - mean) / sd(q), the means are a constant shift, sd(q)^2 = q' C q with C the
+        covariance of the stored vectors. Weight 1 or 0 is the text or the image alone."""
+        t = np.asarray(text_vec, np.float32)
+        i = np.asarray(image_vec, np.float32)
+        if weight >= 1.0:
+            return l2_normalize(t[None])[0]
+        if weight <= 0.0:
+            return l2_normalize(i[None])[0]
+        cov = self.score_covariance(target)
+        if cov is None:  # an empty store: nothing to calibrate against
+            return l2_normalize((weight * t + (1.0 - weight) * i)[None])[0]
+        sd_t = float(np.sqrt(max(t @ cov @ t, 1e-12)))
+        sd_i = float(np.sqrt(max(i @ cov @ i, 1e-12)))
+        return l2_normalize((weight * t / sd_t + (1.0 - weight) * i / sd_i)[None])[0].astype(np.float32)
+
+    def score_covariance(self, target: str = "images") -> np.ndarray | None:
+        """Covariance of ``target``'s stored vectors (a fixed sample of at most SPREAD_SAMPLE),
+        cached per store size; None for an empty store."""
+        store = self._store(target)
+        n = store.count()
+        key = (target, n)
+        cache = self.__dict__.setdefault("_cov", {})
+        if key not in cache:
+            if n == 0:
+                cache[key] = None
+            else:
+                ids = store.ids()
+                if len(ids) > SPREAD_SAMPLE:
+                    rng = np.random.default_rng(0)
+                    ids = [ids[j] for j in sorted(rng.choice(len(ids), SPREAD_SAMPLE, replace=False))]
+                x = np.asarray(store.vectors(ids), np.float64)
+                x -= x.mean(0)
+                cache[key] = (x.T @ x / max(len(x) - 1, 1)).astype(np.float32)
+        return cache[key]
 
     def search(self, text: str | None = None, image: ImageInput | None = None, k: int = 10,
                weight: float = 0.5, target: str = "images", filter: dict[str, Any] | None = None,
@@ -84,7 +135,7 @@ class Searcher:
         if mode == "keyword":
             return self.keyword_search(text, k, target, filter)
         store = self._store(target)
-        q = self.query_vector(text, image, weight)
+        q = self.query_vector(text, image, weight, target)
         if target == "captions" and image is not None and text is None:
             return self.captions_for_image_vector(q, k, filter)
         if mode == "hybrid":
@@ -132,12 +183,19 @@ class Searcher:
         return self._store(target).keyword_search(text, k=k, filter=filter)
 
     def fuse(self, q: np.ndarray, text: str, vector_hits: list[Hit], k: int, target: str = "images",
-             filter: dict[str, Any] | None = None) -> list[Hit]:
-        """Reciprocal rank fusion of ``vector_hits`` (the vector search's best, best first) and
-        the keyword matches of ``text``: score = 1/(RRF_K + vector rank) + 1/(RRF_K + keyword
-        rank). Keyword matches outside ``vector_hits`` get their exact cosine, so every
-        candidate has a vector rank; one without a keyword match has only its vector term.
+             filter: dict[str, Any] | None = None, fusion: str = FUSION,
+             keyword_weight: float = KEYWORD_WEIGHT) -> list[Hit]:
+        """Fuse ``vector_hits`` (the vector search's best, best first) with the keyword matches
+        of ``text``. Keyword matches outside ``vector_hits`` get their exact cosine, so every
+        candidate has a vector score; one without a keyword match has keyword score 0.
+
+        ``fusion="score"`` (calibrated score fusion): score = keyword_weight * bm25 / best bm25
+        + (1 - keyword_weight) * (cos - min cos) / (max cos - min cos) over the candidates, so
+        the match of the whole phrase keeps its lead over matches of one of its words.
+        ``fusion="rrf"``: 1/(RRF_K + vector rank) + 1/(RRF_K + keyword rank).
         Each hit's metadata gains ``vector_score`` and ``keyword_score`` (None: no match)."""
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
         store = self._store(target)
         pool = max(k, len(vector_hits), HYBRID_POOL)
         kw = store.keyword_search(text, k=pool, filter=filter)
@@ -152,16 +210,61 @@ class Searcher:
             x = store.vectors([h.id for h in extra])
             for h, c in zip(extra, x @ np.asarray(q, np.float32)):
                 cand[h.id], cos[h.id] = h, float(c)
-        v_rank = {i: r for r, i in enumerate(sorted(cos, key=lambda i: -cos[i]), 1)}
-        k_rank = {h.id: r for r, h in enumerate(kw, 1)}
         k_score = {h.id: h.score for h in kw}
+        if fusion == "rrf":
+            v_rank = {i: r for r, i in enumerate(sorted(cos, key=lambda i: -cos[i]), 1)}
+            k_rank = {h.id: r for r, h in enumerate(kw, 1)}
+            fused = {i: 1.0 / (RRF_K + v_rank[i]) + (1.0 / (RRF_K + k_rank[i]) if i in k_rank else 0.0) for i in cand}
+        else:
+            lo, hi = min(cos.values()), max(cos.values())
+            span = hi - lo if hi > lo else 1.0
+            best = max(k_score.values())
+            best = best if best > 0 else 1.0
+            fused = {i: keyword_weight * max(k_score.get(i, 0.0), 0.0) / best
+                     + (1.0 - keyword_weight) * (cos[i] - lo) / span for i in cand}
         out = []
         for i, h in cand.items():
-            s = 1.0 / (RRF_K + v_rank[i]) + (1.0 / (RRF_K + k_rank[i]) if i in k_rank else 0.0)
             h.metadata.update(vector_score=cos[i], keyword_score=k_score.get(i))
-            out.append(Hit(id=i, score=s, metadata=h.metadata))
+            out.append(Hit(id=i, score=float(fused[i]), metadata=h.metadata))
         out.sort(key=lambda h: (-h.score, -cos[h.id]))
         return out[:k]
+
+    # ------------------------------------------------------------------ relevance
+    def relevance_model(self):
+        """The encoder's calibrated relevance (mmrag.retrieval.relevance), or None without a fit."""
+        if "_relevance" not in self.__dict__:
+            from mmrag.retrieval.relevance import load_relevance
+
+            self._relevance = load_relevance(self.encoder.fingerprint())
+        return self._relevance
+
+    def add_relevance(self, hits: list[Hit], text: str | None, image: Any = None, target: str = "images",
+                      mode: str = "vector") -> bool:
+        """Give each hit ``metadata["relevance"]``, the probability that it matches ``text``,
+        from its cosine (hybrid: ``vector_score``). Only for text->image (the pairs the model was
+        fitted on; keyword-only scores are BM25, not cosines). Returns whether it did."""
+        model = self.relevance_model()
+        if model is None or text is None or image is not None or target != "images" or mode == "keyword":
+            return False
+        if hits:
+            cos = [h.metadata.get("vector_score", h.score) if mode == "hybrid" else h.score for h in hits]
+            for h, p in zip(hits, model(cos)):
+                h.metadata["relevance"] = round(float(p), 4)
+        return True
+
+    @staticmethod
+    def no_good_match(hits: list[Hit]) -> bool | None:
+        """True when no hit is a likely match: every relevance below NO_MATCH_THRESHOLD and no hit
+        matched a query word (a keyword match is evidence a cosine does not see, e.g. a sign's
+        text). None when the hits carry no relevance."""
+        from mmrag.retrieval.relevance import NO_MATCH_THRESHOLD
+
+        if not hits:
+            return True
+        if any("relevance" not in h.metadata for h in hits):
+            return None
+        return all(h.metadata["relevance"] < NO_MATCH_THRESHOLD and h.metadata.get("keyword_score") is None
+                   for h in hits)
 
     # ------------------------------------------------------------------ safety
     def has_safety_scores(self) -> bool:

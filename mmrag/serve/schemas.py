@@ -18,7 +18,7 @@ Scalar = Union[str, int, float, bool, None]
 FilterSpec = dict[str, Union[Scalar, list[Scalar]]]
 
 MODE_HELP = ("vector: embeddings; keyword: BM25 over each image's text (captions, text in the image, file "
-             "name, metadata); hybrid: both, reciprocal-rank fused (score = fused rank score, metadata "
+             "name, metadata); hybrid: both, score-fused (score = w * BM25/best + (1 - w) * min-max cosine, metadata "
              "vector_score/keyword_score); auto: hybrid for a text query when the index has text, else vector.")
 SAFE_HELP = "Drop images the safety model (open_nsfw) flagged; needs an index built with --safety."
 FILTER_HELP = ('Metadata filter: {"key": value} or {"key": [v1, v2]} (any of); several keys must all '
@@ -49,6 +49,9 @@ class SearchHit(BaseModel):
     image_url: str
     thumbnail_url: str
     metadata: dict[str, Any] = Field(default_factory=dict)
+    relevance: Optional[float] = Field(
+        None, description="Text->image: calibrated probability that this image matches the text "
+                          "(Platt scaling fitted on Flickr8k dev pairs for the index's encoder).")
 
 
 class SearchResponse(BaseModel):
@@ -57,6 +60,10 @@ class SearchResponse(BaseModel):
     target: str
     mode: str = Field("vector", description="The mode that ran (auto resolved).")
     took_ms: float
+    no_good_match: Optional[bool] = Field(
+        None, description="True when every hit's relevance is below the threshold (0.5) and none matched "
+                          "a query word; null when relevance is not available (image queries, keyword "
+                          "mode, an encoder without a fit).")
 
 
 class CaptionEvidence(BaseModel):
@@ -176,4 +183,5 @@ def hit_to_dict(h: Hit, target: str) -> dict[str, Any]:
         caption = captions[0] if captions else None
     url, thumb = image_links(image_id)
     return {"id": h.id, "score": round(float(h.score), 6), "caption": caption, "captions": captions,
-            "image_id": image_id, "image_url": url, "thumbnail_url": thumb, "metadata": meta}
+            "image_id": image_id, "image_url": url, "thumbnail_url": thumb, "metadata": meta,
+            "relevance": meta.get("relevance")}

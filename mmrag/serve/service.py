@@ -202,7 +202,8 @@ class SearchService:
             vecs.append(await asyncio.to_thread(self.stored_vector, q.image_id))
         if len(vecs) == 1:
             return vecs[0]
-        return l2_normalize((q.weight * vecs[0] + (1.0 - q.weight) * vecs[1])[None])[0]
+        # each side's scores calibrated over the index, as Searcher.query_vector does
+        return await asyncio.to_thread(self.searcher.mix, vecs[0], vecs[1], q.weight, q.target)
 
     async def search(self, q: Query) -> list[Hit]:
         if q.target not in TARGETS:

@@ -78,7 +78,7 @@ def test_fts_follows_adds_deletes_and_old_stores(tmp_path):
 
 def test_hybrid_fuses_ranks_and_keeps_vector_order_without_matches(flickr_index, effnet_minilm):
     from mmrag.retrieval import Searcher
-    from mmrag.retrieval.searcher import RRF_K
+    from mmrag.retrieval.searcher import KEYWORD_WEIGHT, RRF_K
 
     out, items = flickr_index
     s = Searcher(out, encoder=effnet_minilm)
@@ -88,15 +88,102 @@ def test_hybrid_fuses_ranks_and_keeps_vector_order_without_matches(flickr_index,
     query = target.captions[0]
     vec = s.search(text=query, k=40, mode="vector")
     kw = s.search(text=query, k=40, mode="keyword")
-    hyb = s.search(text=query, k=40, mode="hybrid")
+    q = s.query_vector(text=query)
+    rrf = s.fuse(q, query, s.search(text=query, k=40, mode="vector"), 40, fusion="rrf")
     vr = {h.id: r for r, h in enumerate(vec, 1)}
     kr = {h.id: r for r, h in enumerate(kw, 1)}
-    for h in hyb[:10]:  # each fused score is the sum of its reciprocal ranks
+    for h in rrf[:10]:  # each RRF score is the sum of its reciprocal ranks
         want = 1 / (RRF_K + vr[h.id]) + (1 / (RRF_K + kr[h.id]) if h.id in kr else 0)
         assert h.score == pytest.approx(want)
         assert h.metadata["vector_score"] == pytest.approx(vec[vr[h.id] - 1].score, abs=1e-5)
-    assert hyb[0].id == target.id  # its own caption is in the index: keyword rank 1 lifts it
+    assert rrf[0].id == target.id  # its own caption is in the index: keyword rank 1 lifts it
+    hyb = s.search(text=query, k=40, mode="hybrid")  # the default: calibrated score fusion
+    cos = {h.id: h.score for h in vec}
+    lo, hi = min(cos.values()), max(cos.values())
+    best = kw[0].score
+    ks = {h.id: h.score for h in kw}
+    for h in hyb[:10]:
+        want = KEYWORD_WEIGHT * ks.get(h.id, 0) / best + (1 - KEYWORD_WEIGHT) * (cos[h.id] - lo) / (hi - lo)
+        assert h.score == pytest.approx(want, abs=1e-5)
+    assert hyb[0].id == target.id
     s.close()
+
+
+def test_score_fusion_keeps_the_whole_phrase_match_first(flickr8k_dir, effnet_minilm, tmp_path):
+    """Sign-like texts sharing words ("harbor books", "harbor bakery", "maple books", ...) on
+    real photos whose pixels say nothing about them: the image whose text matches the whole query
+    must come first. Plain RRF lets a one-word match with a better vector rank win."""
+    from mmrag.corpus.items import Corpus, CorpusItem
+    from mmrag.corpus.readers import read_corpus
+    from mmrag.embedding import IndexConfig, build_index
+    from mmrag.retrieval import Searcher
+
+    adj, nouns = ["harbor", "maple", "sunset", "golden", "cedar"], ["books", "bakery", "garage", "museum"]
+    phrases = [f"{a} {n}" for a in adj for n in nouns]
+    f = read_corpus("flickr8k", flickr8k_dir, split="test", limit=len(phrases))
+    items = [CorpusItem(id=it.id, path=it.path, captions=[p], split=it.split) for it, p in zip(f.items, phrases)]
+    build_index(Corpus("signs", f.root, items), tmp_path / "idx", effnet_minilm, IndexConfig(progress=False))
+    s = Searcher(tmp_path / "idx", encoder=effnet_minilm)
+    try:
+        first = {m: sum(s.search(text=it.captions[0], k=3, mode=m)[0].id == it.id for it in items)
+                 for m in ("hybrid", "auto")}
+        q = [(it, s.query_vector(text=it.captions[0])) for it in items]
+        rrf = sum(s.fuse(v, it.captions[0], s.search_vectors(v[None], k=100)[0], 3, fusion="rrf")[0].id == it.id
+                  for it, v in q)
+    finally:
+        s.close()
+    assert first == {"hybrid": len(items), "auto": len(items)}, first
+    assert rrf < len(items)  # what the default fixes (measured: RRF puts 6 of 20 first)
+
+
+def test_weight_means_what_it_says_for_text_plus_image(flickr_index, effnet_minilm):
+    """Text of one concept + a photo of another: at weight 0.5 both show in the top 5 (a plain
+    sum of the unit vectors let the photo decide alone: no dog among them); 1.0 is the text
+    alone, 0.0 the photo alone -- on the CLI and over HTTP too."""
+    import re
+
+    from mmrag.retrieval import Searcher
+
+    out, items = flickr_index
+    by_id = {it.id: it for it in items}
+
+    def count(ids, pat):
+        return sum(any(re.search(pat, c.lower()) for c in by_id[i].captions) for i in ids)
+
+    dog, beach = r"\bdogs?\b", r"beach|sand|shore|ocean|waves"
+    s = Searcher(out, encoder=effnet_minilm)
+    lib = {}
+    try:
+        for photo in ("1248940539_46d33ed487.jpg", "1174525839_7c1e6cfa86.jpg"):  # beach/shore, no dog
+            img = str(by_id[photo].path)
+            assert count([photo], beach) and not count([photo], dog)
+            mixed = [h.id for h in s.search(text="a dog", image=img, k=5, weight=0.5)]
+            assert count(mixed, dog) >= 2 and count(mixed, beach) >= 1, mixed
+            lib[photo] = mixed
+            assert [h.id for h in s.search(text="a dog", image=img, k=5, weight=1.0)] == \
+                [h.id for h in s.search(text="a dog", k=5)]
+            assert [h.id for h in s.search(text="a dog", image=img, k=5, weight=0.0)] == \
+                [h.id for h in s.search(image=img, k=5)]
+    finally:
+        s.close()
+    r = _run("search", "--index", out, "--text", "a dog", "--image", by_id["1248940539_46d33ed487.jpg"].path,
+             "--weight", "0.5", "--json", "-k", "5")
+    assert r.exit_code == 0, r.output
+    assert [h["id"] for h in json.loads(r.output)] == lib["1248940539_46d33ed487.jpg"]
+    from fastapi.testclient import TestClient
+
+    from mmrag.serve import create_app
+
+    application = create_app(out, encoder=effnet_minilm)
+    try:
+        c = TestClient(application)
+        with open(by_id["1248940539_46d33ed487.jpg"].path, "rb") as fh:
+            d = c.post("/api/search/upload", data={"text": "a dog", "weight": "0.5", "k": "5"},
+                       files={"image": ("q.jpg", fh, "image/jpeg")}).json()
+        ids = [h["id"] for h in d["results"]]
+        assert count(ids, dog) >= 2 and count(ids, beach) >= 1, ids
+    finally:
+        application.state.mmrag.service.close()
 
 
 def _run(*args):

@@ -179,3 +179,16 @@ def test_narrow_screen_has_no_horizontal_scroll(browser, site):
     assert box["width"] <= 360
     ctx.close()
 
+
+
+def test_nonsense_query_says_no_good_match(page, site):
+    _, items = site
+    page.locator("#search-text").fill("qwxz zzyqv")
+    page.locator("#search-submit").click()
+    expect(page.locator("#search-status")).to_contain_text("images")
+    expect(page.locator("#search-nomatch")).to_be_visible()
+    expect(page.locator("#search-nomatch")).to_contain_text("No good match")
+    expect(page.locator("#search-results > li").first.locator(".relevance")).to_contain_text("match")
+    page.locator("#search-text").fill(items[0].captions[0])
+    page.locator("#search-submit").click()
+    expect(page.locator("#search-nomatch")).to_be_hidden()

@@ -57,8 +57,12 @@ async def read_upload(state: ServeState, upload: UploadFile | None) -> Any:
 async def run_search(state: ServeState, q: Query) -> dict[str, Any]:
     t = time.perf_counter()
     hits = await state.service.search(q)
+    sr = state.service.searcher
+    has_image = q.image is not None or q.image_id is not None or q.vector is not None
+    rel = sr.add_relevance(hits, q.text, True if has_image else None, q.target, q.mode)
     return {"results": [hit_to_dict(h, q.target) for h in hits], "k": q.k, "target": q.target, "mode": q.mode,
-            "took_ms": round(1000 * (time.perf_counter() - t), 2)}
+            "took_ms": round(1000 * (time.perf_counter() - t), 2),
+            "no_good_match": sr.no_good_match(hits) if rel else None}
 
 
 def _k(state: ServeState, k: Optional[int]) -> int:

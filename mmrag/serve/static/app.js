@@ -90,6 +90,8 @@ function hitCard(hit, extra = {}) {
   const label = extra.mode === "hybrid" ? "fused" : extra.mode === "keyword" ? "keyword" : "similarity";
   const meta = el("div", { class: "meta" },
     el("span", { class: "score", text: `${label} ${Number(hit.score).toFixed(3)}` }),
+    // calibrated probability that the image matches the text (text searches only)
+    typeof hit.relevance === "number" ? el("span", { class: "relevance", text: `match ${Math.round(100 * hit.relevance)} %` }) : null,
     extra.move || null,
     el("span", { class: "caption", text: caption }),
   );
@@ -132,9 +134,12 @@ async function runSearch(query) {
     const what = res.target === "captions" ? "captions" : "images";
     const how = res.mode && res.mode !== "vector" ? ` (${res.mode} search)` : "";
     setStatus("#search-status", `${res.results.length} ${what} in ${res.took_ms.toFixed(0)} ms${how}`);
+    // the server says when no image is a likely match; the closest ones are still shown below
+    $("#search-nomatch").hidden = res.no_good_match !== true;
     renderHits("#search-results", res.results, { onSimilar: searchSimilar, mode: res.mode });
   } catch (e) {
     $("#search-results").replaceChildren();  // old results under a new error would read as its answer
+    $("#search-nomatch").hidden = true;
     setStatus("#search-status", e.message, true);
   }
 }
