@@ -21,9 +21,6 @@ Prints t2i and i2t (with the hubness prior) R@1/5/10 for each split; writes JSON
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from dataclasses import replace
@@ -32,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_results  # noqa: E402
 
 from benchmarks.ood_features import load_split  # noqa: E402
 from mmrag.encoders.base import l2_normalize  # noqa: E402
@@ -237,11 +236,7 @@ def main() -> None:
             for w in a.zs:
                 show(bb, f"nce {spec} +zs {w:g}", bench.evaluate(b, w),
                      {"zs_weight": w, "nce": cfg.as_dict(), "train_s": round(dt, 1)})
-    out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-           "command": "python " + " ".join(sys.argv), "rows": rows}
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(out, indent=2))
-    print("wrote", a.json)
+    write_results(a.json, {"rows": rows})
 
 
 if __name__ == "__main__":

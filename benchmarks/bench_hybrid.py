@@ -19,7 +19,6 @@ at index time. The fusion's keyword weight is chosen here on dev sets and only t
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_results  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 
@@ -227,9 +228,7 @@ def main() -> None:
         r = res["flickr8k_test"][m]
         print(f"{m:13} {r['R@1']:6.1f} {r['R@5']:6.1f} {r['R@10']:6.1f}")
     print(f"auto (hybrid, score fusion): {res['flickr8k_test']['auto_ms_per_query']} ms/query")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(res, indent=2))
-    print(f"wrote {args.json}")
+    write_results(args.json, res)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_results  # noqa: E402
+
+from mmrag.paths import write_json  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 
 
@@ -77,11 +81,9 @@ def main() -> None:
     if args.write_asset:
         stored = json.loads(ASSET.read_text()) if ASSET.exists() else {}
         stored[model.fingerprint] = {**asdict(model), "ece_dev": res["dev"]["ECE"], "ece_test": res["test"]["ECE"]}
-        ASSET.write_text(json.dumps(stored, indent=2) + "\n")
+        write_json(ASSET, stored)  # a shipped asset, not a result: no machine or date
         print(f"wrote {ASSET}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(res, indent=2))
-    print(f"wrote {args.json}")
+    write_results(args.json, res)
 
 
 if __name__ == "__main__":
