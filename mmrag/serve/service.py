@@ -179,6 +179,17 @@ class SearchService:
             raise NotFoundError(f"no image with id {image_id!r} in this index")
         return v
 
+    async def upload_or_stored_vector(self, upload, image_id: str | None) -> tuple[bytes | None, np.ndarray]:
+        """The vector of an uploaded image file (its bytes returned too) or of an indexed image by
+        id: exactly one of them (the image-in routes: caption, ask)."""
+        if (upload is None) == (image_id is None):
+            raise BadRequestError("give an image file or an image_id (one of them)")
+        if upload is None:
+            return None, await asyncio.to_thread(self.stored_vector, image_id)
+        raw = await upload.read()
+        decoded = await asyncio.to_thread(self.decode_upload, raw)
+        return raw, await self.image_vector(decoded)
+
     async def query_vector(self, q: Query) -> np.ndarray:
         """The unit query vector of ``q`` (text and image embedded concurrently)."""
         if q.vector is not None:

@@ -55,15 +55,7 @@ def ask_router(state: ServeState) -> APIRouter:
         k: Optional[int] = Form(None, ge=1, le=50),
     ):
         svc = state.service
-        if (image is None) == (image_id is None):
-            raise BadRequestError("give an image file or an image_id (one of them)")
-        raw = None
-        if image is not None:
-            raw = await image.read()
-            decoded = await asyncio.to_thread(svc.decode_upload, raw)
-            vec = await svc.image_vector(decoded)
-        else:
-            vec = await asyncio.to_thread(svc.stored_vector, image_id)
+        raw, vec = await svc.upload_or_stored_vector(image, image_id)
         qvec = await svc.text_vector(question)
         name = answerer or await asyncio.to_thread(default_answerer)
 

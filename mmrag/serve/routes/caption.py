@@ -68,16 +68,8 @@ async def caption(
 
     if gen not in GENERATORS.names():
         raise BadRequestError(f"unknown generator {gen!r}; available: {', '.join(GENERATORS.names())}")
-    if (image is None) == (image_id is None):
-        raise BadRequestError("give an image file or an image_id (one of them)")
     svc = state.service
-    raw = None
-    if image is not None:
-        raw = await image.read()
-        decoded = await asyncio.to_thread(svc.decode_upload, raw)
-        vec = await svc.image_vector(decoded)
-    else:
-        vec = await asyncio.to_thread(svc.stored_vector, image_id)
+    raw, vec = await svc.upload_or_stored_vector(image, image_id)
     captioner = await asyncio.to_thread(get_captioner, state, gen)
     res = (await asyncio.to_thread(captioner.caption_vectors, vec[None], [image_id],
                                    [raw] if raw is not None else None))[0]
