@@ -10,7 +10,7 @@ map (``anchor``) keeps the map from drifting off the captions' broad vocabulary.
 
 Deterministic for a given seed and thread count: fixed torch/numpy seeds, one explicit
 generator for the batches, ``torch.set_num_threads``; two fits with the same inputs are
-identical bit for bit (tests/test_effnet_minilm.py).
+identical bit for bit (tests/encoders/test_effnet_minilm.py).
 """
 
 from __future__ import annotations

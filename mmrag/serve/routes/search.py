@@ -1,7 +1,7 @@
 """Search: ``/api/search`` (JSON, multipart upload, GET) and clip-retrieval's ``/knn-service``.
 
 clip-retrieval compatibility (its Python ``ClipClient`` and ``clip-retrieval-front``; checked with
-the real client in tests/test_clients.py): ``POST /knn-service`` takes every field the client sends
+the real client in tests/serve/test_clients.py): ``POST /knn-service`` takes every field the client sends
 (see :class:`~mmrag.serve.schemas.KnnRequest`): ``text`` | ``image`` (base64) | ``image_url`` |
 ``embedding_input``, ``modality`` (``"image"``: search images, ``"text"``: search captions),
 ``num_images``, ``num_result_ids``, ``deduplicate``, ``indice_name``, and answers a list of
