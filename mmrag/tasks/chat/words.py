@@ -34,6 +34,13 @@ person people man men woman women guy lady boy girl child children kid kids grou
 side area while other something background foreground day time way
 """.split())
 
+#: Caption verbs in their third-person form, normalized ("a dog sits" -> "sit"): asked as actions
+#: ("is there anyone who sits?"), never as if they were things ("is there a sit?").
+VERBS = frozenset("""
+sit stand run jump ride hold wear climb swim throw catch carry lie wait pull push kick eat sleep
+lean dance sing chase splash stare laugh talk read skate crawl bite grab sniff lick
+""".split())
+
 COLORS = frozenset("""
 black white red blue green yellow orange pink purple brown gray grey tan gold silver beige
 """.split())
@@ -129,7 +136,18 @@ def _phrase(word: str) -> str:
         return f"anything {word}"
     if word in MASS_NOUNS:
         return word
+    if word in VERBS:
+        return f"anyone who {_third_person(word)}"
     return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
+def _third_person(verb: str) -> str:
+    """"sit" -> "sits", "catch" -> "catches", "carry" -> "carries" (what :func:`normalize` undoes)."""
+    if verb.endswith(("s", "sh", "ch", "x", "z")):
+        return verb + "es"
+    if verb.endswith("y") and verb[-2:-1] not in "aeiou":
+        return verb[:-1] + "ies"
+    return verb + "s"
 
 
 def yes_no_question(word: str) -> str:

@@ -399,3 +399,16 @@ def test_cli_chat_ends_with_a_summary_on_an_empty_answer(index, tmp_path):
     assert s["best"][0]["id"] == d["turns"][-1]["hits"][0]["id"]
     tail = r.output[r.output.rindex("chat ended"):]
     assert tail.startswith("chat ended after 1 answer;") and f"best 1: {s['best'][0]['id']}" in tail
+
+
+def test_caption_verbs_are_asked_as_actions_not_things():
+    """ "a dog sits" gives the word "sit": the question is "is there anyone who sits?", never
+    "is there a sit?", and reading the question back gives the same word (answers unchanged)."""
+    from mmrag.tasks.chat.words import choice_options, choice_question, question_topic, yes_no_question
+
+    assert yes_no_question("sit") == "is there anyone who sits?"
+    assert question_topic(yes_no_question("catch")) == "catch"
+    q = choice_question("art", "sit")
+    assert q == "is there an art or anyone who sits?" and choice_options(q) == ["art", "sit"]
+    assert choice_options(choice_question("carry", "dog")) == ["carry", "dog"]
+    assert yes_no_question("dog") == "is there a dog?"  # nouns as before
