@@ -114,6 +114,19 @@ def effnet_minilm():
 
 
 @pytest.fixture(scope="session")
+def flickr8k_test_index(flickr8k_dir, effnet_minilm, tmp_path_factory):
+    """(index dir, items): the first 40 Flickr8k test images with their captions, indexed once
+    with the default encoder and shared read-only by the tests that search it."""
+    from mmrag.corpus.readers import read_corpus
+    from mmrag.embedding import IndexConfig, build_index
+
+    corpus = read_corpus("flickr8k", flickr8k_dir, split="test", limit=40)
+    out = tmp_path_factory.mktemp("flickr8k_test") / "idx"
+    build_index(corpus, out, effnet_minilm, IndexConfig(progress=False))
+    return out, corpus.items
+
+
+@pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory):
     pytest.importorskip("skimage", reason="scikit-image provides the sample photos")
     from mmrag.corpus.samples import sample_photos_corpus

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,21 +13,10 @@ from typer.testing import CliRunner
 from mmrag.cli import app
 
 
-@pytest.fixture(scope="module")
-def flickr_index(flickr8k_dir, effnet_minilm, tmp_path_factory):
-    from mmrag.corpus.readers import read_corpus
-    from mmrag.embedding import IndexConfig, build_index
-
-    corpus = read_corpus("flickr8k", flickr8k_dir, split="test", limit=40)
-    out = tmp_path_factory.mktemp("hybrid") / "idx"
-    build_index(corpus, out, effnet_minilm, IndexConfig(progress=False))
-    return out, corpus.items
-
-
-def test_keyword_search_finds_caption_words_and_respects_filters(flickr_index, effnet_minilm):
+def test_keyword_search_finds_caption_words_and_respects_filters(flickr8k_test_index, effnet_minilm):
     from mmrag.retrieval import Searcher
 
-    out, items = flickr_index
+    out, items = flickr8k_test_index
     s = Searcher(out, encoder=effnet_minilm)
     assert s.supports_keyword() and s.has_text()
     # a word from exactly one image's captions finds that image first
@@ -76,11 +64,11 @@ def test_fts_follows_adds_deletes_and_old_stores(tmp_path):
     st.close()
 
 
-def test_hybrid_fuses_ranks_and_keeps_vector_order_without_matches(flickr_index, effnet_minilm):
+def test_hybrid_fuses_ranks_and_keeps_vector_order_without_matches(flickr8k_test_index, effnet_minilm):
     from mmrag.retrieval import Searcher
     from mmrag.retrieval.searcher import KEYWORD_WEIGHT, RRF_K
 
-    out, items = flickr_index
+    out, items = flickr8k_test_index
     s = Searcher(out, encoder=effnet_minilm)
     q = "qwxz zzyqv"  # no keyword match: hybrid is the vector ranking
     assert [h.id for h in s.search(text=q, k=10, mode="hybrid")] == [h.id for h in s.search(text=q, k=10)]
@@ -136,7 +124,7 @@ def test_score_fusion_keeps_the_whole_phrase_match_first(flickr8k_dir, effnet_mi
     assert rrf < len(items)  # what the default fixes (measured: RRF puts 6 of 20 first)
 
 
-def test_weight_means_what_it_says_for_text_plus_image(flickr_index, effnet_minilm):
+def test_weight_means_what_it_says_for_text_plus_image(flickr8k_test_index, effnet_minilm):
     """Text of one concept + a photo of another: at weight 0.5 both show in the top 5 (a plain
     sum of the unit vectors let the photo decide alone: no dog among them); 1.0 is the text
     alone, 0.0 the photo alone -- on the CLI and over HTTP too."""
@@ -144,7 +132,7 @@ def test_weight_means_what_it_says_for_text_plus_image(flickr_index, effnet_mini
 
     from mmrag.retrieval import Searcher
 
-    out, items = flickr_index
+    out, items = flickr8k_test_index
     by_id = {it.id: it for it in items}
 
     def count(ids, pat):
@@ -190,8 +178,8 @@ def _run(*args):
     return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
 
 
-def test_cli_and_http_modes(flickr_index, effnet_minilm):
-    out, items = flickr_index
+def test_cli_and_http_modes(flickr8k_test_index, effnet_minilm):
+    out, items = flickr8k_test_index
     r = _run("search", "--index", out, "--text", items[3].captions[0], "--mode", "keyword", "--json", "-k", "3")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)[0]["id"] == items[3].id

@@ -14,17 +14,6 @@ from mmrag.cli import app
 NONSENSE = "qwxz zzyqv"
 
 
-@pytest.fixture(scope="module")
-def index(flickr8k_dir, effnet_minilm, tmp_path_factory):
-    from mmrag.corpus.readers import read_corpus
-    from mmrag.embedding import IndexConfig, build_index
-
-    corpus = read_corpus("flickr8k", flickr8k_dir, split="test", limit=40)
-    out = tmp_path_factory.mktemp("relevance") / "idx"
-    build_index(corpus, out, effnet_minilm, IndexConfig(progress=False))
-    return out, corpus.items
-
-
 def test_platt_fit_on_real_pairs_is_calibrated(flickr8k_dir, effnet_minilm):
     from mmrag.corpus.readers import read_corpus
     from mmrag.retrieval.relevance import expected_calibration_error, fit_platt, pair_scores
@@ -49,10 +38,10 @@ def test_shipped_fit_belongs_to_the_default_encoder(effnet_minilm):
     assert load_relevance("effnet-minilm-000000000000") is None  # another model's vectors: no reuse
 
 
-def test_search_says_no_good_match_for_nonsense(index, effnet_minilm):
+def test_search_says_no_good_match_for_nonsense(flickr8k_test_index, effnet_minilm):
     from mmrag.retrieval import Searcher
 
-    out, items = index
+    out, items = flickr8k_test_index
     s = Searcher(out, encoder=effnet_minilm)
     try:
         for mode in ("vector", "hybrid"):
@@ -70,8 +59,8 @@ def test_search_says_no_good_match_for_nonsense(index, effnet_minilm):
         s.close()
 
 
-def test_cli_and_http_report_relevance(index, effnet_minilm):
-    out, items = index
+def test_cli_and_http_report_relevance(flickr8k_test_index, effnet_minilm):
+    out, items = flickr8k_test_index
     r = CliRunner().invoke(app, ["search", "--index", str(out), "--text", NONSENSE, "--mode", "vector"],
                            env={"COLUMNS": "200"})
     assert r.exit_code == 0 and "no good match" in r.output, r.output
