@@ -46,6 +46,18 @@ DOG_CAPTIONS = [
 ]
 
 
+
+def first_captions(flickr8k_dir, n: int) -> list[str]:
+    """The first ``n`` Flickr8k captions (of the first images in captions.jsonl)."""
+    caps: list[str] = []
+    with open(flickr8k_dir / "captions.jsonl", encoding="utf-8") as f:
+        for line in f:
+            caps += json.loads(line)["captions"]
+            if len(caps) >= n:
+                break
+    return caps[:n]
+
+
 def test_registry_lists_the_generators():
     assert {"consensus", "openai", "local"} <= set(GENERATORS.names())
     g = create_generator("consensus")
@@ -79,13 +91,7 @@ def test_cider_matrix_equals_pycocoevalcap(flickr8k_dir):
     pytest.importorskip("pycocoevalcap", reason="pycocoevalcap is not installed")
     from pycocoevalcap.cider.cider_scorer import CiderScorer
 
-    caps = []
-    with open(flickr8k_dir / "captions.jsonl", encoding="utf-8") as f:
-        for line in f:
-            caps += json.loads(line)["captions"]
-            if len(caps) >= 12:
-                break
-    caps = caps[:12]
+    caps = first_captions(flickr8k_dir, 12)
     m = cider_d_matrix(caps)
     toks = [" ".join(tokenize(c)) for c in caps]
     k = len(caps)
@@ -158,13 +164,7 @@ def test_consensus_ties_go_to_the_first_and_one_candidate_is_returned():
 
 
 def test_consensus_is_fast_for_k30(flickr8k_dir):
-    caps = []
-    with open(flickr8k_dir / "captions.jsonl", encoding="utf-8") as f:
-        for line in f:
-            caps += json.loads(line)["captions"]
-            if len(caps) >= 30:
-                break
-    req = GenerationRequest(evidence=caps[:30])
+    req = GenerationRequest(evidence=first_captions(flickr8k_dir, 30))
     for sim in ("cider", "bleu"):
         g = create_generator("consensus", similarity=sim)
         best = min(_timed(lambda: g.generate(req)) for _ in range(3))
