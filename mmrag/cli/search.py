@@ -92,12 +92,13 @@ def search(
     if target == "captions" and s.count("captions") == 0:
         fail("this index has no captions to search (--target captions); caption it first (`mmrag caption`)")
     try:
+        mode = s.resolve_mode(mode, text, image, target)  # "auto" decided once, for search and relevance
         hits = s.search(text=text, image=image, k=k, weight=weight, target=target, filter=flt or None,
                         mode=mode, safe=safe)
     except InvalidInputError as e:  # (also caught by main(); here for callers of the Typer app itself)
         fail(str(e))
     # text->image hits get a calibrated relevance (probability of a match; mmrag.retrieval.relevance)
-    s.add_relevance(hits, text, image, target, s.resolve_mode(mode, text, image, target))
+    s.add_relevance(hits, text, image, target, mode)
     if as_json:
         print(json.dumps([{"id": h.id, "score": h.score, **({"relevance": h.metadata["relevance"]}
                                                              if "relevance" in h.metadata else {}),
