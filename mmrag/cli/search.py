@@ -67,6 +67,7 @@ def search(
     where: list[str] = typer.Option([], "--where", help="Metadata filter key=value (repeatable)."),
     mode: str = typer.Option("auto", help="vector, keyword (BM25 over captions, text in images, file names), hybrid (both, score-fused) or auto (hybrid for text on an index with text)."),
     safe: bool = typer.Option(False, "--safe", help="Drop images the safety model flagged (index built with --safety)."),
+    clarify: bool = typer.Option(False, "--clarify/--no-clarify", help="Text queries: when the top results are close together, ask the question that best separates them (\"is there a dog or a ball?\") and say which results each answer keeps. Reads the index's captions, else the Flickr8k caption datastore; without either, no question. With --json the output becomes {\"results\": [...], \"clarify\": ...}."),
     as_json: bool = typer.Option(False, "--json", help="JSON output."),
 ):
     """Search an index by text, by image, or both."""
@@ -91,18 +92,33 @@ def search(
         fail(f"--target must be one of {', '.join(TARGETS)} (or an extra store the index has), got {target!r}")
     if target == "captions" and s.count("captions") == 0:
         fail("this index has no captions to search (--target captions); caption it first (`mmrag caption`)")
+    ask = clarify and text is not None and image is None and target == "images"
+    if ask:
+        from mmrag.tasks.chat.clarify import ClarifyConfig
+
+        config = ClarifyConfig()
     try:
         mode = s.resolve_mode(mode, text, image, target)  # "auto" decided once, for search and relevance
-        hits = s.search(text=text, image=image, k=k, weight=weight, target=target, filter=flt or None,
-                        mode=mode, safe=safe)
+        # the closeness rule reads the first config.top hits (it was chosen on that many)
+        pool = s.search(text=text, image=image, k=max(k, config.top) if ask else k, weight=weight, target=target,
+                        filter=flt or None, mode=mode, safe=safe)
     except InvalidInputError as e:  # (also caught by main(); here for callers of the Typer app itself)
         fail(str(e))
+    hits = pool[:k]
     # text->image hits get a calibrated relevance (probability of a match; mmrag.retrieval.relevance)
     s.add_relevance(hits, text, image, target, mode)
+    question = None
+    if ask:
+        from mmrag.tasks.chat.clarify import clarifying_question
+        from mmrag.tasks.chat.session import caption_features
+
+        question = clarifying_question(s, text, pool, caption_features(s, "auto"), config, shown=len(hits))
     if as_json:
-        print(json.dumps([{"id": h.id, "score": h.score, **({"relevance": h.metadata["relevance"]}
-                                                             if "relevance" in h.metadata else {}),
-                           "metadata": h.metadata} for h in hits], indent=2, ensure_ascii=False))
+        rows = [{"id": h.id, "score": h.score, **({"relevance": h.metadata["relevance"]}
+                                                  if "relevance" in h.metadata else {}),
+                 "metadata": h.metadata} for h in hits]
+        doc = {"results": rows, "clarify": question.to_dict() if question else None} if clarify else rows
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
     else:
         if s.no_good_match(hits):
             from mmrag.retrieval.relevance import NO_MATCH_THRESHOLD
@@ -111,6 +127,20 @@ def search(
             out.print(f"no good match: the best hit's relevance is {best:.2f} (< {NO_MATCH_THRESHOLD}); "
                       "the closest images follow")
         _print_hits(hits, target)
+        if question is not None:
+            _print_clarification(question, hits, index_dir, text)
+
+
+def _print_clarification(question, hits, index_dir: Path, text: str) -> None:
+    """The question under the results, and for each answer the results it keeps (by rank)."""
+    rank = {h.id: i for i, h in enumerate(hits, 1)}
+    out.print(f"\nThe top results are close. {question.question[0].upper()}{question.question[1:]}", markup=False)
+    width = max(len(o.answer) for o in question.options)
+    for o in question.options:
+        kept = " ".join(f"#{rank[i]}" for i in sorted(o.kept_ids, key=rank.get))
+        out.print(f"  {o.answer:<{width}}  keeps {kept}" if kept else f"  {o.answer:<{width}}  keeps none of these",
+                  markup=False)
+    out.print(f"(answer and refine: mmrag chat --index {index_dir} -d {json.dumps(text)})", markup=False)
 
 
 def eval_retrieval(

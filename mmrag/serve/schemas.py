@@ -21,6 +21,8 @@ MODE_HELP = ("vector: embeddings; keyword: BM25 over each image's text (captions
              "name, metadata); hybrid: both, score-fused (score = w * BM25/best + (1 - w) * min-max cosine, metadata "
              "vector_score/keyword_score); auto: hybrid for a text query when the index has text, else vector.")
 SAFE_HELP = "Drop images the safety model (open_nsfw) flagged; needs an index built with --safety."
+CLARIFY_HELP = ("Text queries: when the top results are close together, return in 'clarify' the question that "
+                "best separates them and, per answer, the results in their new order (off by default).")
 FILTER_HELP = ('Metadata filter: {"key": value} or {"key": [v1, v2]} (any of); several keys must all '
                'match. Values match by JSON type: 1 does not match "1".')
 
@@ -38,6 +40,7 @@ class SearchRequest(BaseModel):
     filter: Optional[FilterSpec] = Field(None, description=FILTER_HELP)
     mode: Literal["auto", "vector", "keyword", "hybrid"] = Field("auto", description=MODE_HELP)
     safe: bool = Field(False, description=SAFE_HELP)
+    clarify: bool = Field(False, description=CLARIFY_HELP)
 
 
 class SearchHit(BaseModel):
@@ -54,6 +57,24 @@ class SearchHit(BaseModel):
                           "(Platt scaling fitted on Flickr8k dev pairs for the index's encoder).")
 
 
+class ClarifyOption(BaseModel):
+    answer: str = Field(..., description="What the user may answer: a choice word, 'neither', or yes / no.")
+    hit_ids: list[str] = Field(..., description="The results' ids in their order after this answer.")
+    kept_ids: list[str] = Field(..., description="The results consistent with this answer (in the same order).")
+
+
+class Clarify(BaseModel):
+    """A question that separates close top results (ChatIR's split questioner over them)."""
+
+    question: str
+    topic: Optional[str] = Field(None, description="The word a yes/no question asks about (null for a choice).")
+    options: list[ClarifyOption]
+    signal: str = Field(..., description="What measured how close the top results are.")
+    closeness: float = Field(..., description="Its value (0 = one clear best result, 1 = all alike).")
+    threshold: float = Field(..., description="A question is offered at or above this closeness.")
+    gain_bits: Optional[float] = Field(None, description="Expected information gain of the answer.")
+
+
 class SearchResponse(BaseModel):
     results: list[SearchHit]
     k: int
@@ -64,6 +85,10 @@ class SearchResponse(BaseModel):
         None, description="True when every hit's relevance is below the threshold (0.5) and none matched "
                           "a query word; null when relevance is not available (image queries, keyword "
                           "mode, an encoder without a fit).")
+    clarify: Optional[Clarify] = Field(
+        None, description="Only when the request asked for it (clarify: true) and the top results are close: "
+                          "the question and how each answer re-orders the results; null otherwise (also "
+                          "for image queries and indexes with no caption source).")
 
 
 class CaptionEvidence(BaseModel):

@@ -27,8 +27,15 @@ from mmrag.serve.app import ServeState
 from mmrag.serve.schemas import image_links
 from mmrag.serve.service import BadRequestError, NotFoundError, public_metadata
 
-__all__ = ["chat_router", "ChatSessions"]
+__all__ = ["chat_router", "ChatSessions", "chat_features"]
 
+
+def chat_features(state: ServeState):
+    """The caption words chat sessions and search's clarifying questions share (built once, on
+    first use): the index's captions, else the caption datastore, else None."""
+    from mmrag.tasks.chat.session import caption_features
+
+    return state.lazy("chat_features", lambda: caption_features(state.service.searcher, "auto"))
 
 
 def _hit_json(hit_id: str, score: float, metadata: dict | None, rank: int | None = None) -> dict[str, Any]:
@@ -123,7 +130,6 @@ def _turn_json(sid: str, turn, state: ServeState) -> dict[str, Any]:
 
 def chat_router(state: ServeState) -> APIRouter:
     from mmrag.tasks.chat import ChatSession, DialogError, QuestionerError
-    from mmrag.tasks.chat.session import caption_features
 
     router = APIRouter(prefix="/api/chat", tags=["chat"])
     sessions = ChatSessions(state.config.chat_max_sessions, state.config.chat_session_ttl_s,
@@ -131,8 +137,8 @@ def chat_router(state: ServeState) -> APIRouter:
     state.extras["chat_sessions"] = sessions
     searcher = state.service.searcher
 
-    def features():  # the caption words all sessions share (built once, on first use)
-        return state.lazy("chat_features", lambda: caption_features(searcher, "auto"))
+    def features():
+        return chat_features(state)
 
     def run(fn, *args):
         try:

@@ -24,6 +24,7 @@ from fastapi import APIRouter, Depends, File, Form, Query as Q, Request, Respons
 
 from mmrag.serve.app import ServeState, get_state
 from mmrag.serve.schemas import (
+    CLARIFY_HELP,
     FILTER_HELP,
     MODE_HELP,
     SAFE_HELP,
@@ -54,15 +55,42 @@ async def read_upload(state: ServeState, upload: UploadFile | None) -> Any:
     return await asyncio.to_thread(state.service.decode_upload, data)
 
 
-async def run_search(state: ServeState, q: Query) -> dict[str, Any]:
+async def run_search(state: ServeState, q: Query, clarify: bool = False) -> dict[str, Any]:
     t = time.perf_counter()
-    hits = await state.service.search(q)
-    sr = state.service.searcher
     has_image = q.image is not None or q.image_id is not None or q.vector is not None
+    ask = clarify and q.text is not None and not has_image and q.target == "images"
+    k = q.k
+    config = _clarify_config() if ask else None
+    ask = config is not None
+    if ask:  # the closeness rule reads the first config.top hits (it was chosen on that many)
+        q.k = min(max(k, config.top), state.config.max_k)
+    pool = await state.service.search(q)
+    q.k = k
+    hits = pool[:k]
+    sr = state.service.searcher
     rel = sr.add_relevance(hits, q.text, True if has_image else None, q.target, q.mode)
+    question = await asyncio.to_thread(_clarification, state, config, q.text, pool, len(hits)) if ask else None
     return {"results": [hit_to_dict(h, q.target) for h in hits], "k": q.k, "target": q.target, "mode": q.mode,
             "took_ms": round(1000 * (time.perf_counter() - t), 2),
-            "no_good_match": sr.no_good_match(hits) if rel else None}
+            "no_good_match": sr.no_good_match(hits) if rel else None,
+            "clarify": question.to_dict() if question else None}
+
+
+def _clarify_config():
+    """The clarifying questions' settings (mmrag.tasks.chat.clarify), None without the chat task."""
+    try:
+        from mmrag.tasks.chat.clarify import ClarifyConfig
+    except ImportError:
+        return None
+    return ClarifyConfig()
+
+
+def _clarification(state: ServeState, config, text: str, pool, shown: int):
+    """The clarifying question over the results, or None: not unsure or no caption source."""
+    from mmrag.serve.routes.chat import chat_features
+    from mmrag.tasks.chat.clarify import clarifying_question
+
+    return clarifying_question(state.service.searcher, text, pool, chat_features(state), config, shown=shown)
 
 
 def _k(state: ServeState, k: Optional[int]) -> int:
@@ -78,7 +106,7 @@ async def search_json(body: SearchRequest, state: ServeState = Depends(get_state
         image = await asyncio.to_thread(state.service.decode_upload, data)
     q = Query(text=body.text, image=image, image_id=body.image_id, weight=body.weight, k=_k(state, body.k),
               target=body.target, filter=body.filter, mode=body.mode, safe=body.safe)
-    return await run_search(state, q)
+    return await run_search(state, q, clarify=body.clarify)
 
 
 @router.post("/api/search/upload", response_model=SearchResponse, tags=["search"],
@@ -92,12 +120,13 @@ async def search_upload(
     filter: Optional[str] = Form(None, description="JSON object. " + FILTER_HELP),
     mode: str = Form("auto", description=MODE_HELP),
     safe: bool = Form(False, description=SAFE_HELP),
+    clarify: bool = Form(False, description=CLARIFY_HELP),
     state: ServeState = Depends(get_state),
 ):
     flt = _parse_filter(filter)
     img = await read_upload(state, image)
     q = Query(text=text, image=img, weight=weight, k=_k(state, k), target=target, filter=flt, mode=mode, safe=safe)
-    return await run_search(state, q)
+    return await run_search(state, q, clarify=clarify)
 
 
 @router.get("/api/search", response_model=SearchResponse, tags=["search"], summary="Text search (GET)")
@@ -108,10 +137,11 @@ async def search_get(
     filter: Optional[str] = Q(None, description="JSON object. " + FILTER_HELP),
     mode: str = Q("auto", description=MODE_HELP),
     safe: bool = Q(False, description=SAFE_HELP),
+    clarify: bool = Q(False, description=CLARIFY_HELP),
     state: ServeState = Depends(get_state),
 ):
     return await run_search(state, Query(text=q, k=_k(state, k), target=target, filter=_parse_filter(filter),
-                                         mode=mode, safe=safe))
+                                         mode=mode, safe=safe), clarify=clarify)
 
 
 def _parse_filter(raw: Optional[str]) -> Optional[dict]:

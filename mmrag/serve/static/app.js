@@ -99,7 +99,7 @@ function hitCard(hit, extra = {}) {
     meta.append(el("button", { type: "button", class: "secondary", text: "More like this",
       "aria-label": `Find images like: ${caption || hit.image_id}`, onclick: () => extra.onSimilar(hit) }));
   }
-  return el("li", { "data-id": hit.id },
+  return el("li", { "data-id": hit.id, class: extra.dimmed ? "dimmed" : null },
     el("a", { href: hit.image_url, target: "_blank", rel: "noopener", "aria-label": `Open image: ${caption || hit.image_id}` },
       el("img", { src: hit.thumbnail_url, alt: caption || hit.image_id, loading: "lazy" })),
     meta);
@@ -137,11 +137,52 @@ async function runSearch(query) {
     // the server says when no image is a likely match; the closest ones are still shown below
     $("#search-nomatch").hidden = res.no_good_match !== true;
     renderHits("#search-results", res.results, { onSimilar: searchSimilar, mode: res.mode });
+    showClarify(res);
   } catch (e) {
     $("#search-results").replaceChildren();  // old results under a new error would read as its answer
     $("#search-nomatch").hidden = true;
+    $("#search-clarify").hidden = true;
     setStatus("#search-status", e.message, true);
   }
+}
+
+// ------------------------------------------------------------------ ask when unsure
+// The server offers a question when the top results are close; each answer lists the results in
+// their new order, so a click re-ranks the page without another search.
+const clarify = { res: null, text: "" };
+const capitalize = (t) => t.charAt(0).toUpperCase() + t.slice(1);
+
+function showClarify(res) {
+  const c = res.clarify;
+  clarify.res = c ? res : null;
+  $("#search-clarify").hidden = !c;
+  if (!c) return;
+  $("#search-clarify-question").textContent = `The top results are close. ${capitalize(c.question)}`;
+  $("#search-clarify-options").replaceChildren(...c.options.map((o) => el("button", {
+    type: "button", class: "secondary", "data-answer": o.answer, "aria-pressed": "false",
+    text: capitalize(o.answer), onclick: () => applyClarify(o) })));
+  $("#search-clarify-chat").hidden = $("#tab-chat").hidden;
+}
+
+function applyClarify(option) {
+  const res = clarify.res;
+  if (!res) return;
+  const byId = new Map(res.results.map((h) => [h.id, h]));
+  const kept = new Set(option.kept_ids);
+  const hits = option.hit_ids.map((i) => byId.get(i)).filter(Boolean);
+  renderHits("#search-results", hits, (h) => ({ onSimilar: searchSimilar, mode: res.mode, dimmed: !kept.has(h.id) }));
+  for (const b of document.querySelectorAll("#search-clarify-options [data-answer]")) {
+    b.setAttribute("aria-pressed", b.dataset.answer === option.answer ? "true" : "false");
+  }
+  setStatus("#search-status", `Re-ranked for “${option.answer}”: ${option.kept_ids.length} of ${hits.length} results fit it (the others are dimmed)`);
+}
+
+async function clarifyToChat() {
+  const text = clarify.text;
+  if (!text) return;
+  $("#tab-chat").click();
+  $("#chat-description").value = text;
+  $("#chat-start-form").requestSubmit();
 }
 
 function searchSimilar(hit) {
@@ -155,6 +196,7 @@ function setupSearch() {
   const weight = $("#search-weight");
   weight.addEventListener("input", () => { $("#search-weight-out").value = Number(weight.value).toFixed(2); });
   $("#search-clear").addEventListener("click", () => { $("#search-image").value = ""; });
+  $("#search-clarify-chat").addEventListener("click", clarifyToChat);
   $("#search-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const text = $("#search-text").value.trim();
@@ -176,7 +218,8 @@ function setupSearch() {
       if (filter) form.append("filter", JSON.stringify(filter));
       runSearch(() => api("/api/search/upload", { method: "POST", body: form }));
     } else {
-      runSearch(() => postJSON("/api/search", { text, k, target, filter, mode }));
+      clarify.text = text;
+      runSearch(() => postJSON("/api/search", { text, k, target, filter, mode, clarify: true }));
     }
   });
 }

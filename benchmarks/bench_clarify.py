@@ -1,0 +1,223 @@
+"""Ask when unsure: when is a clarifying split question under a search worth offering?
+
+    python benchmarks/bench_clarify.py [--data-dir ../shared/data/flickr8k] [--shown 20]
+                                       [--out benchmarks/results/clarify.json]
+
+Per split (dev, then test): the split's 1,000 Flickr8k images are the collection; each image's
+first caption is a text query (vector search, the cosine ranking), the ``--shown`` best hits are
+what the user sees. For every query the split question over the shown hits is built
+(:func:`mmrag.tasks.chat.clarify.clarify` with ``force``) and answered by the simulated user of
+``mmrag eval chat`` (:class:`~mmrag.tasks.chat.answerers.SimulatedUser`, from the target's other
+four captions). Candidates' caption words come from the Flickr8k *train* caption datastore,
+never from the targets' captions. The target's rank is taken before the answer and after it:
+the shown hits re-ordered by the option clicked (``partition``: the hits the answer keeps first;
+``loglik``: the chat re-scoring of the shown hits), and, for reference, a new search with the
+answer (what "continue as a chat" gives: the chat ranking over the whole collection).
+
+The rule "offer a question when closeness >= threshold" is then evaluated for each closeness
+signal (:data:`~mmrag.tasks.chat.clarify.SIGNALS`) and re-ordering at thresholds spanning the
+dev distribution, and chosen on **dev**: the highest Hits@1 over all queries after one answer
+(a query without a question keeps its ranking), ties to fewer questions. Test is reported at the
+dev choice, with "always ask" and "never ask" beside it. Reported per rule: how often a question
+is offered; for offered queries Hits@1 / Hits@10 before and after one answer; for the others
+how often the target already was at rank 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_chat import OwnCaptionWords  # noqa: E402
+from common import write_results  # noqa: E402
+
+from mmrag.corpus.readers import read_corpus  # noqa: E402
+from mmrag.encoders import create_encoder  # noqa: E402
+from mmrag.retrieval import corpus_image_vectors, default_datastore  # noqa: E402
+from mmrag.retrieval.relevance import load_relevance  # noqa: E402
+from mmrag.tasks.chat.answerers import SimulatedUser  # noqa: E402
+from mmrag.tasks.chat.clarify import SIGNALS, ClarifyConfig, answer_likelihood, clarify, closeness, rerank  # noqa: E402
+from mmrag.tasks.chat.dialog import Dialog, Round  # noqa: E402
+from mmrag.tasks.chat.evaluate import _Ranker  # noqa: E402
+from mmrag.tasks.chat.features import CaptionWordFeatures  # noqa: E402
+from mmrag.tasks.chat.ranking import RankingConfig  # noqa: E402
+
+# how the shown hits are re-ordered by the answer: the kept hits first, or the chat's log-likelihood
+# re-scoring of their cosines at a few weights (the chat's own weight, 0.15, was chosen for
+# cumulative hits over several rounds, not for the ranking after one answer)
+VARIANTS = {"partition": ClarifyConfig(rerank="partition"),
+            **{f"loglik-{w:g}": ClarifyConfig(rerank="loglik", rescore_weight=w) for w in (0.01, 0.03, 0.05, 0.15)}}
+OFFER_RATES = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]  # % of dev queries: where thresholds sit
+
+
+def run_split(enc, items, V, feats, shown: int, relevance):
+    # feats: the candidates' caption-word evidence (train-caption datastore, or the diagnostic
+    # OwnCaptionWords)
+    """Per query: the signals, the question, the answer and the target's rank before/after."""
+    ids = [it.id for it in items]
+    texts = [it.captions[0] for it in items]
+    Q = enc.embed_texts(texts)
+    S = Q @ V.T
+    ranker = _Ranker(enc, V, ids, RankingConfig(), feats)
+    cfg = ClarifyConfig()
+    rows, dialogs = [], []
+    for t, it in enumerate(items):
+        s = S[t]
+        order = np.argsort(-s, kind="stable")
+        top = order[:shown]
+        rank0 = int(np.flatnonzero(order == t)[0]) + 1
+        top_ids = [ids[j] for j in top]
+        cos = s[top].astype(np.float64)
+        words = feats.matrix(top_ids, V[top])
+        sig = {n: closeness(cos, n, cfg.top, cfg.temperature, relevance) for n in SIGNALS}
+        c = clarify(texts[t], top_ids, cos, words, feats, cfg, relevance, force=True)
+        row = {"rank_before": rank0, "signals": sig, "question": None}
+        if c is not None:
+            ans = SimulatedUser(it.captions[1:]).answer(c.question)
+            lik = answer_likelihood(words, feats.vocab, c.asked, ans)
+            after = {}
+            for name, vc in VARIANTS.items():
+                new, _ = rerank(top_ids, cos, lik, vc)
+                after[name] = new.index(it.id) + 1 if it.id in new else rank0
+            row.update(question=c.question, answer=ans, options=[o.answer for o in c.options], after=after)
+            dialogs.append((t, Dialog(texts[t], [Round(c.question, ans, c.topic)])))
+        rows.append(row)
+    if dialogs:  # "continue as a chat": a new search with the answer, the chat's ranking
+        res = ranker.rank([d for _, d in dialogs], [t for t, _ in dialogs])
+        for (t, _), (rk, _, _) in zip(dialogs, res):
+            rows[t]["after"]["search"] = int(rk)
+    return rows
+
+
+def evaluate_rule(rows, signal: str, threshold: float, how: str) -> dict:
+    """The rule "ask when closeness >= threshold" with re-ordering ``how`` over the queries."""
+    offered = np.asarray([r["question"] is not None and r["signals"][signal] is not None
+                          and r["signals"][signal] >= threshold for r in rows])
+    before = np.asarray([r["rank_before"] for r in rows])
+    after = np.asarray([r["after"][how] if o else r["rank_before"] for r, o in zip(rows, offered)])
+    n, m = len(rows), int(offered.sum())
+    up = int(((before > 1) & (after <= 1)).sum())    # targets an answer brought to rank 1
+    down = int(((before <= 1) & (after > 1)).sum())  # and those it took away from rank 1
+
+    def pct(x):
+        return round(100.0 * float(x.mean()), 2) if len(x) else None
+
+    return {"signal": signal, "threshold": round(float(threshold), 4), "rerank": how,
+            "offered_pct": round(100.0 * m / n, 2), "n_offered": m, "to_rank1": up, "from_rank1": down,
+            "offered_hits@1_before": pct(before[offered] <= 1), "offered_hits@1_after": pct(after[offered] <= 1),
+            "offered_hits@10_before": pct(before[offered] <= 10), "offered_hits@10_after": pct(after[offered] <= 10),
+            "not_offered_rank1": pct(before[~offered] <= 1),
+            "all_hits@1_before": pct(before <= 1), "all_hits@1_after": pct(after <= 1),
+            "all_hits@10_before": pct(before <= 10), "all_hits@10_after": pct(after <= 10)}
+
+
+def thresholds(rows, signal: str) -> list[float]:
+    v = np.asarray([r["signals"][signal] for r in rows if r["signals"][signal] is not None], np.float64)
+    if not len(v):
+        return []
+    # offering p % of queries = asking when the signal is in its top p %
+    out = [float(np.inf)] + [float(np.quantile(v, 1 - p / 100.0)) for p in OFFER_RATES[1:-1]] + [float(-np.inf)]
+    return out
+
+
+HEAD = (f"{'signal':10s} {'rerank':12s} {'thresh':>7s} | {'offer%':>6s} | {'H@1 bef':>7s} {'H@1 aft':>7s} "
+        f"{'H@10 bef':>8s} {'H@10 aft':>8s} | {'not-off r1':>10s} | {'all H@1':>7s} {'all H@10':>8s} | to/from r1")
+
+
+def fmt(r) -> str:
+    def f(x):
+        return "    -  " if x is None else f"{x:7.1f}"
+
+    thr = "always" if r["threshold"] == -np.inf else "never" if r["threshold"] == np.inf else f"{r['threshold']:.3f}"
+    return (f"{r['signal']:10s} {r['rerank']:12s} {thr:>7s} | {r['offered_pct']:6.1f} | "
+            f"{f(r['offered_hits@1_before'])} {f(r['offered_hits@1_after'])} {f(r['offered_hits@10_before'])} "
+            f" {f(r['offered_hits@10_after'])} | {f(r['not_offered_rank1']):>10s} | "
+            f"{f(r['all_hits@1_after'])} {f(r['all_hits@10_after'])} | {r['to_rank1']:3d}/{r['from_rank1']:<3d}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/flickr8k"))
+    ap.add_argument("--shown", type=int, default=20, help="hits shown under the search (the question sees them)")
+    ap.add_argument("--limit", type=int, default=None, help="first N images per split only (a smoke run)")
+    ap.add_argument("--no-diagnostic", action="store_true", help="skip the own-caption evidence diagnostic")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "clarify.json"))
+    a = ap.parse_args()
+
+    t0 = time.perf_counter()
+    enc = create_encoder("effnet-minilm")
+    relevance = load_relevance(enc.fingerprint())
+    full = read_corpus("flickr8k", a.data_dir)
+    V = corpus_image_vectors(enc, full)
+    row_of = {it.id: i for i, it in enumerate(full.items)}
+    evidence = {"datastore": lambda items: CaptionWordFeatures(default_datastore(enc, a.data_dir)),
+                "own captions (diagnostic)": lambda items: OwnCaptionWords(items)}
+    out = {"encoder": enc.fingerprint(), "shown": a.shown, "library_defaults_when_run": ClarifyConfig().to_dict(),
+           "variants": {k: v.to_dict() for k, v in VARIANTS.items()}, "runs": {}}
+    for ev, make in evidence.items():
+        if ev != "datastore" and a.no_diagnostic:
+            continue
+        out["runs"][ev] = evaluate_evidence(enc, full, V, row_of, make, a, relevance, ev)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    write_results(a.out, out)
+
+
+def evaluate_evidence(enc, full, V, row_of, make_features, a, relevance, label: str) -> dict:
+    """Dev grid, the dev choice and the test rows for one source of caption-word evidence."""
+    t0 = time.perf_counter()
+    per = {}
+    for split in ("dev", "test"):
+        items = [it for it in full.items if it.split == split and len(it.captions) >= 2][: a.limit]
+        SV = V[[row_of[it.id] for it in items]]
+        per[split] = run_split(enc, items, SV, make_features(items), a.shown, relevance)
+        print(f"{label}, {split}: {len(items)} queries, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+    dev_rules = []
+    print(f"\n[{label}] Dev (choose here): Flickr8k dev, {len(per['dev'])} caption-1 queries among its images, "
+          f"{a.shown} hits shown\n{HEAD}")
+    for sig in SIGNALS:
+        for how in VARIANTS:
+            for thr in thresholds(per["dev"], sig):
+                r = evaluate_rule(per["dev"], sig, thr, how)
+                dev_rules.append(r)
+                print(fmt(r))
+    chosen = max(dev_rules, key=lambda r: (r["all_hits@1_after"], -r["offered_pct"]))
+    print(f"\n[{label}] chosen on dev: signal {chosen['signal']}, threshold {chosen['threshold']}, "
+          f"rerank {chosen['rerank']}")
+    search_dev = evaluate_rule(per["dev"], chosen["signal"], chosen["threshold"], "search")
+
+    tests = []
+    print(f"\n[{label}] Test: Flickr8k test, {len(per['test'])} queries, at the dev choice\n{HEAD}")
+    for name, sig, thr, how in [("chosen on dev", chosen["signal"], chosen["threshold"], chosen["rerank"]),
+                                ("always ask", chosen["signal"], -np.inf, chosen["rerank"]),
+                                ("never ask", chosen["signal"], np.inf, chosen["rerank"]),
+                                ("always ask, kept hits first", chosen["signal"], -np.inf, "partition"),
+                                ("chosen, answer continues as a chat search", chosen["signal"], chosen["threshold"],
+                                 "search"),
+                                ("always ask, as a chat search", chosen["signal"], -np.inf, "search")]:
+        r = evaluate_rule(per["test"], sig, thr, how)
+        r["label"] = name
+        tests.append(r)
+        print(fmt(r) + f"   ({name})")
+
+    def finite(x):
+        return x if np.isfinite(x) else ("always" if x < 0 else "never")
+
+    for r in dev_rules + tests + [search_dev]:
+        r["threshold"] = finite(r["threshold"])
+    examples = [{k: r[k] for k in ("question", "answer", "options", "rank_before", "after")}
+                for r in per["test"][:8] if r["question"]]
+    splits = {s: {"n_queries": len(per[s]),
+                  "questions_built_pct": round(100.0 * np.mean([r["question"] is not None for r in per[s]]), 2)}
+              for s in per}
+    return {"splits": splits, "dev": dev_rules, "chosen": chosen, "dev_chosen_as_chat_search": search_dev,
+            "test": tests, "test_examples": examples, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+if __name__ == "__main__":
+    main()
