@@ -52,12 +52,12 @@ class ClarifyConfig:
     """When to ask and how an answer re-orders the shown hits (module docstring). Defaults
     chosen on Flickr8k dev (benchmarks/bench_clarify.py)."""
 
-    signal: str = "entropy"
-    threshold: float = 0.5
+    signal: str = "relevance"
+    threshold: float = 0.0215  # ask when hit 1's relevance is below 0.9785
     top: int = 20
     temperature: float = 0.1
-    rerank: str = "partition"
-    rescore_weight: float = 0.15
+    rerank: str = "loglik"
+    rescore_weight: float = 0.01
     rescore_floor: float = 0.02
     max_options: int = 2
 
