@@ -192,3 +192,30 @@ def test_nonsense_query_says_no_good_match(page, site):
     page.locator("#search-text").fill(items[0].captions[0])
     page.locator("#search-submit").click()
     expect(page.locator("#search-nomatch")).to_be_hidden()
+
+
+def test_close_results_offer_a_question_whose_answer_reranks_them(page, site):
+    page.fill("#search-text", "a photo of something outside")  # vague: the top results are close
+    with page.expect_response(lambda r: r.url.endswith("/api/search")) as resp:
+        page.click("#search-submit")
+    clarify = resp.value.json()["clarify"]
+    assert clarify is not None
+    box = page.locator("#search-clarify")
+    expect(box).to_be_visible()
+    expect(page.locator("#search-clarify-question")).to_contain_text(clarify["question"][1:])
+    buttons = page.locator("#search-clarify-options button")
+    expect(buttons).to_have_count(len(clarify["options"]))
+    option = clarify["options"][0]
+    buttons.first.click()  # re-ranked on the page, with no new request
+    results = page.locator("#search-results > li")
+    expect(results).to_have_count(8)
+    assert results.evaluate_all("els => els.map(e => e.dataset.id)") == option["hit_ids"]
+    dimmed = page.locator("#search-results > li.dimmed").evaluate_all("els => els.map(e => e.dataset.id)")
+    assert sorted(dimmed) == sorted(set(option["hit_ids"]) - set(option["kept_ids"]))
+    expect(buttons.first).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#search-status")).to_contain_text(f"Re-ranked for “{option['answer']}”")
+    # the question can go on as a chat over the same description
+    page.click("#search-clarify-chat")
+    expect(page.get_by_role("tab", name="Chat")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#chat-status")).to_contain_text("Round 0")
+    expect(page.locator("#chat-log > li").first).to_contain_text("a photo of something outside")

@@ -525,3 +525,30 @@ def test_compose_with_images_in_place(tmp_path, data_dir, effnet_minilm, served)
     assert fc.get("/healthz").json()["features"]["compose"] is False
     r = fc.post("/api/compose", json={"query": "what is a dog?"})
     assert r.status_code == 503 and "no documents" in r.json()["detail"]
+
+
+VAGUE = "a photo of something outside"  # many images fit it about equally: a question is offered
+
+
+def test_search_offers_a_clarifying_question_when_asked(served):
+    _, c, items = served
+    plain = c.post("/api/search", json={"text": VAGUE, "k": 6}).json()
+    assert plain["clarify"] is None  # off unless asked: the response of old clients is unchanged
+    d = c.post("/api/search", json={"text": VAGUE, "k": 6, "clarify": True}).json()
+    assert [h["id"] for h in d["results"]] == [h["id"] for h in plain["results"]]  # asking never re-ranks
+    q = d["clarify"]
+    assert q and q["question"].endswith("?") and q["closeness"] >= q["threshold"]
+    ids = [h["id"] for h in d["results"]]
+    answers = [o["answer"] for o in q["options"]]
+    assert answers[-1] in ("neither", "no") and len(answers) >= 2
+    for o in q["options"]:  # each answer re-orders the shown results: a click needs no new search
+        assert sorted(o["hit_ids"]) == sorted(ids) and set(o["kept_ids"]) <= set(ids)
+    assert c.get("/api/search", params={"q": VAGUE, "k": 6, "clarify": "true"}).json()["clarify"] == q
+    # a clear query (an image's own caption, found at rank 1) gets no question
+    clear = c.post("/api/search", json={"text": items[3].captions[0], "clarify": True}).json()
+    assert clear["results"][0]["id"] == items[3].id and clear["clarify"] is None
+    # image queries: no question, and no error
+    assert c.post("/api/search", json={"image_id": items[0].id, "clarify": True}).json()["clarify"] is None
+    assert c.post("/api/search", json={"text": VAGUE, "clarify": "maybe"}).status_code == 422
+    schema = c.get("/openapi.json").json()["components"]["schemas"]
+    assert "clarify" in schema["SearchRequest"]["properties"] and "Clarify" in schema

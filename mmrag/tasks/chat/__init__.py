@@ -23,8 +23,10 @@ Parts (each a small module): :mod:`.dialog` (state and ChatIR query text), :mod:
 candidates' nearest captions), :mod:`.questioners` (registry :data:`QUESTIONERS`: ``split``,
 ``bank``, ``llm``), :mod:`.answerers` (:class:`SimulatedUser`, :class:`ReplayAnswerer`,
 :class:`HumanAnswerer`; the simulated user's rules are in that module's docstring),
-:mod:`.evaluate` (Hits@K per round, ChatIR dialog replay). Command line: ``mmrag chat``,
-``mmrag eval chat`` (:mod:`mmrag.cli.chat`).
+:mod:`.evaluate` (Hits@K per round, ChatIR dialog replay), :mod:`.clarify` (ask when unsure:
+:func:`clarifying_question`, one split question under a search whose top hits are close, and how
+each answer re-orders them). Command line: ``mmrag chat``, ``mmrag eval chat``
+(:mod:`mmrag.cli.chat`), ``mmrag search --clarify``.
 """
 
 from mmrag.tasks.chat.answerers import (
@@ -34,6 +36,7 @@ from mmrag.tasks.chat.answerers import (
     ReplayAnswerer,
     SimulatedUser,
 )
+from mmrag.tasks.chat.clarify import Clarification, ClarifyConfig, ClarifyOption, clarifying_question
 from mmrag.tasks.chat.dialog import Dialog, DialogError, Round
 from mmrag.tasks.chat.features import CaptionWordFeatures
 from mmrag.tasks.chat.questioners import (
@@ -55,6 +58,9 @@ __all__ = [
     "CaptionWordFeatures",
     "ChatHit",
     "ChatSession",
+    "Clarification",
+    "ClarifyConfig",
+    "ClarifyOption",
     "Dialog",
     "DialogError",
     "HumanAnswerer",
@@ -66,5 +72,6 @@ __all__ = [
     "Round",
     "SimulatedUser",
     "Turn",
+    "clarifying_question",
     "create_questioner",
 ]

@@ -15,7 +15,8 @@ first ``top`` shown hits; higher = more unsure):
                1 = all equal;
 ``gap``        1 - (cos_1 - cos_2) / (cos_1 - cos_top): how small the lead of hit 1 over hit 2
                is next to the spread of the top hits;
-``relevance``  1 - the calibrated relevance of hit 1 (:mod:`mmrag.retrieval.relevance`).
+``relevance``  1 - the calibrated relevance of hit 1 (:mod:`mmrag.retrieval.relevance`); an
+               encoder without a relevance fit has no such signal, and is never asked about.
 
 A question is offered when the signal is at least ``threshold``. The default signal, threshold
 and re-ordering were chosen on Flickr8k dev with the simulated user of ``mmrag eval chat``
@@ -25,7 +26,8 @@ What an answer does to the shown hits (``rerank``): ``P(answer | hit)`` comes fr
 caption-word chances ``p[w]`` (:mod:`.features`) as in the questioners' model (a choice "A or B?"
 answered "B" means A absent and B present: ``(1 - p[A]) * p[B]``). A hit *keeps* with an answer
 when that probability is at least 0.5. ``partition``: the kept hits first, each group in the
-shown order; ``loglik``: the chat re-scoring, ``cos + weight * log P(answer | hit)``.
+shown order; ``loglik``: the chat re-scoring, ``cos + weight * log P(answer | hit)`` (in a
+hybrid search, the fused score plus the same term brought to its scale, :func:`rerank`).
 """
 
 from __future__ import annotations
@@ -150,23 +152,33 @@ def answer_likelihood(words, vocab: dict[str, int], question: Question, answer: 
     return prob
 
 
-def rerank(ids: Sequence[str], cosines: np.ndarray, likelihood: np.ndarray,
-           config: ClarifyConfig) -> tuple[list[str], list[str]]:
-    """(the shown hits after an answer, those that keep with it in that order): module docstring."""
+def rerank(ids: Sequence[str], scores: np.ndarray, likelihood: np.ndarray, config: ClarifyConfig,
+           cosines: np.ndarray | None = None) -> tuple[list[str], list[str]]:
+    """(the shown hits after an answer, those that keep with it in that order): module docstring.
+    ``scores``: what ranked the shown hits (cosines in vector search). When they are another
+    search's scores (hybrid fusion), the answer term is brought to their scale by the ratio of the
+    scores' and the ``cosines``' spreads over the shown hits, so the weight means what it was
+    chosen for and the displayed order (its keyword evidence included) is the starting point."""
     keep = likelihood >= KEEP_PROBABILITY
     if config.rerank == "partition":
         order = np.concatenate([np.flatnonzero(keep), np.flatnonzero(~keep)])
     else:
+        base = np.asarray(scores, np.float64)
+        scale = 1.0
+        if cosines is not None and len(base) > 1:
+            sd_c = float(np.std(np.asarray(cosines, np.float64)))
+            scale = float(np.std(base)) / sd_c if sd_c > 0 else 1.0
         p = np.clip(likelihood, config.rescore_floor, 1.0 - config.rescore_floor)
-        order = np.argsort(-(np.asarray(cosines, np.float64) + config.rescore_weight * np.log(p)), kind="stable")
+        order = np.argsort(-(base + scale * config.rescore_weight * np.log(p)), kind="stable")
     return [ids[i] for i in order], [ids[i] for i in order if keep[i]]
 
 
 def clarify(query_text: str, ids: Sequence[str], cosines: Sequence[float], words, features: CaptionWordFeatures,
             config: ClarifyConfig | None = None, relevance_model=None, force: bool = False,
-            shown: int | None = None) -> Clarification | None:
+            shown: int | None = None, scores: Sequence[float] | None = None) -> Clarification | None:
     """The array form of :func:`clarifying_question`: ``ids`` the hits in their order,
-    ``cosines`` their text->image cosines, ``words`` their ``p[w]`` matrix from ``features``.
+    ``cosines`` their text->image cosines, ``words`` their ``p[w]`` matrix from ``features``,
+    ``scores`` the search's own scores when they are not the cosines (see :func:`rerank`).
     ``force``: ask whatever the signal says (to measure the rule)."""
     config = config or ClarifyConfig()
     ids = list(ids)
@@ -186,7 +198,9 @@ def clarify(query_text: str, ids: Sequence[str], cosines: Sequence[float], words
     m = len(ids) if shown is None else max(1, min(int(shown), len(ids)))
     options = []
     for a in answer_options(q):
-        order, kept = rerank(ids[:m], cos[:m], answer_likelihood(words[:m], features.vocab, q, a), config)
+        base = cos[:m] if scores is None else np.asarray(scores, np.float64)[:m]
+        order, kept = rerank(ids[:m], base, answer_likelihood(words[:m], features.vocab, q, a), config,
+                             None if scores is None else cos[:m])
         options.append(ClarifyOption(a, order, kept))
     return Clarification(q.text, q.topic, options, config.signal, value, config.threshold,
                          q.info.get("gain_bits"), asked=q)
@@ -212,7 +226,9 @@ def clarifying_question(searcher, query_text: str, hits: Sequence[Any], features
     cos = np.asarray(vectors, np.float64) @ np.asarray(q, np.float64)
     model = searcher.relevance_model() if config.signal == "relevance" else None
     words = features.matrix(ids, vectors)
-    return clarify(query_text, ids, cos, words, features, config, model, force, shown)
+    scores = [float(h.score) for h in hits]
+    return clarify(query_text, ids, cos, words, features, config, model, force, shown,
+                   None if np.allclose(scores, cos, atol=1e-5) else scores)
 
 
 __all__ = ["SIGNALS", "RERANKS", "KEEP_PROBABILITY", "ClarifyConfig", "ClarifyOption", "Clarification",
