@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,51 @@ def flickr8k_test_index(flickr8k_dir, effnet_minilm, tmp_path_factory):
     out = tmp_path_factory.mktemp("flickr8k_test") / "idx"
     build_index(corpus, out, effnet_minilm, IndexConfig(progress=False))
     return out, corpus.items
+
+
+SIGN_FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
+
+
+def sign_photo(src: Path, phrase: str, out: Path) -> Path:
+    from PIL import Image, ImageDraw, ImageFont
+
+    im = Image.open(src).convert("RGB")
+    d = ImageDraw.Draw(im)
+    font = ImageFont.truetype(str(SIGN_FONT), 26)
+    w = d.textlength(phrase, font=font)
+    x, y = 8, im.height // 3
+    d.rectangle([x - 5, y - 5, x + w + 5, y + 36], fill="white", outline="black", width=3)
+    d.text((x, y), phrase, font=font, fill="black")
+    im.save(out, quality=90)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sign_folder(data_dir, tmp_path_factory):
+    """Four COCO sample photos: photo_0 with a "HARBOR BOOKS" sign pasted on, photo_1 "CITY
+    MUSEUM", photo_2 and photo_3 as they are."""
+    pytest.importorskip("rapidocr_onnxruntime", reason="the ocr extra (rapidocr-onnxruntime) is not installed")
+    if not SIGN_FONT.exists():
+        pytest.skip(f"{SIGN_FONT} (Debian fonts-dejavu-core) is absent")
+    photos = sorted((data_dir / "coco_sample" / "images").glob("*.jpg"))[:4]
+    folder = tmp_path_factory.mktemp("signs")
+    for i, (p, phrase) in enumerate(zip(photos, ["HARBOR BOOKS", "CITY MUSEUM", None, None])):
+        if phrase:
+            sign_photo(p, phrase, folder / f"photo_{i}.jpg")
+        else:
+            shutil.copy(p, folder / f"photo_{i}.jpg")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sign_ocr_index(sign_folder, effnet_minilm, tmp_path_factory) -> Path:
+    """``sign_folder`` indexed once with --ocr (read-only for the tests that use it)."""
+    from mmrag.corpus.readers import read_corpus
+    from mmrag.embedding import IndexConfig, build_index
+
+    out = tmp_path_factory.mktemp("signs_ocr") / "idx"
+    build_index(read_corpus("folder", sign_folder), out, effnet_minilm, IndexConfig(progress=False, enrichers=("ocr",)))
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,10 @@ def compose(
     index: Optional[Path] = typer.Option(None, "--index", "-i", help="Index with ingested documents (see --ingest)."),
     ingest: Optional[Path] = typer.Option(None, "--ingest", help="With --docs: also add the documents (chunks + images) "
                                                                  "to this index (an existing one keeps its encoder)."),
+    ocr: bool = typer.Option(False, "--ocr", help="With --ingest: read the text in each image (OCR; the 'ocr' extra) "
+                                                  "into the index, for --use-ocr."),
+    use_ocr: bool = typer.Option(False, "--use-ocr", help="With --index: match a candidate image's OCR text against the "
+                                                          "sections too (off by default: it lowered placement F1 on d2l dev)."),
     encoder: EncoderOpt = None,
     encoder_model: EncoderModelOpt = None,
     bridge: BridgeOpt = None,
@@ -43,10 +47,22 @@ def compose(
         fail("give --docs DIR or --index IDX (one of them)")
     if ingest is not None and docs is None:
         fail("--ingest needs --docs")
+    if ocr and ingest is None:
+        fail("--ocr needs --ingest (the text is read when the images are indexed)")
+    if use_ocr and index is None:
+        fail("--use-ocr needs --index (an index whose images were ingested with --ocr)")
+    if ocr:  # fail before any work when the package is missing
+        from mmrag.embedding.enrich import check_available
+        from mmrag.errors import ModelUnavailableError
+
+        try:
+            check_available(("ocr",))
+        except ModelUnavailableError as e:
+            fail(str(e))
     if render_mode not in ("path", "data", "html", "none"):
         fail("--render must be path, data, html or none")
     cfg = ComposeConfig(generator=generator, generator_options=parse_gen_opts(gen_opt), top_chunks=top_chunks,
-                        max_images=max_images, header_image=header_image)
+                        max_images=max_images, header_image=header_image, use_ocr=use_ocr)
     if threshold is not None:
         cfg.threshold = threshold
     # the image encoder: the index's own (--index, or an existing --ingest index), else the options
@@ -70,7 +86,7 @@ def compose(
         if ingest is not None:
             from mmrag.tasks.imageref.ingest import ingest_documents
 
-            rep = ingest_documents(documents, ingest, enc, captioner=captioner, progress=True)
+            rep = ingest_documents(documents, ingest, enc, captioner=captioner, progress=True, ocr=ocr)
             err.print(f"ingested into {ingest}: {rep}")
     if documents is not None:  # a first run embeds every chunk (minutes on a big folder): show it
         from mmrag.tasks.imageref.insertion import default_text_embedder

@@ -57,6 +57,8 @@ BAD = [
     (["ask", "--index", "{idx}", "{img}", " "], "question"),
     (["compose", "what is attention?"], "--docs"),
     (["compose", "--docs", "{tmp}", "q", "--render", "bogus"], "--render"),
+    (["compose", "--docs", "{tmp}", "q", "--ocr"], "--ocr needs --ingest"),
+    (["compose", "--docs", "{tmp}", "q", "--use-ocr"], "--use-ocr needs --index"),
     (["serve", "--index", "/no/such/index"], "/no/such/index"),
     (["eval", "retrieval", "/no/such/folder"], "/no/such/folder"),
     (["eval", "retrieval", "{idx}", "--kind", "bogus"], "bogus"),

@@ -1,18 +1,16 @@
 """Index-time enrichers with real models on real photos: OCR (rapidocr, PP-OCRv4) reads a sign
-pasted on a COCO photo into the metadata; the safety model (Yahoo open_nsfw) scores Flickr8k
+pasted on a COCO photo into the metadata (the sign photos: conftest `sign_folder`); the safety model (Yahoo open_nsfw) scores Flickr8k
 photos, the score is stored and `use_safety_model` / `--safe` drop what it flagged."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from contextlib import contextmanager
 
 import pytest
 
-FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
 # Two Flickr8k photos open_nsfw scores above 0.5 (benign: a shirtless climber, a bathing suit;
 # the model's false positives), and three it scores low.
 FLAGGED = ["images/3099504809_565e17e49d.jpg", "images/2466420387_86fe77c966.jpg"]
@@ -31,35 +29,6 @@ def make_client(index_dir, encoder):
         yield TestClient(app)
     finally:
         app.state.mmrag.service.close()
-
-
-def sign_photo(src: Path, phrase: str, out: Path) -> Path:
-    from PIL import Image, ImageDraw, ImageFont
-
-    im = Image.open(src).convert("RGB")
-    d = ImageDraw.Draw(im)
-    font = ImageFont.truetype(str(FONT), 26)
-    w = d.textlength(phrase, font=font)
-    x, y = 8, im.height // 3
-    d.rectangle([x - 5, y - 5, x + w + 5, y + 36], fill="white", outline="black", width=3)
-    d.text((x, y), phrase, font=font, fill="black")
-    im.save(out, quality=90)
-    return out
-
-
-@pytest.fixture(scope="module")
-def sign_folder(data_dir, tmp_path_factory):
-    pytest.importorskip("rapidocr_onnxruntime", reason="the ocr extra (rapidocr-onnxruntime) is not installed")
-    if not FONT.exists():
-        pytest.skip(f"{FONT} (Debian fonts-dejavu-core) is absent")
-    photos = sorted((data_dir / "coco_sample" / "images").glob("*.jpg"))[:4]
-    folder = tmp_path_factory.mktemp("signs")
-    for i, (p, phrase) in enumerate(zip(photos, ["HARBOR BOOKS", "CITY MUSEUM", None, None])):
-        if phrase:
-            sign_photo(p, phrase, folder / f"photo_{i}.jpg")
-        else:
-            shutil.copy(p, folder / f"photo_{i}.jpg")
-    return folder
 
 
 def test_ocr_enricher_reads_sign_text_into_metadata_and_backfills(sign_folder, effnet_minilm, tmp_path):

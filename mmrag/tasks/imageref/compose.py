@@ -6,8 +6,10 @@
    the numbered chunks, as Markdown with a title and sections.
 2. **Captions** for every candidate image (the images of the documents the answer drew on):
    context-aware, i.e. the image's own caption (alt text, figcaption, JSONL caption) plus the text
-   around it in its document; an image with neither is captioned by the ``captioner`` passed in
-   (e.g. the mRAG-gim one) when given, else left out (reported in ``skipped``).
+   around it in its document, plus (``use_ocr``, off by default) the text written in it where the
+   index read it (``ingest_documents(..., ocr=True)``: ``ocr_text``); an image with neither caption nor
+   surrounding text is captioned by the ``captioner`` passed in (e.g. the mRAG-gim one) when
+   given, else left out (reported in ``skipped``).
 3. **Insertion**: one candidate position after each section; images chosen by
    :func:`~mmrag.tasks.imageref.insertion.assign_images` (optimal assignment with "Not Insert",
    at most one image per position, each image once, header image at position 1).
@@ -50,6 +52,7 @@ __all__ = [
     "ImageCandidate",
     "PositionChoice",
     "build_markdown",
+    "candidate_text",
     "compose",
     "short_caption",
 ]
@@ -76,7 +79,8 @@ class ComposeConfig:
     answer; ``max_images``: candidate images given to the insertion stage; ``threshold``,
     ``lexical_weight``, ``pool``: insertion relevance (see :mod:`.insertion`); ``header_image``:
     let position 1 take an image that suits the whole answer; ``use_context``: add the text around
-    an image to its caption for matching; ``chunk_words``: chunk size; ``generator_options``:
+    an image to its caption for matching; ``use_ocr``: add the first ``ocr_words`` words of the
+    text read in an image (where the index has it) too; ``chunk_words``: chunk size; ``generator_options``:
     passed to a registry generator (e.g. ``base_url``, ``model``); ``max_tokens`` for it."""
 
     generator: str = EXTRACTIVE
@@ -97,6 +101,9 @@ class ComposeConfig:
     empty_penalty: float = DEFAULT_EMPTY_PENALTY
     use_context: bool = True
     context_words: int = 40
+    # off: on d2l figure placement the OCR text lowered dev F1 (benchmarks/bench_imageref_ocr.py)
+    use_ocr: bool = False
+    ocr_words: int = 10  # when on: the best of 10/20/40/80 words on d2l dev
     chunk_words: int = 120
     max_tokens: int = 512
 
@@ -260,15 +267,20 @@ def _generated_answer(query: str, ranked: list[tuple[Chunk, float]], config: Com
 
 # ----------------------------------------------------------------------------- stage 2
 
-def _matching_text(im: DocImage, config: ComposeConfig) -> str:
+def candidate_text(im: DocImage, config: ComposeConfig, ocr_text: str = "") -> str:
+    """The text of a candidate image that is matched against sections: its caption, the text
+    around it (``use_context``) and the words written in it (``use_ocr``, ``ocr_text``)."""
     text = im.caption.strip()
     if config.use_context and im.context.strip() and im.caption_source != "context":
         text = f"{text} {' '.join(im.context.split()[: config.context_words])}".strip()
+    if config.use_ocr and ocr_text.strip():
+        text = f"{text} {' '.join(ocr_text.split()[: config.ocr_words])}".strip()
     return text
 
 
 def _candidates(docs: Sequence[Document], used_docs: Sequence[str], query_vec: np.ndarray, embedder,
-                config: ComposeConfig, captioner=None) -> tuple[list[ImageCandidate], list[dict[str, str]]]:
+                config: ComposeConfig, captioner=None,
+                ocr_texts: dict[tuple[str, str], str] | None = None) -> tuple[list[ImageCandidate], list[dict[str, str]]]:
     by_id = {d.id: d for d in docs}
     pool: list[tuple[str, DocImage]] = []
     skipped: list[dict[str, str]] = []
@@ -293,7 +305,7 @@ def _candidates(docs: Sequence[Document], used_docs: Sequence[str], query_vec: n
             pool.append((doc_id, im))
     if not pool:
         return [], skipped
-    texts = [_matching_text(im, config) for _, im in pool]
+    texts = [candidate_text(im, config, (ocr_texts or {}).get((doc_id, im.id), "")) for doc_id, im in pool]
     if len(pool) > config.max_images:
         sims = ExactIndex(embedder.embed(texts)).scores(query_vec)
         keep = sorted(int(i) for i in top_k(sims, config.max_images))
@@ -373,8 +385,10 @@ def compose(query: str, documents: Sequence[Document] | None = None, index: str 
 
         with DocumentIndex.open(index) as di:
             ranked, docs = di.retrieve(query, config.top_chunks)
+            ocr_texts = di.ocr_texts(docs) if config.use_ocr else {}
     else:
         docs = list(documents)
+        ocr_texts = {}
         if not docs:
             raise ComposeError("no documents to answer from")
         chunks = [c for d in docs for c in chunk_document(d, config.chunk_words, sentences=True)]
@@ -390,7 +404,7 @@ def compose(query: str, documents: Sequence[Document] | None = None, index: str 
         title, sections = _generated_answer(query, ranked, config, gen)
     used_docs = list(dict.fromkeys(c.doc_id for c, _ in ranked))
     qv = embedder.embed([query])[0]
-    images, skipped = _candidates(docs, used_docs, qv, embedder, config, captioner)
+    images, skipped = _candidates(docs, used_docs, qv, embedder, config, captioner, ocr_texts)
     rel = Relevance(lexical_weight=config.lexical_weight, pool=config.pool, embedder=embedder)
     positions = place_images(title, sections, images, rel, config.threshold, config.header_image, config.chunk_words,
                              config)

@@ -13,7 +13,9 @@ Layout added to an ordinary index directory (``mmrag.index.collection``)::
                                 documents.jsonl for composing.
 
 Images without a caption or surrounding text get one from the mRAG-gim captioner when one is
-given. Re-ingesting a document replaces its chunks.
+given. With ``ocr=True`` the images' text is read at ingest (the ``ocr`` enricher, as ``mmrag
+index --ocr``) and compose with ``use_ocr`` adds it to a candidate's matching text. Re-ingesting a document
+replaces its chunks.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ def _save_documents(root: Path, docs: dict[str, Document]) -> None:
 
 
 def ingest_documents(documents: Sequence[Document], index_dir: str | Path, encoder, chunk_words: int = 120,
-                     index_images: bool = True, captioner=None, progress: bool = False) -> dict[str, Any]:
+                     index_images: bool = True, captioner=None, progress: bool = False,
+                     ocr: bool = False) -> dict[str, Any]:
     """Add ``documents`` to the index at ``index_dir`` (created if needed) with ``encoder`` (for an
     existing index: the one it was built with). Returns counts."""
     from mmrag import __version__
@@ -99,7 +102,7 @@ def ingest_documents(documents: Sequence[Document], index_dir: str | Path, encod
         sources = [Path(d.source).parent for d in documents if d.source and Path(d.source).exists()]
         corpus_root = Path(os.path.commonpath(sources)) if sources else root
         rep = build_index(Corpus("documents", corpus_root, items), root, encoder,
-                          IndexConfig(progress=progress))
+                          IndexConfig(progress=progress, enrichers=("ocr",) if ocr else ()))
         report["images_added"], report["images_skipped"] = rep.added, len(rep.skipped)
     name, options = encoder.spec()
     col = Collection.create_or_open(root, IndexManifest(encoder=name, encoder_options=options, dim=encoder.dim,
@@ -154,6 +157,13 @@ class DocumentIndex:
                   for h in hits]
         docs = [self.documents[d] for d in dict.fromkeys(c.doc_id for c, _ in ranked) if d in self.documents]
         return ranked, docs
+
+    def ocr_texts(self, docs: Sequence[Document]) -> dict[tuple[str, str], str]:
+        """(doc id, image id) -> the text OCR read in that image, for the images that have it."""
+        keys = [(d.id, im.id) for d in docs for im in d.images]
+        metas = self.searcher.metadata([f"{d}::{i}" for d, i in keys])
+        return {k: m["ocr_text"] for k, m in zip(keys, metas)
+                if m and isinstance(m.get("ocr_text"), str) and m["ocr_text"].strip()}
 
     def close(self) -> None:
         self.searcher.close()

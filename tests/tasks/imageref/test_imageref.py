@@ -26,6 +26,7 @@ from mmrag.eval.image_position import (
     results_from_predictions,
 )
 from mmrag.tasks.imageref import (
+    ComposeConfig,
     DocumentError,
     InvalidReferenceError,
     assign_images,
@@ -522,3 +523,33 @@ def test_ingest_embeds_svg_figures_and_reports_a_bad_one(tmp_path, data_dir, eff
     # the two figures embed to different, non-zero vectors (drawn, not blank)
     vecs, errors = effnet_minilm.embed_images_safe([tmp_path / "qkv.svg", tmp_path / "attention-output.svg"])
     assert not errors and np.all(np.linalg.norm(vecs, axis=1) > 0.5) and float(vecs[0] @ vecs[1]) < 0.999
+
+
+def test_compose_matches_a_candidate_by_the_text_read_in_it(sign_folder, tmp_path, effnet_minilm, minilm):
+    """Two figures with the same caption, only their signs differ: ingested with OCR and use_ocr on,
+    each goes to the section its sign names; the OCR text is in the candidates' matching text
+    (off, the default: not)."""
+    from mmrag.tasks.imageref.ingest import ingest_documents
+
+    for i in (0, 1):
+        shutil.copy(sign_folder / f"photo_{i}.jpg", tmp_path / f"photo_{i}.jpg")
+    (tmp_path / "town.md").write_text(
+        "# A walk through town\n\n![A street in town](photo_0.jpg)\n\n![A street in town](photo_1.jpg)\n\n"
+        "## Harbor Books\n\nThe harbor bookshop sells books, maps and novels by the water.\n\n"
+        "## City Museum\n\nThe city museum shows old coins and paintings of the region.\n",
+        encoding="utf-8")
+    idx = tmp_path / "idx"
+    rep = ingest_documents(read_documents(tmp_path / "town.md").documents, idx, encoder=effnet_minilm, ocr=True)
+    assert rep["images_added"] == 2
+    query = "Where are the harbor books shop and the city museum?"
+    c = compose(query, index=idx, text_embedder=minilm, config=ComposeConfig(use_ocr=True))
+    text = {Path(im.path).name: im.matching_text.upper().replace(" ", "") for im in c.images}
+    assert "HARBORBOOKS" in text["photo_0.jpg"] and "CITYMUSEUM" in text["photo_1.jpg"], text
+    placed = {p.heading: Path(c.image_map()[p.image].path).name for p in c.positions if p.image}
+    off = compose(query, index=idx, text_embedder=minilm)  # the default: off (it lowered d2l dev F1)
+    placed_off = {p.heading: Path(off.image_map()[p.image].path).name for p in off.positions if p.image}
+    assert placed.get("Harbor Books") == "photo_0.jpg" and placed.get("City Museum") == "photo_1.jpg", placed
+    # without OCR the two candidates' texts are the same: both cannot be told apart
+    assert placed_off != placed, placed_off
+    assert all("HARBOR" not in im.matching_text.upper() and "MUSEUM" not in im.matching_text.upper()
+               for im in off.images), [im.matching_text for im in off.images]

@@ -355,3 +355,24 @@ def test_captions_answerer_reads_the_neighbours_captions():
     assert auto_answerer(None, 3) == "captions"
     with pytest.raises(AnswererError, match="neither QA pairs nor captions"):
         auto_answerer(None, 0)
+
+
+def test_cues_carry_the_text_read_in_a_neighbour(sign_ocr_index, sign_folder, effnet_minilm):
+    """A neighbour indexed with --ocr shows its words as a cue line; one without text shows none."""
+    from mmrag.tasks.rir.cues import OCR_CUE_CHARS, build_cue_block, ocr_cue
+
+    prov = create_provider("index", index_dir=sign_ocr_index, encoder=effnet_minilm)
+    try:
+        near = prov.search(sign_folder / "photo_0.jpg", k=4)
+    finally:
+        prov.close()
+    cues = build_cue_block(near)
+    by_id = {e.id: e.texts for e in cues.items}
+    sign = [t for t in by_id["photo_0.jpg"] if t.startswith("text in image: ")]
+    assert len(sign) == 1 and "HARBORBOOKS" in sign[0].upper().replace(" ", ""), by_id
+    assert f"  - {sign[0]}" in cues.text
+    assert not any(t.startswith("text in image") for t in by_id["photo_2.jpg"] + by_id["photo_3.jpg"]), by_id
+    # bounded: a page of text is cut at a word, marked
+    long = ocr_cue({"ocr_text": "\n".join(["LINE OF WORDS WRITTEN ON A SLIDE"] * 40)})
+    assert long.endswith(" ...") and len(long) <= len("text in image: ") + OCR_CUE_CHARS + 4
+    assert ocr_cue({"ocr_text": "A\nB"}) == "text in image: A / B" and ocr_cue({"ocr_text": ""}) is None
