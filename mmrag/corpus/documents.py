@@ -535,8 +535,13 @@ class _HTMLDoc(HTMLParser):
             self.figures[-1].append(im)
             self.figure_markup.add(im.id)
         else:
-            # without descriptive alt text it is a figure only if "Figure N: ..." text follows it
-            self.loose, self.loose_depth, self.loose_why = (im, len(self.buf)), len(self.stack), why
+            # without descriptive alt text it is a figure only if "Figure N: ..." text follows it.
+            # An image wrapped in a link (a thumbnail linking to the full size) keeps its caption
+            # after the link closes: "<a><img></a><br><i>Figure: ...</i>" (GRASS manual pages)
+            depth = len(self.stack)
+            while depth and self.stack[depth - 1][0] == "a":
+                depth -= 1
+            self.loose, self.loose_depth, self.loose_why = (im, len(self.buf)), depth, why
 
     def handle_endtag(self, tag):
         if tag in _VOID or not any(t == tag for t, _, _ in self.stack):

@@ -66,6 +66,20 @@ def test_html_figures_are_what_the_markup_says(tmp_path):
     assert dec["page chrome"] == 2 and dec["icon-sized"] == 1
 
 
+def test_a_linked_thumbnail_keeps_its_figure_caption_out_of_the_body(tmp_path):
+    # GRASS manual pages: the image links to its full size and the caption follows the link
+    _png(tmp_path / "hist.png", 300, 120)
+    html = ("<html><body><h2>Examples</h2><p>Make a surface.</p>"
+            '<div align="center"><a href="hist_big.png"><img src="hist.png" alt="example histogram" '
+            'width="600" height="244" border="0"></a><br><i>Figure: Histogram of random surface</i></div>'
+            "<p>Then smooth it.</p></body></html>")
+    doc = parse_html(html, "r.html", base_dir=tmp_path)
+    (im,) = doc.images
+    assert (im.caption, im.caption_source) == ("Figure: Histogram of random surface", "figcaption")
+    body = " ".join(s.text for s in doc.sections)
+    assert "Histogram of random surface" not in body and "Then smooth it." in body
+
+
 def test_a_logo_on_every_page_is_chrome(tmp_path):
     _png(tmp_path / "logo.png", 200, 100)
     _png(tmp_path / "fig.png", 300, 200)
