@@ -64,17 +64,17 @@ def test_a_section_that_mentions_a_figure_attracts_it():
     assert _placed(SECTIONS, img, cfg, rel) == {1: "IMAGE_1"}
 
 
-def test_the_heading_weighted_in_decides_between_equal_texts():
-    secs = [AnswerSection("Installation", 2, "The tool reads the map and writes a new one."),
-            AnswerSection("Slope", 2, "The tool reads the map and writes a new one.")]
+def test_the_heading_weighted_in_can_outweigh_the_body_text():
+    # the chunks carry their heading already; the body of the first says "slope" more often
+    secs = [AnswerSection("Installation", 2, "Install the slope tool; the slope tool reads the map."),
+            AnswerSection("Slope", 2, "The tool reads the map and writes a new one."),
+            AnswerSection("Testing", 2, "Run the tests before a release.")]
     img = [_image("slope")]
     cfg = ComposeConfig(placement="cued", z_threshold=-5.0, count_factor=0, empty_penalty=0.0, mention_bonus=0.0)
     for lexical in ("tfidf", "bm25"):
-        flat = Relevance(lexical_weight=1.0, lexical=lexical)
-        # the text alone cannot tell them apart: the first position takes it (a tie)
-        assert _placed(secs, img, cfg, flat) == {1: "IMAGE_1"}
-        head = Relevance(lexical_weight=1.0, lexical=lexical, heading_weight=0.15)
-        assert _placed(secs, img, cfg, head) == {2: "IMAGE_1"}
+        assert _placed(secs, img, cfg, Relevance(lexical_weight=1.0, lexical=lexical)) == {1: "IMAGE_1"}
+        head = Relevance(lexical_weight=1.0, lexical=lexical, heading_weight=1.5)
+        assert _placed(secs, img, cfg, head) == {2: "IMAGE_1"}   # the heading that names it wins
     with pytest.raises(ValueError, match="heading"):
         Relevance(lexical_weight=1.0, heading_weight=0.1).matrix([["a b"]], ["a"])
 
