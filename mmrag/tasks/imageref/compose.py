@@ -71,7 +71,12 @@ PLACEMENTS: dict[str, dict[str, Any]] = {
     "cued": dict(threshold=DEFAULT_THRESHOLD, lexical_weight=0.6, pool=DEFAULT_POOL, lexical="bm25",
                  heading_weight=0.15, z_threshold=1.25, count_factor=1.0, empty_penalty=1.0, mention_bonus=3.0),
 }
+# Figure-position recovery (mmrag eval imageref, evaluate_figure_positions) places with "cued";
+# composed answers keep "global": the per-document rules standardise the answer's own matrix, and
+# an answer of a section or two with two candidates (a 2x2 matrix) puts its best pair at about one
+# standard deviation, under their thresholds, so nothing would be placed.
 DEFAULT_PLACEMENT = "cued"
+ANSWER_PLACEMENT = "global"
 _PLACEMENT_FIELDS = tuple(PLACEMENTS["global"])
 # Alt text is shown whole up to this length (the longest d2l figure caption is 36 words); only a
 # caption longer than that is cut, at a clause boundary, with an ellipsis.
@@ -102,9 +107,10 @@ class ComposeConfig:
     max_sections: int = 4
     max_images: int = 12
     header_image: bool = False  # off on d2l dev (no header figures there); the paper's rule for news
-    # "cued" (chosen for figure-position recovery on d2l + GRASS dev, better than the others on
-    # both), "calibrated" (its rule without the cues), "global" (one fixed cosine threshold)
-    placement: str = DEFAULT_PLACEMENT
+    # "global" (one fixed cosine threshold) for answers, see ANSWER_PLACEMENT; "cued" (chosen for
+    # figure-position recovery on d2l + GRASS dev, better than the others on both) and
+    # "calibrated" (its rule without the cues) for documents with their own figures
+    placement: str = ANSWER_PLACEMENT
     threshold: float | None = None
     lexical_weight: float | None = None
     pool: float | None = None

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from mmrag.corpus.documents import Document
 from mmrag.eval.image_position import evaluate_positions, sample_metrics
 from mmrag.tasks.imageref.compose import (
+    DEFAULT_PLACEMENT,
     PLACEMENTS,
     AnswerSection,
     ComposeConfig,
@@ -83,7 +84,7 @@ def evaluate_figure_positions(docs: Sequence[Document] | Sequence[FigureTask], c
     """Place every document's figures and score them. Returns ``{"n_docs", "n_images",
     "R_lenient", "R_strict", "P", "F1", "score", "valid_refs", "config", "per_doc"?}``.
     ``relevance``: instead of ``config.relevance(embedder)`` (e.g. one that memoises, benchmarks)."""
-    config = (config or ComposeConfig()).resolved()
+    config = (config or ComposeConfig(placement=DEFAULT_PLACEMENT)).resolved()
     tasks = list(docs)
     if tasks and isinstance(tasks[0], Document):
         tasks = figure_tasks(tasks)  # type: ignore[arg-type]

@@ -80,8 +80,8 @@ def test_the_heading_weighted_in_can_outweigh_the_body_text():
 
 
 def test_placement_presets():
-    assert ComposeConfig().placement == "cued"
-    cued = ComposeConfig().resolved()
+    assert ComposeConfig().placement == "global"          # composed answers (see ANSWER_PLACEMENT)
+    cued = ComposeConfig(placement="cued").resolved()
     assert {k: getattr(cued, k) for k in PLACEMENTS["cued"]} == PLACEMENTS["cued"]
     cal = ComposeConfig(placement="calibrated", z_threshold=1.0).resolved()
     assert cal.z_threshold == 1.0 and cal.lexical == "tfidf" and cal.mention_bonus == 0.0   # a set field is kept
