@@ -159,7 +159,11 @@ def main() -> None:
         held = [len(v["3"]) for t in c["dev"] for v in t.labels.values() if v["3"]]
         multi[name] = {"dev_positions_with_figure": len(held), "with_2_or_more": sum(h >= 2 for h in held),
                        "figures_in_those": sum(h for h in held if h >= 2), "figures": sum(held)}
-    print(f"dev positions holding several figures: {multi}")
+        # how telling the figure-mention cue is: its rate in sections with and without a figure (dev)
+        cue = [(bool(t.labels[p + 1]["3"]), mentions_figure(s.text)) for t in c["dev"] for p, s in enumerate(t.sections)]
+        multi[name]["mention_rate_with_figure"] = sum(m for g, m in cue if g) / max(sum(g for g, _ in cue), 1)
+        multi[name]["mention_rate_without"] = sum(m for g, m in cue if not g) / max(sum(not g for g, _ in cue), 1)
+    print(f"dev positions holding several figures, figure-mention rates: {multi}")
     emb = default_text_embedder()
     t0 = time.time()
     for c in corpora.values():
