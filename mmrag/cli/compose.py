@@ -112,7 +112,7 @@ def eval_imageref(
                                             show_default=False),
     split: str = typer.Option("all", help="all, dev or test (documents split by a hash of their id)."),
     pattern: Optional[str] = typer.Option(None, help="Only documents whose id starts with this (d2l: chapter_)."),
-    placement: str = typer.Option("calibrated", help="calibrated (per-document decision to insert, chosen on d2l + GRASS dev) or global (one cosine threshold, chosen on d2l dev)."),
+    placement: str = typer.Option("cued", help="cued (calibrated + BM25, the heading and a prior for sections that mention a figure; chosen on d2l + GRASS dev), calibrated (per-document decision to insert, chosen on d2l + GRASS dev) or global (one cosine threshold, chosen on d2l dev)."),
     threshold: Optional[float] = typer.Option(None, help="global placement: 'Not Insert' threshold (default: chosen on d2l dev)."),
     lexical_weight: Optional[float] = typer.Option(None, help="Weight of tf-idf vs MiniLM relevance in [0, 1]."),
     header_image: Optional[bool] = typer.Option(None, "--header-image/--no-header-image", help="Header-image rule at position 1."),
@@ -130,8 +130,8 @@ def eval_imageref(
     docs = corpus or docs
     if docs is None:
         fail("give the documents PATH (a folder of Markdown/HTML/JSONL documents with figures)")
-    if placement not in ("calibrated", "global"):
-        fail(f"--placement must be calibrated or global, got {placement!r}")
+    if placement not in ("cued", "calibrated", "global"):
+        fail(f"--placement must be cued, calibrated or global, got {placement!r}")
     if split not in ("all", "dev", "test"):
         fail("--split must be all, dev or test")
     ds = read_documents(docs)

@@ -383,6 +383,14 @@ _ICON_ALT = re.compile(r"^\W*(note|tip|warning|caution|important|danger|attentio
                        r"previous|up|top|back|forward|logo|icon|image|picture|figure|screenshot|menu|close|open|"
                        r"search|\d+)\W*$", re.I)
 _FIGURE_TEXT = re.compile(r"^\s*(figure|fig\.)\s*(\d[\w.-]*\s*[.:]?|[:.])", re.I)
+
+
+def _repeats_alt(text: str, alt: str) -> bool:
+    """``text`` starts with the image's alt text (at least two words), case and spacing aside."""
+    a = " ".join(alt.lower().split())
+    return len(a.split()) >= 2 and " ".join(text.lower().split()).startswith(a)
+
+
 MIN_FIGURE_SIDE = 48  # px: smaller is an icon (inline GUI icons, admonition and navigation arrows)
 MIN_FIGURE_LONG_SIDE = 96
 CHROME_SHARE = 0.2  # an image on more than this share of a folder's HTML pages is site chrome
@@ -535,8 +543,13 @@ class _HTMLDoc(HTMLParser):
             self.figures[-1].append(im)
             self.figure_markup.add(im.id)
         else:
-            # without descriptive alt text it is a figure only if "Figure N: ..." text follows it
-            self.loose, self.loose_depth, self.loose_why = (im, len(self.buf)), len(self.stack), why
+            # without descriptive alt text it is a figure only if "Figure N: ..." text follows it.
+            # An image wrapped in a link (a thumbnail linking to the full size) keeps its caption
+            # after the link closes: "<a><img></a><br><i>Figure: ...</i>" (GRASS manual pages)
+            depth = len(self.stack)
+            while depth and self.stack[depth - 1][0] == "a":
+                depth -= 1
+            self.loose, self.loose_depth, self.loose_why = (im, len(self.buf)), depth, why
 
     def handle_endtag(self, tag):
         if tag in _VOID or not any(t == tag for t, _, _ in self.stack):
@@ -593,7 +606,8 @@ class _HTMLDoc(HTMLParser):
             return
         if self.loose is not None and data.strip():
             # "Figure 3: ..." right after an image (old-style HTML figures): its caption, not body text
-            if self.loose_buf or _FIGURE_TEXT.match(data):
+            # or the alt text shown again under the image ("<img alt='X'><br><i>X</i>"): its visible caption
+            if self.loose_buf or _FIGURE_TEXT.match(data) or _repeats_alt(data, self.loose[0].alt):
                 self.loose_buf.append(data)
                 return
             self._end_loose_caption()

@@ -66,6 +66,25 @@ def test_html_figures_are_what_the_markup_says(tmp_path):
     assert dec["page chrome"] == 2 and dec["icon-sized"] == 1
 
 
+def test_a_linked_thumbnail_keeps_its_figure_caption_out_of_the_body(tmp_path):
+    # GRASS manual pages: the image links to its full size and the caption follows the link
+    # or repeats the alt text under the image (a visible caption, here in a table cell)
+    _png(tmp_path / "hist.png", 300, 120)
+    _png(tmp_path / "thin.png", 300, 120)
+    html = ("<html><body><h2>Examples</h2><p>Make a surface.</p>"
+            '<div align="center"><a href="hist_big.png"><img src="hist.png" alt="example histogram" '
+            'width="600" height="244" border="0"></a><br><i>Figure: Histogram of random surface</i></div>'
+            "<p>Then smooth it.</p><table><tr><td>&nbsp;<img src='thin.png' alt='Raster feature thinning'>"
+            "<br><font size='-1'><i>Raster feature thinning (skeletonizing)</i></font></td></tr></table>"
+            "<p>The map can be vectorized.</p></body></html>")
+    doc = parse_html(html, "r.html", base_dir=tmp_path)
+    assert [(im.caption, im.caption_source) for im in doc.images] == [
+        ("Figure: Histogram of random surface", "figcaption"), ("Raster feature thinning (skeletonizing)", "figcaption")]
+    body = " ".join(s.text for s in doc.sections)
+    assert "Histogram of random surface" not in body and "skeletonizing" not in body
+    assert "Then smooth it." in body and "The map can be vectorized." in body
+
+
 def test_a_logo_on_every_page_is_chrome(tmp_path):
     _png(tmp_path / "logo.png", 200, 100)
     _png(tmp_path / "fig.png", 300, 200)
@@ -109,7 +128,7 @@ def test_calibrated_placement_penalises_heading_only_sections():
             AnswerSection("Aspect", 3, "Aspect is the compass direction the slope faces.")]
     ims = [ImageCandidate("IMAGE_1", "s", "s.png", "raster maps and slope", matching_text="raster maps and slope")]
     rel = _Lexical(lexical_weight=1.0)
-    cfg = ComposeConfig(placement="calibrated", z_threshold=-5.0, count_factor=None, empty_penalty=0.0)
+    cfg = ComposeConfig(placement="calibrated", z_threshold=-5.0, count_factor=0, empty_penalty=0.0)
     no_pen = {p.index: p.image for p in place_images("Maps", secs, ims, rel, 0.0, config=cfg) if p.image}
     cfg.empty_penalty = 10.0
     pen = {p.index: p.image for p in place_images("Maps", secs, ims, rel, 0.0, config=cfg) if p.image}

@@ -22,7 +22,7 @@ reference is checked before the composition is returned.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,6 +41,7 @@ from mmrag.tasks.imageref.insertion import (
     calibrated_scores,
     expected_occupied,
     default_text_embedder,
+    mentions_figure,
 )
 from mmrag.tasks.imageref.render import InvalidReferenceError, invalid_references, render
 
@@ -49,6 +50,7 @@ __all__ = [
     "ComposeConfig",
     "ComposeError",
     "Composition",
+    "PLACEMENTS",
     "ImageCandidate",
     "PositionChoice",
     "build_markdown",
@@ -58,10 +60,27 @@ __all__ = [
 ]
 
 EXTRACTIVE = "extractive"  # the default generator (a registry name)
-# Placement, chosen on the dev parts of d2l and the GRASS manual together (benchmarks/bench_imageref.py)
-DEFAULT_Z_THRESHOLD = 0.5
-DEFAULT_COUNT_FACTOR: float | None = 1.2
-DEFAULT_EMPTY_PENALTY = 2.0
+# Each placement rule with its parameters, as chosen by benchmarks/bench_imageref.py: "global" on
+# d2l dev alone; "calibrated" and "cued" on the dev parts of d2l and the GRASS manual together.
+# A ComposeConfig field left None takes its placement's value; count_factor 0 means no cap.
+PLACEMENTS: dict[str, dict[str, Any]] = {
+    "global": dict(threshold=DEFAULT_THRESHOLD, lexical_weight=DEFAULT_LEXICAL_WEIGHT, pool=DEFAULT_POOL,
+                   lexical="tfidf", heading_weight=0.0, z_threshold=0.5, count_factor=1.2, empty_penalty=2.0,
+                   mention_bonus=0.0),
+    "calibrated": dict(threshold=DEFAULT_THRESHOLD, lexical_weight=DEFAULT_LEXICAL_WEIGHT, pool=DEFAULT_POOL,
+                       lexical="tfidf", heading_weight=0.0, z_threshold=0.5, count_factor=1.2, empty_penalty=2.0,
+                       mention_bonus=0.0),
+    # calibrated + BM25 + the heading + a prior for sections that mention a figure
+    "cued": dict(threshold=DEFAULT_THRESHOLD, lexical_weight=0.6, pool=DEFAULT_POOL, lexical="bm25",
+                 heading_weight=0.15, z_threshold=1.25, count_factor=1.0, empty_penalty=1.0, mention_bonus=3.0),
+}
+# Figure-position recovery (mmrag eval imageref, evaluate_figure_positions) places with "cued";
+# composed answers keep "global": the per-document rules standardise the answer's own matrix, and
+# an answer of a section or two with two candidates (a 2x2 matrix) puts its best pair at about one
+# standard deviation, under their thresholds, so nothing would be placed.
+DEFAULT_PLACEMENT = "cued"
+ANSWER_PLACEMENT = "global"
+_PLACEMENT_FIELDS = tuple(PLACEMENTS["global"])
 # Alt text is shown whole up to this length (the longest d2l figure caption is 36 words); only a
 # caption longer than that is cut, at a clause boundary, with an ellipsis.
 SHORT_CAPTION_WORDS = 60
@@ -76,8 +95,11 @@ class ComposeConfig:
     """Options of :func:`compose` (defaults chosen on the d2l dev chapters where they matter).
 
     ``top_chunks``: chunks retrieved for the answer; ``max_sections``: sections of an extractive
-    answer; ``max_images``: candidate images given to the insertion stage; ``threshold``,
-    ``lexical_weight``, ``pool``: insertion relevance (see :mod:`.insertion`); ``header_image``:
+    answer; ``max_images``: candidate images given to the insertion stage; ``placement``: the
+    insertion rule (:data:`PLACEMENTS`, see :func:`place_images`), whose parameters
+    (``threshold``, ``lexical_weight``, ``pool``, ``lexical``, ``heading_weight``: relevance, see
+    :mod:`.insertion`; ``z_threshold``, ``count_factor``, ``empty_penalty``, ``mention_bonus``)
+    default to the rule's own values when left None (:meth:`resolved`); ``header_image``:
     let position 1 take an image that suits the whole answer; ``use_context``: add the text around
     an image to its caption for matching; ``use_ocr``: add the first ``ocr_words`` words of the
     text read in an image (where the index has it) too; ``chunk_words``: chunk size; ``generator_options``:
@@ -88,17 +110,20 @@ class ComposeConfig:
     top_chunks: int = 8
     max_sections: int = 4
     max_images: int = 12
-    threshold: float = DEFAULT_THRESHOLD
-    lexical_weight: float = DEFAULT_LEXICAL_WEIGHT
-    pool: float = DEFAULT_POOL
     header_image: bool = False  # off on d2l dev (no header figures there); the paper's rule for news
-    # "calibrated": per-document decision to insert (see place_images), chosen for figure-position
-    # recovery on d2l + GRASS dev; "global" (default for answers: the calibrated rule was not
-    # measured on composed answers, whose candidates need not belong): one fixed cosine threshold.
-    placement: str = "global"
-    z_threshold: float = DEFAULT_Z_THRESHOLD
-    count_factor: float | None = DEFAULT_COUNT_FACTOR
-    empty_penalty: float = DEFAULT_EMPTY_PENALTY
+    # "global" (one fixed cosine threshold) for answers, see ANSWER_PLACEMENT; "cued" (chosen for
+    # figure-position recovery on d2l + GRASS dev, better than the others on both) and
+    # "calibrated" (its rule without the cues) for documents with their own figures
+    placement: str = ANSWER_PLACEMENT
+    threshold: float | None = None
+    lexical_weight: float | None = None
+    pool: float | None = None
+    lexical: str | None = None
+    heading_weight: float | None = None
+    z_threshold: float | None = None
+    count_factor: float | None = None
+    empty_penalty: float | None = None
+    mention_bonus: float | None = None
     use_context: bool = True
     context_words: int = 40
     # off: on d2l figure placement the OCR text lowered dev F1 (benchmarks/bench_imageref_ocr.py)
@@ -106,6 +131,18 @@ class ComposeConfig:
     ocr_words: int = 10  # when on: the best of 10/20/40/80 words on d2l dev
     chunk_words: int = 120
     max_tokens: int = 512
+
+    def resolved(self) -> "ComposeConfig":
+        """A copy with every placement parameter left None set to its placement's value."""
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
+        preset = PLACEMENTS[self.placement]
+        return replace(self, **{k: preset[k] for k in _PLACEMENT_FIELDS if getattr(self, k) is None})
+
+    def relevance(self, embedder=None) -> Relevance:
+        c = self.resolved()
+        return Relevance(lexical_weight=c.lexical_weight, pool=c.pool, embedder=embedder, lexical=c.lexical,
+                         heading_weight=c.heading_weight)
 
 
 @dataclass
@@ -318,20 +355,11 @@ def _candidates(docs: Sequence[Document], used_docs: Sequence[str], query_vec: n
 
 # ----------------------------------------------------------------------------- stage 3
 
-def place_images(title: str, sections: Sequence[AnswerSection], images: Sequence[ImageCandidate],
-                 relevance: Relevance, threshold: float, header_image: bool = False,
-                 chunk_words: int = 120, config: ComposeConfig | None = None) -> list[PositionChoice]:
-    """Positions (one after each section) and the image chosen for each.
-
-    ``config.placement == "calibrated"``: the decision to insert is made per document: relevance
-    is standardised on the document's own matrix (:func:`calibrated_scores`) and compared with
-    ``z_threshold``; sections with no text of their own (heading only) lose ``empty_penalty``
-    (standard deviations), since a heading alone matches many captions; and at most
-    ``count_factor`` × the expected number of occupied positions (:func:`expected_occupied`,
-    from the document's own figure density) get an image. ``"global"`` (or no config): a fixed
-    ``threshold`` on the raw relevance, the rule before."""
-    if not sections:
-        return []
+def relevance_matrix(title: str, sections: Sequence[AnswerSection], images: Sequence[ImageCandidate],
+                     relevance: Relevance, header_image: bool = False,
+                     chunk_words: int = 120) -> tuple[np.ndarray, np.ndarray | None]:
+    """``R[position, image]`` for the sections' chunks (heading-prefixed) against the images'
+    matching texts, and (``header_image``) each image's relevance to the whole answer, else None."""
     doc = Document("answer", title, [Section(s.heading, s.level, s.text) for s in sections])
     chunks = chunk_document(doc, chunk_words)
     sec_chunks = []
@@ -339,23 +367,51 @@ def place_images(title: str, sections: Sequence[AnswerSection], images: Sequence
         pieces = [c.text for c in chunks if c.section == i] or [s.heading or title]
         sec_chunks.append([f"{s.heading}: {p}" if s.heading else p for p in pieces])
     captions = [im.matching_text or im.caption for im in images]
-    R = relevance.matrix(sec_chunks, captions) if images else np.zeros((len(sections), 0))
+    headings = [s.heading for s in sections]
+    R = relevance.matrix(sec_chunks, captions, headings=headings) if images else np.zeros((len(sections), 0))
     header = None
     if header_image and images:
         whole = f"{title}: " + " ".join(s.text for s in sections)
-        header = relevance.matrix([[" ".join(whole.split()[:chunk_words])]], captions)[0]
-    if config is not None and config.placement == "calibrated" and images:
+        header = relevance.matrix([[" ".join(whole.split()[:chunk_words])]], captions, headings=[title])[0]
+    return R, header
+
+
+def place_images(title: str, sections: Sequence[AnswerSection], images: Sequence[ImageCandidate],
+                 relevance: Relevance, threshold: float | None = None, header_image: bool = False,
+                 chunk_words: int = 120, config: ComposeConfig | None = None) -> list[PositionChoice]:
+    """Positions (one after each section) and the image chosen for each.
+
+    ``config.placement`` (parameters from :meth:`ComposeConfig.resolved`; ``relevance`` should be
+    :meth:`ComposeConfig.relevance`):
+
+    * ``"calibrated"``: the decision to insert is made per document: relevance is standardised on
+      the document's own matrix (:func:`calibrated_scores`) and compared with ``z_threshold``;
+      sections with no text of their own (heading only) lose ``empty_penalty`` (standard
+      deviations), since a heading alone matches many captions; and at most ``count_factor`` ×
+      the expected number of occupied positions (:func:`expected_occupied`, from the document's
+      own figure density; 0: no cap) get an image.
+    * ``"cued"``: the same, and a section whose own text mentions a figure
+      (:func:`mentions_figure`) gains ``mention_bonus`` standard deviations for every image.
+    * ``"global"`` (or no config): a fixed ``threshold`` on the raw relevance, the first rule.
+    """
+    if not sections:
+        return []
+    cfg = (config or ComposeConfig(placement="global", threshold=threshold)).resolved()
+    if threshold is None:
+        threshold = cfg.threshold
+    R, header = relevance_matrix(title, sections, images, relevance, header_image, chunk_words)
+    if cfg.placement in ("calibrated", "cued") and images:
         Z = calibrated_scores(R if header is None else np.vstack([R, header[None, :]]))
         if header is not None:
             Z, header = Z[:-1], Z[-1]
         empty = np.array([not s.text.strip() for s in sections])
-        Z[empty] -= config.empty_penalty
+        Z[empty] -= cfg.empty_penalty
+        if cfg.placement == "cued" and cfg.mention_bonus:
+            Z[np.array([mentions_figure(s.text) for s in sections])] += cfg.mention_bonus
         cap = None
-        if config.count_factor is not None:
-            cap = int(round(config.count_factor * expected_occupied(len(sections), len(images))))
-        choice = assign_images(Z, config.z_threshold, header=header, max_inserted=cap)
-    elif config is not None and config.placement != "global":
-        raise ValueError(f"placement must be 'calibrated' or 'global', got {config.placement!r}")
+        if cfg.count_factor:
+            cap = int(round(cfg.count_factor * expected_occupied(len(sections), len(images))))
+        choice = assign_images(Z, cfg.z_threshold, header=header, max_inserted=cap)
     else:
         choice = assign_images(R, threshold, header=header)
     out = []
@@ -405,9 +461,8 @@ def compose(query: str, documents: Sequence[Document] | None = None, index: str 
     used_docs = list(dict.fromkeys(c.doc_id for c, _ in ranked))
     qv = embedder.embed([query])[0]
     images, skipped = _candidates(docs, used_docs, qv, embedder, config, captioner, ocr_texts)
-    rel = Relevance(lexical_weight=config.lexical_weight, pool=config.pool, embedder=embedder)
-    positions = place_images(title, sections, images, rel, config.threshold, config.header_image, config.chunk_words,
-                             config)
+    positions = place_images(title, sections, images, config.relevance(embedder), None, config.header_image,
+                             config.chunk_words, config)
     by_key = {im.key: im for im in images}
     placed = {p.index: by_key[p.image] for p in positions if p.image}
     markdown = build_markdown(title, sections, placed)

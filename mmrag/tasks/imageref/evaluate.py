@@ -21,6 +21,8 @@ from typing import Any, Sequence
 from mmrag.corpus.documents import Document
 from mmrag.eval.image_position import evaluate_positions, sample_metrics
 from mmrag.tasks.imageref.compose import (
+    DEFAULT_PLACEMENT,
+    PLACEMENTS,
     AnswerSection,
     ComposeConfig,
     ImageCandidate,
@@ -77,10 +79,12 @@ def dev_test_split(doc_id: str) -> str:
 
 
 def evaluate_figure_positions(docs: Sequence[Document] | Sequence[FigureTask], config: ComposeConfig | None = None,
-                              embedder=None, progress: bool = False, keep_outputs: bool = False) -> dict[str, Any]:
+                              embedder=None, progress: bool = False, keep_outputs: bool = False,
+                              relevance: Relevance | None = None) -> dict[str, Any]:
     """Place every document's figures and score them. Returns ``{"n_docs", "n_images",
-    "R_lenient", "R_strict", "P", "F1", "score", "valid_refs", "config", "per_doc"?}``."""
-    config = config or ComposeConfig()
+    "R_lenient", "R_strict", "P", "F1", "score", "valid_refs", "config", "per_doc"?}``.
+    ``relevance``: instead of ``config.relevance(embedder)`` (e.g. one that memoises, benchmarks)."""
+    config = (config or ComposeConfig(placement=DEFAULT_PLACEMENT)).resolved()
     tasks = list(docs)
     if tasks and isinstance(tasks[0], Document):
         tasks = figure_tasks(tasks)  # type: ignore[arg-type]
@@ -88,8 +92,7 @@ def evaluate_figure_positions(docs: Sequence[Document] | Sequence[FigureTask], c
     tasks = [t for t in tasks if t.images]
     if not tasks:
         raise ValueError("no documents with images to evaluate")
-    rel = Relevance(lexical_weight=config.lexical_weight, pool=config.pool,
-                    embedder=embedder or default_text_embedder())
+    rel = relevance or config.relevance(embedder or default_text_embedder())
     samples, per_doc = [], []
     n_refs = n_valid = 0
     it = tasks
@@ -122,10 +125,8 @@ def evaluate_figure_positions(docs: Sequence[Document] | Sequence[FigureTask], c
         "n_references": n_refs,
         # figures not scored: their caption is a sentence of their own surrounding text (a leak)
         "n_excluded_context_caption": n_excluded,
-        "config": {"threshold": config.threshold, "lexical_weight": config.lexical_weight, "pool": config.pool,
-                   "header_image": config.header_image, "chunk_words": config.chunk_words,
-                   "placement": config.placement, "z_threshold": config.z_threshold,
-                   "count_factor": config.count_factor, "empty_penalty": config.empty_penalty},
+        "config": {"placement": config.placement, **{k: getattr(config, k) for k in PLACEMENTS[config.placement]},
+                   "header_image": config.header_image, "chunk_words": config.chunk_words},
     }
     if keep_outputs:
         out["per_doc"] = per_doc

@@ -16,11 +16,13 @@ that position empty, and a weaker image never displaces a stronger assignment el
 greedy pass.
 
 Relevance is a weighted sum of a semantic similarity (MiniLM sentence embeddings of the section's
-chunks against the image's caption) and a lexical one (tf-idf cosine), see :class:`Relevance`.
+chunks against the image's caption) and a lexical one (tf-idf cosine, or BM25), see :class:`Relevance`.
+:func:`mentions_figure` is a cue read from a section's own text ("as shown in the figure below").
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -34,7 +36,9 @@ __all__ = [
     "Relevance",
     "TextEmbedder",
     "assign_images",
+    "bm25_similarity",
     "calibrated_scores",
+    "mentions_figure",
     "expected_occupied",
     "default_text_embedder",
 ]
@@ -61,6 +65,18 @@ def calibrated_scores(relevance: np.ndarray) -> np.ndarray:
         return r - r.mean() if r.size else r
     sd = float(r.std())
     return (r - r.mean()) / (sd if sd > 1e-9 else 1.0)
+
+
+# A section that says it shows a figure ("Figure" -- d2l's :numref: references read so --, "as shown
+# below", "the following diagram", "illustrates") is a likelier place for one. Text only, never gold.
+_FIGURE_MENTION = re.compile(
+    r"\b(?:figures?|fig\.|diagrams?|illustrat\w*|screenshots?|depicted|as shown|shown (?:below|above|here)|"
+    r"see below|the following (?:image|picture|plot|graph|chart|map)s?|(?:image|picture|plot) below)(?!\w)", re.I)
+
+
+def mentions_figure(text: str) -> bool:
+    """Whether a section's text mentions a figure (see ``_FIGURE_MENTION``)."""
+    return bool(_FIGURE_MENTION.search(text or ""))
 
 
 def _solve(r: np.ndarray, threshold: float) -> list[int | None]:
@@ -140,23 +156,35 @@ def default_text_embedder() -> TextEmbedder:
 
 @dataclass
 class Relevance:
-    """Section <-> image relevance in [about -1, 1].
+    """Section <-> image relevance.
 
     ``semantic``: for each section, the similarity of its best-matching chunk to the image
     caption, mixed with the similarity of the section's mean chunk vector (``pool`` in [0, 1]:
-    1 = max only); ``lexical``: tf-idf cosine (sublinear tf, English stop words, idf fitted on
-    the sections and captions of the one document); combined as
-    ``(1 - lexical_weight) * semantic + lexical_weight * lexical``."""
+    1 = max only); ``lexical="tfidf"``: tf-idf cosine (sublinear tf, English stop words, idf
+    fitted on the sections and captions of the one document); combined as
+    ``(1 - lexical_weight) * semantic + lexical_weight * lexical``, in [about -1, 1].
+
+    ``lexical="bm25"`` (:func:`bm25_similarity`, the caption as the query): BM25 has no fixed
+    scale, so each part is first standardised over the document's matrix
+    (:func:`calibrated_scores`) and the result is in standard deviations -- for the
+    ``calibrated``/``cued`` placements, not for a fixed cosine threshold. ``heading_weight``
+    adds that much of the tf-idf cosine between the section's heading alone and the caption
+    (standardised too under BM25): a heading names what a figure there shows."""
 
     lexical_weight: float = DEFAULT_LEXICAL_WEIGHT
     pool: float = DEFAULT_POOL
     embedder: TextEmbedder | None = None
+    lexical: str = "tfidf"
+    heading_weight: float = 0.0
 
     def matrix(self, sections: Sequence[Sequence[str]], captions: Sequence[str],
                section_vectors: Sequence[np.ndarray] | None = None,
-               caption_vectors: np.ndarray | None = None) -> np.ndarray:
-        """``sections``: each section's chunk texts; ``captions``: one text per image.
+               caption_vectors: np.ndarray | None = None, headings: Sequence[str] | None = None) -> np.ndarray:
+        """``sections``: each section's chunk texts; ``captions``: one text per image;
+        ``headings``: each section's heading (for ``heading_weight``).
         Precomputed unit vectors may be passed to avoid re-embedding (benchmarks)."""
+        if self.lexical not in ("tfidf", "bm25"):
+            raise ValueError(f"lexical must be 'tfidf' or 'bm25', got {self.lexical!r}")
         n_s, n_i = len(sections), len(captions)
         if n_s == 0 or n_i == 0:
             return np.zeros((n_s, n_i), np.float32)
@@ -180,9 +208,41 @@ class Relevance:
                 mean = mean / max(np.linalg.norm(mean), 1e-12)
                 sem[s] = self.pool * sims.max(axis=0) + (1 - self.pool) * (mean @ caption_vectors.T)
         lex = np.zeros((n_s, n_i))
+        texts = [" ".join(c) for c in sections]
+        bm25 = self.lexical == "bm25"
         if self.lexical_weight > 0.0:
-            lex = lexical_similarity([" ".join(c) for c in sections], list(captions))
-        return ((1 - self.lexical_weight) * sem + self.lexical_weight * lex).astype(np.float32)
+            lex = bm25_similarity(texts, list(captions)) if bm25 else lexical_similarity(texts, list(captions))
+        if bm25:
+            sem, lex = calibrated_scores(sem), calibrated_scores(lex)
+        out = (1 - self.lexical_weight) * sem + self.lexical_weight * lex
+        if self.heading_weight:
+            if headings is None or len(headings) != n_s:
+                raise ValueError("heading_weight needs one heading per section")
+            head = lexical_similarity(list(headings), list(captions))
+            out = out + self.heading_weight * (calibrated_scores(head) if bm25 else head)
+        return out.astype(np.float32)
+
+
+def bm25_similarity(section_texts: Sequence[str], captions: Sequence[str], k1: float = 1.2,
+                    b: float = 0.75) -> np.ndarray:
+    """Okapi BM25 of each section (a "document" of the one document's sections) for each caption
+    (the query: its distinct terms), idf over the sections (the Lucene form, never negative)."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    n_s, n_i = len(section_texts), len(captions)
+    vec = CountVectorizer(stop_words="english", token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z0-9]+\b")
+    try:
+        counts = vec.fit_transform(list(section_texts) + list(captions))
+    except ValueError:  # no words, or only stop words
+        return np.zeros((n_s, n_i))
+    tf = counts[:n_s].toarray().astype(np.float64)
+    query = (counts[n_s:].toarray() > 0).astype(np.float64)
+    df = (tf > 0).sum(axis=0)
+    idf = np.log(1.0 + (n_s - df + 0.5) / (df + 0.5))
+    length = tf.sum(axis=1, keepdims=True)
+    norm = k1 * (1 - b + b * length / max(float(length.mean()), 1e-9))
+    weights = tf * (k1 + 1) / (tf + norm) * idf
+    return weights @ query.T
 
 
 def lexical_similarity(section_texts: Sequence[str], captions: Sequence[str]) -> np.ndarray:
