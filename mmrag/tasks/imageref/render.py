@@ -9,7 +9,6 @@ broken link.
 from __future__ import annotations
 
 import base64
-import html
 import mimetypes
 import re
 from pathlib import Path
