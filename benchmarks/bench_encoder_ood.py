@@ -475,9 +475,13 @@ def lever_variants(quick: bool = False):
     for t in ("mean_raw", "rows", "white"):
         out.append(("d targets", f"targets {t}", lambda z, t=t: z.linear(v2, L, target=t), None))
     # (e) hubness correction on t2i
-    for hub in (("isoftmax", 0.5, 20.0), ("isoftmax", 1.0, 20.0), ("csls", 0.5, 10)):
+    for hub in (("isoftmax", 0.25, 20.0), ("isoftmax", 0.5, 20.0), ("isoftmax", 0.75, 20.0), ("isoftmax", 1.0, 20.0),
+                ("csls", 0.5, 10)):
         out.append(("e t2i hubness", f"{hub[0]} α {hub[1]:g} {'β' if hub[0] == 'isoftmax' else 'k'} {hub[2]:g}",
                     lambda z: z.linear(v2, L), hub))
+    # the two levers that won on both dev sets, together
+    out.append(("c+e", "views center+flip+center_big, isoftmax α 0.5 β 20",
+                lambda z: z.linear(v2, L, views=("center", "flip", "center_big")), ("isoftmax", 0.5, 20.0)))
     return out
 
 
