@@ -18,16 +18,18 @@ from mmrag.errors import CorpusError
 
 
 def retrieval_scores(image_vecs: np.ndarray, caption_vecs: np.ndarray, owner: np.ndarray,
-                     caption_prior: np.ndarray | None = None) -> dict[str, Any]:
+                     caption_prior: np.ndarray | None = None, image_prior: np.ndarray | None = None) -> dict[str, Any]:
     """Recall@K both ways from unit vectors; ``owner[j]`` is the image of caption j.
 
     ``caption_prior``: per-caption hubness prior subtracted in the image->caption direction
-    (computed from training data only, so it is not fitted on what is evaluated)."""
+    (computed from training data only, so it is not fitted on what is evaluated);
+    ``image_prior``: the same per image, subtracted in the text->image direction."""
     S = caption_vecs @ image_vecs.T  # [n_captions, n_images]
     n_cap = S.shape[0]
-    own = S[np.arange(n_cap), owner]
+    Sq = S if image_prior is None else S - np.asarray(image_prior)[None, :]
+    own = Sq[np.arange(n_cap), owner]
     # ties count against the target: a wrong image scoring the same ranks above it
-    t2i_ranks = (S >= own[:, None]).sum(1) - 1
+    t2i_ranks = (Sq >= own[:, None]).sum(1) - 1
     St = S.T if caption_prior is None else (S - caption_prior[:, None]).T
     i2t_ranks = np.empty(St.shape[0], np.int64)
     for i in range(St.shape[0]):

@@ -118,6 +118,9 @@ def test_retrieval_scores_on_hand_made_case():
     # i2t with a prior that penalises caption 1: image 1 still finds caption 2 (its own)
     r2 = retrieval_scores(images, captions, owner, caption_prior=np.array([0, 1.0, 0, 0], np.float32))
     assert r2["i2t"]["R@1"] == 100.0
+    # t2i with an image prior: penalising image 1 by 0.3 lets image 0 win caption 2 (0.6 > 0.5)
+    r3 = retrieval_scores(images, captions, owner, image_prior=np.array([0, 0.3, 0], np.float32))
+    assert r3["t2i"]["R@1"] == 75.0 and r3["i2t"] == r["i2t"]
 
 
 def test_text_whitening_evens_out_the_caption_space(tmp_path):
