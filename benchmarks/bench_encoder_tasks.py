@@ -2,7 +2,7 @@
 
     python benchmarks/bench_encoder_tasks.py [--bridges flickr8k-train flickr8k-train-v2 [PATH ...]]
         [--tasks caption chat ask] [--questioners split bank] [--from-json DIR]
-        [--json benchmarks/results/encoder_tasks.json]
+        [--vqa-rad-bridge v1:3000 v2:10000 ...] [--json benchmarks/results/encoder_tasks.json]
 
 Each cell is one run of the CLI verb a user would type (in a subprocess, so exactly what the verb
 does), with ``--bridge B``:
@@ -19,6 +19,9 @@ does), with ``--bridge B``:
 A bridge is a shipped name or a file from ``mmrag bridge fit``. The Flickr8k tasks (caption, chat)
 are skipped for a bridge fitted on another corpus (e.g. ``--kind vqa-rad``: radiology images);
 the table shows "-" there.
+
+``--vqa-rad-bridge RECIPE:LAMBDA ...``: also fit a bridge on VQA-RAD train (``mmrag bridge fit
+--kind vqa-rad``), its recipe and λ chosen on dev (:func:`vqa_rad_dev`), and run ``ask`` on it.
 
 ``--from-json DIR``: each run's CLI JSON is ``DIR/<task>_<bridge>.json``; a run whose file is
 already there is read instead of run again (runs made by hand with ``--json`` count), the others
