@@ -98,10 +98,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--generator", default=None, help="also evaluate this generator answerer (e.g. local)")
     ap.add_argument("--gen-limit", type=int, default=None, help="generator: first N test questions")
+    ap.add_argument("--bridge", default=None, help="effnet-minilm bridge (shipped name or file; default: the default)")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "rir_vqa_rad.json"))
     a = ap.parse_args()
 
-    enc = create_encoder("effnet-minilm")
+    enc = create_encoder("effnet-minilm", **({"bridge": a.bridge} if a.bridge else {}))
     train = read_vqa_rad(a.data_dir, "train")
     fit, dev = split_by_image(train, a.dev_fraction, a.seed)
     print(f"train {len(train)} questions / {len(train.image_ids())} images -> fit {len(fit)} / "
@@ -115,7 +116,7 @@ def main() -> None:
     rep = run_eval("vqa-rad", Path(a.data_dir), k=best["k"], knn_options=knn, encoder=enc)
     test_s = time.perf_counter() - t
     out = {
-        "encoder": "effnet-minilm",
+        "encoder": "effnet-minilm", "bridge": a.bridge,
         "dev": {"n_questions": len(dev), "n_images": len(dev.image_ids()), "fit_images": len(fit.image_ids()),
                 "no_rir_best": base, "rir_best": best, "grid": rows, "image_retrieval_organ_check": organ},
         "chosen": {"k": best["k"], **{k_: (v if not (isinstance(v, float) and math.isinf(v)) else "inf")

@@ -135,7 +135,7 @@ def resolve_encoder(index_dir: Optional[Path], name: Optional[str] = None, model
 CorpusArg = Annotated[Optional[Path], typer.Argument(
     metavar="PATH", help="Corpus: image folder, COCO/Karpathy JSON, Flickr8k folder or JSONL manifest.", show_default=False)]
 KindOpt = Annotated[str, typer.Option(
-    "--kind", help="Corpus format: auto, folder, coco, karpathy, flickr8k, jsonl.")]
+    "--kind", help="Corpus format: auto, folder, coco, karpathy, flickr8k, jsonl, vqa-rad.")]
 DatasetAlias = Annotated[Optional[str], typer.Option("--dataset", hidden=True, help="Old name of --kind.")]
 DataDirAlias = Annotated[Optional[Path], typer.Option("--data-dir", hidden=True, help="Old name of PATH.")]
 SplitOpt = Annotated[Optional[str], typer.Option(

@@ -771,7 +771,7 @@ def _json_kind(data: Any) -> str | None:
 
 #: ``split`` value meaning "test when the corpus has splits, else all images".
 DEFAULT_SPLIT = "default"
-_ALWAYS_SPLIT = ("flickr8k", "karpathy")  # readers whose every corpus has splits
+_ALWAYS_SPLIT = ("flickr8k", "karpathy", "vqa-rad")  # readers whose every corpus has splits
 _NEVER_SPLIT = ("folder", "coco")         # readers that refuse a split
 
 

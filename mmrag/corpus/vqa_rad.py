@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mmrag.corpus.items import Corpus, CorpusItem, Skipped
-from mmrag.corpus.readers import existing_path, file_problem, load_json, parse_jsonl
+from mmrag.corpus.readers import _check_limit, existing_path, file_problem, load_json, parse_jsonl, register_reader
 from mmrag.errors import CorpusError
 
 __all__ = ["VQAQuestion", "VQADataset", "VQA_READERS", "read_vqa", "read_vqa_rad", "read_vqa_jsonl",
-           "qa_corpus", "split_by_image", "YES_NO"]
+           "qa_corpus", "qa_text", "read_vqa_rad_corpus", "split_by_image", "YES_NO"]
 
 YES_NO = frozenset({"yes", "no"})
 
@@ -175,10 +175,11 @@ def read_vqa(kind: str, path: str | os.PathLike, **options) -> VQADataset:
     return reader(path, **options)
 
 
-def qa_corpus(dataset: VQADataset, name: str | None = None) -> Corpus:
+def qa_corpus(dataset: VQADataset, name: str | None = None, captions: bool = False) -> Corpus:
     """A corpus for the indexer: one item per image, its QA pairs in ``metadata["qa"]``
     (``[{question, answer, answer_type, question_type}]``) — what reverse image retrieval
-    later shows about a neighbour. Only the first reference answer of each question is kept."""
+    later shows about a neighbour. Only the first reference answer of each question is kept.
+    ``captions``: also caption each image by its QA pairs (:func:`qa_text`), for a bridge fit."""
     by_image: dict[str, CorpusItem] = {}
     for q in dataset.questions:
         item = by_image.get(q.image_id)
@@ -191,8 +192,37 @@ def qa_corpus(dataset: VQADataset, name: str | None = None) -> Corpus:
     items = sorted(by_image.values(), key=lambda it: it.id)
     if not items:
         raise CorpusError(f"{dataset.name}: no questions to index")
+    if captions:
+        for it in items:
+            it.captions = [qa_text(qa["question"], qa["answer"]) for qa in it.metadata["qa"]]
     root = Path(os.path.commonpath([str(it.path.parent) for it in items]))
     return Corpus(name=name or dataset.name, root=root, items=items)
+
+
+def qa_text(question: str, answer: str) -> str:
+    """One QA pair as one text: the question followed by its answer ("is the heart enlarged? yes")."""
+    return f"{question.strip()} {answer.strip()}".strip()
+
+
+@register_reader("vqa-rad")
+def read_vqa_rad_corpus(path: str | os.PathLike, split: str | None = None, limit: int | None = None) -> Corpus:
+    """VQA-RAD as a captioned corpus (``--kind vqa-rad`` for ``mmrag bridge fit``, ``index``, ...):
+    one item per image of the split, its *captions* the split's QA pairs about it, each read as
+    :func:`qa_text`, and the pairs themselves in ``metadata["qa"]`` (as :func:`qa_corpus`).
+
+    Radiology images have no captions; their questions and answers are the only text VQA-RAD
+    gives about them (organ, modality, finding asked about), so a bridge fitted on these texts
+    learns which images are asked the same things. ``split``: train or test (an image appears in
+    both with different questions, so one is required); ``limit``: at most this many images."""
+    _check_limit(limit)
+    if split is None:
+        raise CorpusError("VQA-RAD has the splits 'train' and 'test' (an image is in both): give --split train or test")
+    corpus = qa_corpus(read_vqa_rad(path, split), captions=True)
+    for it in corpus.items:
+        it.split = split
+    if limit is not None:
+        corpus.items = corpus.items[:limit]
+    return corpus
 
 
 def split_by_image(dataset: VQADataset, dev_fraction: float = 0.2, seed: int = 0) -> tuple[VQADataset, VQADataset]:

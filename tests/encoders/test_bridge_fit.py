@@ -128,3 +128,56 @@ def test_whitening_on_fewer_captions_than_dimensions_keeps_the_dimension():
     seen = np.sort((s[0] / s[:9]) ** 0.5)
     np.testing.assert_allclose(gains[:9], seen, rtol=1e-4)
     np.testing.assert_allclose(gains[9:], seen[-1], rtol=1e-4)
+
+
+N_VQA = 12  # VQA-RAD train images (about 10 QA pairs each)
+
+
+def test_vqa_rad_is_a_captioned_corpus(data_dir):
+    """``--kind vqa-rad``: one item per image of the split, captioned by that split's QA pairs
+    (question + answer); a test question never becomes a train caption."""
+    from mmrag.corpus.readers import read_corpus, resolve_split
+    from mmrag.corpus.vqa_rad import read_vqa_rad
+    from mmrag.errors import CorpusError
+
+    vqa = data_dir / "vqa_rad"
+    if not (vqa / "trainset.json").is_file():
+        pytest.skip(f"VQA-RAD not found under {data_dir}")
+    c = read_corpus("vqa-rad", vqa, split="train")
+    train = read_vqa_rad(vqa, "train")
+    assert len(c.items) == len(train.image_ids()) == 314
+    assert sum(len(it.captions) for it in c.items) == len(train) == 3064
+    first = c.items[0]
+    asked = [q for q in train.questions if q.image_id == first.id]
+    assert first.captions == [f"{q.question} {q.answers[0]}" for q in asked] and first.split == "train"
+    # the captions are exactly the train QA pairs: none of the test split's
+    assert sorted(cap for it in c.items for cap in it.captions) == sorted(
+        f"{q.question} {q.answers[0]}" for q in train.questions)
+    test_pairs = {f"{q.question} {q.answers[0]}" for q in read_vqa_rad(vqa, "test").questions}
+    assert test_pairs - {cap for it in c.items for cap in it.captions}  # the test split asks other things too
+    assert resolve_split("vqa-rad", vqa, "default") == "test"
+    with pytest.raises(CorpusError, match="give --split train or test"):
+        read_corpus("vqa-rad", vqa, split=None)
+    assert len(read_corpus("vqa-rad", vqa, split="train", limit=N_VQA).items) == N_VQA
+
+
+def test_bridge_fit_on_vqa_rad(data_dir, tmp_path):
+    """``mmrag bridge fit --kind vqa-rad``: a bridge fitted on radiology images and their QA texts
+    (the RIR knowledge index's own domain), in the same 384-d space; a split-less fit is refused
+    with a one-line error."""
+    vqa = data_dir / "vqa_rad"
+    if not (vqa / "trainset.json").is_file():
+        pytest.skip(f"VQA-RAD not found under {data_dir}")
+    from mmrag.corpus.readers import read_corpus
+
+    items = read_corpus("vqa-rad", vqa, split="train", limit=N_VQA).items
+    n_caps = sum(len(it.captions) for it in items)
+    p = run_cli("bridge", "fit", str(vqa), "--kind", "vqa-rad", "--limit", str(N_VQA), "--out", str(tmp_path / "rad.npz"))
+    assert f"bridge fitted on {N_VQA} images / {n_caps} captions" in p.stdout
+    b = Bridge.load(tmp_path / "rad.npz")
+    assert b.info["corpus"] == "vqa-rad-train" and b.W.shape == (2288, 384)
+    assert b.extras["hub_bank"].shape == (N_VQA, 384)
+    bad = subprocess.run([sys.executable, "-m", "mmrag.cli", "bridge", "fit", str(vqa), "--kind", "vqa-rad",
+                          "--split", "all", "--out", str(tmp_path / "x.npz")], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "error: VQA-RAD has the splits" in bad.stderr
+    assert not (tmp_path / "x.npz").exists()
