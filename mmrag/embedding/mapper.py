@@ -66,18 +66,25 @@ class EmbeddingMapper:
         img = np.zeros((len(rows), dim), np.float32)
         if self.on_rows is not None and len(rows) > len(keep):
             self.on_rows(len(rows) - len(keep))  # not embedded: done
-        # one mini-batch at a time (what embed_images_safe does inside anyway), so progress
-        # moves per mini-batch rather than per committed batch
-        step = max(1, self.embed_batch_size)
-        for a in range(0, len(keep), step):
-            part = keep[a : a + step]
-            vecs, errs = self.encoder.embed_images_safe([Path(rows[i]["source"]) for i in part], batch_size=step)
-            img[part] = vecs
+        # One call for the whole batch, so the encoder decodes ahead across its mini-batches (a
+        # call per mini-batch drained that pipeline at each boundary: ~6 % slower indexing); the
+        # progress callback still moves the bar per mini-batch.
+        reported = 0
+
+        def on_done(done: int) -> None:
+            nonlocal reported
+            if self.on_rows is not None and done > reported:
+                self.on_rows(done - reported)
+                reported = done
+
+        if keep:
+            vecs, errs = self.encoder.embed_images_safe([Path(rows[i]["source"]) for i in keep],
+                                                        batch_size=max(1, self.embed_batch_size), progress=on_done)
+            img[keep] = vecs
             for j, reason in errs.items():
-                errors[part[j]] = reason
-                img[part[j]] = 0.0
-            if self.on_rows is not None:
-                self.on_rows(len(part))
+                errors[keep[j]] = reason
+                img[keep[j]] = 0.0
+        on_done(len(keep))  # what the encoder did not count (e.g. images it could not open)
         enrich_rows(self.enrichers, rows, [i for i in keep if not errors[i]])
         texts, n_caps = [], [0] * len(rows)
         for i in keep:

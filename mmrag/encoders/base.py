@@ -17,7 +17,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, TypeVar, Union
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar, Union
 
 import numpy as np
 from PIL import Image
@@ -33,6 +33,11 @@ class Encoder(ABC):
 
     Both embedding methods return float32 arrays of shape [n, dim] whose rows have unit L2 norm,
     so the inner product is the cosine similarity.
+
+    ``progress`` of the embedding methods: True shows a bar on stderr; a callable is called with
+    the number of inputs done so far after each mini-batch, so a caller with its own bar (the
+    indexer) can embed a whole batch in one call, keeping decode-ahead running across
+    mini-batches, and still move per mini-batch.
     """
 
     name: str
@@ -120,10 +125,22 @@ def batched(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[i : i + size]
 
 
-def progress_bar(iterable: Iterable[T], total: int | None, desc: str, enabled: bool) -> Iterable[T]:
-    """A tqdm bar on stderr when enabled and the input is long enough to be worth one."""
+def progress_bar(iterable: Iterable[T], total: int | None, desc: str, enabled) -> Iterable[T]:
+    """A tqdm bar on stderr when ``enabled`` is true; when it is a callable (an encoder's
+    ``progress`` callback, see :class:`Encoder`), it is called with the number of items done so
+    far after each chunk of the iterable has been processed."""
+    if callable(enabled):
+        return _report_done(iterable, enabled)
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False)
+
+
+def _report_done(chunks: Iterable[T], report: Callable[[int], None]) -> Iterator[T]:
+    done = 0
+    for chunk in chunks:
+        yield chunk  # resumed once the consumer has processed the chunk
+        done += len(chunk)
+        report(done)

@@ -146,7 +146,7 @@ class RawImageFeatures:
         """(pooled, class mix, mid, errors), each [n, dim] (view mean) or with ``per_view``
         [n, views, dim]; ``with_probs`` puts the class probabilities before errors."""
         bar = None
-        if progress and len(images) > batch_size:
+        if progress and not callable(progress) and len(images) > batch_size:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(images), desc="embedding images", unit="img", leave=False)
@@ -155,6 +155,8 @@ class RawImageFeatures:
             if bar is not None:
                 bar.n = done
                 bar.refresh()
+            elif callable(progress):
+                progress(done)
 
         try:
             f = self.featurizer.features(images, batch_size=batch_size, progress=tick)

@@ -237,3 +237,31 @@ def test_quickstart_runs_offline(tmp_path):
     # the cat query finds the cat photo first
     line = next(l for l in p.stdout.splitlines() if "│ a cat" in l)
     assert line.split("│")[2].strip().startswith("chelsea.jpg"), line
+
+
+def test_mapper_embeds_a_batch_in_one_call_and_reports_per_mini_batch(messy_folder, effnet_minilm):
+    """The indexer's bar moves per embedding mini-batch, yet the encoder gets the whole batch in
+    one call (a call per mini-batch drained its decode-ahead at every boundary); unreadable
+    files count as done too."""
+    from mmrag.embedding.mapper import EmbeddingMapper
+    from mmrag.embedding.reader import item_records
+
+    rows = item_records(read_corpus("folder", messy_folder).items)
+    calls, done = [], []
+    real = effnet_minilm.embed_images_safe
+
+    class Counting(type(effnet_minilm)):  # the real encoder, its calls counted
+        def __init__(self):
+            self.__dict__.update(effnet_minilm.__dict__)
+
+        def embed_images_safe(self, images, batch_size=32, progress=False):
+            calls.append(len(images))
+            return real(images, batch_size=batch_size, progress=progress)
+
+    batch = EmbeddingMapper(Counting(), embed_batch_size=4, on_rows=done.append)(rows)
+    assert calls == [len(rows)]
+    assert sum(done) == len(rows) and len(done) >= len(rows) // 4, done
+    bad = {r["path"].rsplit("/", 1)[-1] for r, e in zip(rows, batch.errors) if e}
+    assert {"corrupt.jpg", "truncated.jpg", "notes.jpg"} <= bad
+    good = [i for i, e in enumerate(batch.errors) if not e]
+    assert np.allclose(np.linalg.norm(batch.img_emb[good], axis=1), 1, atol=1e-4)
