@@ -29,6 +29,16 @@ Filters are translated to a Milvus expression that selects a superset of the mat
 every hit is then checked exactly in Python; when too few survive, the search is repeated with
 a larger limit, so a filtered search still returns ``k`` hits when ``k`` rows match.
 
+Keyword search (BM25) uses a side index, ``<store dir>/keyword.db``: SQLite with the FAISS
+store's FTS5 table (:class:`mmrag.index.keyword.KeywordTable`, rowid = ``pk``) and ``keyed``, the
+pk of every row written. ``add``/``delete`` write Milvus first, then the side file in one
+transaction; a ``dirty`` flag is set before the Milvus write and cleared with the side write, so a
+crash in between (or a side file lost, or a count that differs from the collection's) makes the
+next open rebuild it from the collection's metadata in one pass. Filters are checked in Python on
+an over-fetched page, as in vector search. The side file is per store directory: processes writing
+one server collection from other directories do not update it (their rows are found after a
+rebuild, when the count differs).
+
 Index types (``index_type``): ``FLAT`` (exact; the default for Milvus Lite), ``IVF_FLAT``
 (``nlist``/``nprobe``), ``HNSW`` (``hnsw_m``/``ef_search``; servers only), ``AUTOINDEX``, or
 any other type the server knows with ``index_params``/``search_params``. Milvus Lite 2.5
@@ -41,6 +51,7 @@ import hashlib
 import json
 import os
 import re
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -51,10 +62,12 @@ import numpy as np
 from mmrag.errors import IndexError_
 from mmrag.index.base import VECTOR_STORES, Hit
 from mmrag.index.filters import check_filter, filter_values, matches
+from mmrag.index.keyword import KeywordTable
 from mmrag.index.validation import as_matrix, check_ids, metadata_json
 
 MARKER_NAME = "milvus.json"
 LITE_FILE = "milvus.db"
+KEYWORD_FILE = "keyword.db"
 MAX_TOPK = 16_384  # Milvus' limit on hits per query (and on query offset+limit)
 WRITE_CHUNK = 2_000  # rows per upsert call (gRPC messages stay well under 64 MiB)
 READ_CHUNK = 4_096  # primary keys per `pk in [...]` query
@@ -112,6 +125,74 @@ def filter_expression(filter: dict[str, Any]) -> str:
         alts = [f"{ref} == {lit}" for lit in lits]
         clauses.append(alts[0] if len(alts) == 1 else "(" + " or ".join(alts) + ")")
     return " and ".join(clauses)
+
+
+class _SideKeywords:
+    """``<store dir>/keyword.db``: the keyword table beside a Milvus collection (module docstring)."""
+
+    def __init__(self, path: Path):
+        self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.table = KeywordTable(self.conn)
+        try:
+            self._init_tables()
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _init_tables(self) -> None:
+        with self.transaction() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS keyed (pk INTEGER PRIMARY KEY)")
+            c.execute("CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            if not self.table.exists():
+                self.table.create()  # sqlite3.Error without FTS5: the store has no keyword search
+                c.execute("INSERT OR REPLACE INTO state VALUES ('dirty', '1')")  # fill it from the collection
+
+    def transaction(self):
+        return _transaction(self.conn)
+
+    def stale(self, count: int) -> bool:
+        row = self.conn.execute("SELECT value FROM state WHERE key = 'dirty'").fetchone()
+        return (row is not None and row[0] == "1") or \
+            self.conn.execute("SELECT COUNT(*) FROM keyed").fetchone()[0] != count
+
+    def mark_dirty(self) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO state VALUES ('dirty', '1')")
+
+    def write(self, delete: list[int], pks: list[int], metas: list[dict[str, Any]], clean: bool = True) -> None:
+        """Drop the rows of ``delete``, then add ``pks`` with ``metas`` (in the caller's transaction)."""
+        c = self.conn
+        if delete:
+            self.table.delete(delete)
+            c.execute("DELETE FROM keyed WHERE pk IN (SELECT value FROM json_each(?))", (json.dumps(delete),))
+        if pks:
+            self.table.insert(pks, metas)
+            c.executemany("INSERT INTO keyed(pk) VALUES (?)", [(p,) for p in pks])
+        if clean:
+            c.execute("INSERT OR REPLACE INTO state VALUES ('dirty', '0')")
+
+    def clear(self) -> None:
+        self.conn.execute(f"DELETE FROM {KeywordTable.NAME}")
+        self.conn.execute("DELETE FROM keyed")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class _transaction:
+    """``BEGIN IMMEDIATE`` .. ``COMMIT``; any exception rolls back."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, *_) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
 @VECTOR_STORES.register("milvus")
@@ -179,9 +260,13 @@ class MilvusStore:
             self._client = MilvusClient(**kwargs)
         except Exception as e:
             raise IndexError_(f"cannot connect to Milvus at {self.uri}: {e}") from None
+        self._kw: _SideKeywords | None = None
         try:
             self._open_or_create()
+            self._open_keywords()
         except BaseException:
+            if self._kw is not None:
+                self._kw.close()
             self._client.close()
             raise
         if marker is None or marker.get("uri") != self.uri or marker.get("collection") != self.collection:
@@ -254,6 +339,30 @@ class MilvusStore:
                 f"cannot create Milvus collection {self.collection!r} at {self.uri} with index {self.index_type}: {e}"
             ) from None
 
+    def _open_keywords(self) -> None:
+        try:
+            self._kw = _SideKeywords(self.path / KEYWORD_FILE)
+        except sqlite3.Error:
+            self._kw = None  # no FTS5 (or an unwritable directory): no keyword search
+        self.supports_keyword = self._kw is not None
+        if self._kw is not None and self._kw.stale(self.count()):
+            self._rebuild_keywords()
+
+    def _rebuild_keywords(self) -> None:
+        """Refill the side index from the collection's metadata, in one pass and one transaction."""
+        assert self._kw is not None
+        with self._kw.transaction():
+            self._kw.clear()
+            it = self._client.query_iterator(self.collection, batch_size=MAX_TOPK // 2, filter="",
+                                             output_fields=["pk", "metadata"], timeout=self._timeout)
+            try:
+                while page := it.next():
+                    self._kw.write([], [int(r["pk"]) for r in page], [r.get("metadata") or {} for r in page],
+                                   clean=False)
+            finally:
+                it.close()
+            self._kw.write([], [], [])
+
     def _describe_vector_index(self) -> dict[str, Any]:
         try:
             names = self._client.list_indexes(self.collection, field_name="vector")
@@ -308,8 +417,14 @@ class MilvusStore:
                 {"pk": _pk(ids[n]), "item_id": ids[n], "seq": int(s), "vector": x[n], "metadata": metas[n]}
                 for n, s in zip(keep, seqs)
             ]
+            if self._kw is not None:
+                self._kw.mark_dirty()
             for a in range(0, len(rows), WRITE_CHUNK):
                 self._client.upsert(self.collection, rows[a : a + WRITE_CHUNK], timeout=self._timeout)
+            if self._kw is not None:
+                pks = [r["pk"] for r in rows]
+                with self._kw.transaction():
+                    self._kw.write(pks, pks, [r["metadata"] for r in rows])
         return len(keep)
 
     def delete(self, ids: Sequence[str]) -> int:
@@ -320,8 +435,13 @@ class MilvusStore:
             self._check_open()
             pks = list(dict.fromkeys(_pk(i) for i in ids))
             existing = list(self._rows_by_pk(pks, []))
+            if existing and self._kw is not None:
+                self._kw.mark_dirty()
             for a in range(0, len(existing), READ_CHUNK):
                 self._client.delete(self.collection, ids=existing[a : a + READ_CHUNK], timeout=self._timeout)
+            if existing and self._kw is not None:
+                with self._kw.transaction():
+                    self._kw.write(existing, [], [])
             return len(existing)
 
     def _search_param_dict(self) -> dict[str, Any]:
@@ -381,16 +501,35 @@ class MilvusStore:
                 limit = min(limit * 4, MAX_TOPK)
             return out
 
-    # Keyword search is not offered here: Milvus 2.6 full-text search needs a schema with an
-    # analyzer-enabled VARCHAR field and a BM25 function, which this store's schema lacks.
-    supports_keyword = False
+    supports_keyword = False  # set per store on open: True where the side index has FTS5
 
     def keyword_search(self, query: str, k: int = 10, filter: dict[str, Any] | None = None) -> list[Hit]:
-        raise IndexError_("keyword and hybrid search need the faiss store (this index uses milvus); "
-                          "search with --mode vector, or build the index with --store faiss")
+        if self._kw is None:
+            raise IndexError_(f"store {self.path}: this SQLite has no FTS5, so no keyword search")
+        k = int(k)
+        if filter:
+            check_filter(filter)
+            if any(isinstance(v, (list, tuple, set, frozenset)) and not v for v in filter.values()):
+                return []
+        with self._lock:
+            self._check_open()
+            limit = k
+            while True:
+                found = self._kw.table.search(str(query), limit)
+                rows = self._rows_by_pk([p for p, _ in found], ["item_id", "metadata"])
+                hits = [Hit(id=rows[p]["item_id"], score=s, metadata=dict(rows[p].get("metadata") or {}))
+                        for p, s in found if p in rows]
+                if filter:
+                    hits = [h for h in hits if matches(h.metadata, filter)]
+                # a full page with too few survivors: fetch a larger one (filtered in Python)
+                if len(hits) >= k or len(found) < limit:
+                    return hits[:k]
+                limit *= 4
 
     def has_keyword_text(self) -> bool:
-        return False
+        with self._lock:
+            self._check_open()
+            return self._kw is not None and self._kw.table.has_body()
 
     def get(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
         ids = self._check_ids(ids)
@@ -464,6 +603,8 @@ class MilvusStore:
                 pass  # writes are durable already; a failed flush only delays sealing
             finally:
                 self._client.close()
+                if self._kw is not None:
+                    self._kw.close()
 
     def __enter__(self) -> "MilvusStore":
         return self

@@ -27,7 +27,7 @@ import numpy as np
 
 from mmrag.errors import IndexError_
 from mmrag.index.filters import key_expr
-from mmrag.index.keyword import fts_query, keyword_text
+from mmrag.index.keyword import KeywordTable
 
 __all__ = ["CHUNK", "DB_NAME", "FORMAT_VERSION", "SqliteMeta", "StoreMismatchError", "json_list"]
 
@@ -106,25 +106,18 @@ class SqliteMeta:
         """Create (and, for an older store, fill) the keyword table; False where SQLite lacks
         FTS5 or the file is read-only without it."""
         c = self.conn
+        self.fts = KeywordTable(c)
         try:
-            if c.execute("SELECT 1 FROM sqlite_master WHERE name = 'items_fts'").fetchone():
+            if self.fts.exists():
                 return True
             with self.transaction():
-                c.execute("CREATE VIRTUAL TABLE items_fts USING fts5(body, name, tokenize='trigram')")
+                self.fts.create()
                 cur = c.execute("SELECT rid, metadata FROM items")
                 while rows := cur.fetchmany(CHUNK):
-                    self._fts_insert([r for r, _ in rows], [m for _, m in rows])
+                    self.fts.insert([r for r, _ in rows], [m for _, m in rows])
             return True
         except sqlite3.Error:
             return False
-
-    def _fts_insert(self, rids, metas: list[str]) -> None:
-        texts = [keyword_text(json.loads(m)) for m in metas]
-        self.conn.executemany("INSERT INTO items_fts(rowid, body, name) VALUES (?, ?, ?)",
-                              [(int(r), b, n) for r, (b, n) in zip(rids, texts) if b or n])
-
-    def _fts_delete(self, rids: list[int]) -> None:
-        self.conn.execute("DELETE FROM items_fts WHERE rowid IN (SELECT value FROM json_each(?))", (json_list(rids),))
 
     def close(self) -> None:
         self.conn.close()
@@ -171,8 +164,8 @@ class SqliteMeta:
                 raise IndexError_(f"store {self.path}: inserted {len(ids)} rows but found {len(new)}")
             if self.has_fts:
                 if old:
-                    self._fts_delete(old)
-                self._fts_insert(new, metas)
+                    self.fts.delete(old)
+                self.fts.insert(new, metas)
             self._bump_generation()
         self.count += len(ids) - len(old)
         return old, new
@@ -185,7 +178,7 @@ class SqliteMeta:
             if old:
                 c.execute("DELETE FROM items WHERE rid IN (SELECT value FROM json_each(?))", (json.dumps(old),))
                 if self.has_fts:
-                    self._fts_delete(old)
+                    self.fts.delete(old)
                 self._bump_generation()
         self.count -= len(old)
         return old
@@ -272,19 +265,14 @@ class SqliteMeta:
     def keyword_rids(self, query: str, k: int, where: str = "1", params: Sequence[Any] = ()) -> list[tuple[int, float]]:
         """(row id, BM25 score; higher is better) of the ``k`` best keyword matches of
         ``query`` among the rows matching ``where``; [] when the query has no usable word."""
-        expr = fts_query(query)
-        if expr is None or not self.has_fts or k <= 0:
+        if not self.has_fts:
             return []
-        # bm25() is smaller for better matches; the file name counts half as much as the text
-        sql = ("SELECT items_fts.rowid, -bm25(items_fts, 1.0, 0.5) AS s FROM items_fts"
-               + ("" if where == "1" else " JOIN items ON items.rid = items_fts.rowid")
-               + f" WHERE items_fts MATCH ? AND {where} ORDER BY s DESC LIMIT ?")
-        return [(r, float(s)) for r, s in self.conn.execute(sql, [expr, *params, int(k)])]
+        join = "" if where == "1" else " JOIN items ON items.rid = items_fts.rowid"
+        return self.fts.search(query, k, join, where, params)
 
     def has_keyword_text(self) -> bool:
         """Whether any row has text beyond its file name (captions, OCR text, metadata)."""
-        return self.has_fts and self.conn.execute(
-            "SELECT 1 FROM items_fts WHERE body != '' LIMIT 1").fetchone() is not None
+        return self.has_fts and self.fts.has_body()
 
     # ---------------------------------------------------------------- reads by id
     def metadata_by_id(self, ids: list[str]) -> dict[str, str]:

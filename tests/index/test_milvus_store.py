@@ -92,7 +92,8 @@ def test_clear_errors(tmp_path):
 
 
 def test_cli_index_and_search_on_milvus(flickr8k_dir, effnet_minilm, tmp_path):
-    """`mmrag index --store milvus --store-uri FILE` then `mmrag search`: the FAISS index's hits."""
+    """`mmrag index --store milvus --store-uri FILE` then `mmrag search` (vector and hybrid):
+    the FAISS index's hits."""
     from typer.testing import CliRunner
 
     from mmrag.cli import app
@@ -111,16 +112,19 @@ def test_cli_index_and_search_on_milvus(flickr8k_dir, effnet_minilm, tmp_path):
     assert d["backend"] == "milvus" and d["images"] == 8 and d["captions"] == 40
     assert d["images_store"]["uri"] == str(uri.resolve())
     query = "a dog runs on the grass"
-    res = runner.invoke(app, ["search", "--index", str(tmp_path / "milvus"), "--text", query, "-k", "5", "--json"])
-    assert res.exit_code == 0, res.output
-    got = [(h["id"], h["score"]) for h in json.loads(res.stdout)]
     corpus = read_corpus("flickr8k", flickr8k_dir, split="test", limit=8)
     build_index(corpus, tmp_path / "faiss", effnet_minilm, IndexConfig(progress=False))
     s = Searcher(tmp_path / "faiss", encoder=effnet_minilm)
-    want = [(h.id, h.score) for h in s.search(text=query, k=5)]
+    wants = {m: [(h.id, h.score) for h in s.search(text=query, k=5, mode=m)] for m in ("vector", "hybrid")}
     s.close()
-    assert [i for i, _ in got] == [i for i, _ in want] and len(got) == 5
-    np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=0, atol=1e-5)
+    want = wants["vector"]
+    for mode in ("vector", "hybrid"):  # hybrid: the side keyword index scores as the FAISS store's
+        res = runner.invoke(app, ["search", "--index", str(tmp_path / "milvus"), "--text", query, "-k", "5",
+                                  "--mode", mode, "--json"])
+        assert res.exit_code == 0, res.output
+        got = [(h["id"], h["score"]) for h in json.loads(res.stdout)]
+        assert [i for i, _ in got] == [i for i, _ in wants[mode]] and len(got) == 5, mode
+        np.testing.assert_allclose([v for _, v in got], [v for _, v in wants[mode]], rtol=0, atol=1e-5)
     bad = runner.invoke(app, ["index", str(flickr8k_dir), "--out", str(tmp_path / "x"), "--store-uri", "a.db"])
     assert bad.exit_code == 2 and "--store milvus" in bad.output
 
@@ -132,7 +136,7 @@ def test_cli_index_and_search_on_milvus(flickr8k_dir, effnet_minilm, tmp_path):
 
     served = create_app(tmp_path / "milvus", encoder=effnet_minilm)
     try:
-        r = TestClient(served).post("/api/search", json={"text": query, "k": 5})
+        r = TestClient(served).post("/api/search", json={"text": query, "k": 5, "mode": "vector"})
         assert r.status_code == 200, r.text
         body = r.json()
         hits = body["results"] if isinstance(body, dict) else body

@@ -1,4 +1,4 @@
-"""Keyword search (SQLite FTS5 in the FAISS store) and hybrid (reciprocal rank fusion) search,
+"""Keyword search (SQLite FTS5: in the FAISS store, beside the Milvus store) and hybrid (reciprocal rank fusion) search,
 on real Flickr8k images and captions with the real encoder."""
 
 from __future__ import annotations
@@ -39,17 +39,46 @@ def test_keyword_search_finds_caption_words_and_respects_filters(flickr8k_test_i
     s.close()
 
 
-def test_fts_follows_adds_deletes_and_old_stores(tmp_path):
+def _keyword_backend(name: str) -> str:
+    if name == "milvus":
+        pytest.importorskip("pymilvus", reason="the milvus store needs pymilvus (the scale extra)")
+        pytest.importorskip("milvus_lite", reason="the milvus store's local files need milvus-lite")
+    return name
+
+
+@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+def test_keyword_follows_adds_deletes_and_filters(tmp_path, backend):
+    from mmrag.index.base import open_store
+
+    st = open_store(_keyword_backend(backend), tmp_path / "s", 4)
+    try:
+        assert st.supports_keyword
+        v = np.eye(4, dtype=np.float32)
+        st.add(["a", "b"], v[:2], [{"captions": ["a lighthouse on a cliff"]}, {"captions": ["a red tractor"]}])
+        assert [h.id for h in st.keyword_search("lighthouse")] == ["a"]
+        st.add(["a"], v[:1], [{"captions": ["a sailing boat"]}])  # replaced: the old text is gone
+        assert st.keyword_search("lighthouse") == [] and [h.id for h in st.keyword_search("sailing")] == ["a"]
+        st.delete(["b"])
+        assert st.keyword_search("tractor") == []
+        # the one match of the filter ranks below six better ones: k=1 still finds it
+        st.add([f"d{i}" for i in range(6)] + ["t"], np.ones((7, 4), np.float32),
+               [{"captions": ["harbor"], "split": "dev"}] * 6
+               + [{"captions": ["harbor at the old stone pier by the grey sea"], "split": "test"}])
+        assert st.keyword_search("harbor", k=1)[0].id != "t"
+        assert [h.id for h in st.keyword_search("harbor", k=1, filter={"split": "test"})] == ["t"]
+        assert st.keyword_search("harbor", k=3, filter={"split": []}) == []
+        assert len(st.keyword_search("harbor", k=3, filter={"split": ["dev", "test"]})) == 3
+    finally:
+        st.close()
+
+
+def test_fts_of_old_faiss_stores(tmp_path):
     from mmrag.index.base import open_store
 
     st = open_store("faiss", tmp_path / "s", 4)
     v = np.eye(4, dtype=np.float32)
-    st.add(["a", "b"], v[:2], [{"captions": ["a lighthouse on a cliff"]}, {"captions": ["a red tractor"]}])
-    assert [h.id for h in st.keyword_search("lighthouse")] == ["a"]
-    st.add(["a"], v[:1], [{"captions": ["a sailing boat"]}])  # replaced: the old text is gone
-    assert st.keyword_search("lighthouse") == [] and [h.id for h in st.keyword_search("sailing")] == ["a"]
+    st.add(["a", "b"], v[:2], [{"captions": ["a sailing boat"]}, {"captions": ["a red tractor"]}])
     st.delete(["b"])
-    assert st.keyword_search("tractor") == []
     st.close()
     c = sqlite3.connect(tmp_path / "s" / "store.db")  # no stale keyword rows left behind
     assert c.execute("SELECT COUNT(*) FROM items_fts").fetchone()[0] == 1
@@ -62,6 +91,41 @@ def test_fts_follows_adds_deletes_and_old_stores(tmp_path):
     st = open_store("faiss", tmp_path / "s", 4)
     assert st.supports_keyword and [h.id for h in st.keyword_search("boat")] == ["a"]
     st.close()
+
+
+def test_milvus_keyword_side_index_is_rebuilt_after_a_crash(tmp_path):
+    """The side file lost, a row missing (count differs), or a write interrupted between Milvus
+    and the side file (dirty flag, count unchanged): the next open rebuilds it."""
+    from mmrag.index.base import open_store
+
+    _keyword_backend("milvus")
+    v = np.eye(4, dtype=np.float32)
+    st = open_store("milvus", tmp_path / "m", 4)
+    st.add(["a", "b"], v[:2], [{"captions": ["a sailing boat"]}, {"captions": ["a red tractor"], "path": "x/farm_yard.jpg"}])
+    st.close()
+    side = tmp_path / "m" / "keyword.db"
+
+    def reopen_finds():
+        s = open_store("milvus", tmp_path / "m", 4)
+        try:
+            return [h.id for h in s.keyword_search("boat")], [h.id for h in s.keyword_search("farm")]
+        finally:
+            s.close()
+
+    side.unlink()
+    assert reopen_finds() == (["a"], ["b"])
+    c = sqlite3.connect(side)
+    c.execute("DELETE FROM items_fts WHERE rowid = (SELECT MIN(pk) FROM keyed)")
+    c.execute("DELETE FROM keyed WHERE pk = (SELECT MIN(pk) FROM keyed)")
+    c.commit()
+    c.close()
+    assert reopen_finds() == (["a"], ["b"])
+    c = sqlite3.connect(side)
+    c.execute("DELETE FROM items_fts")
+    c.execute("UPDATE state SET value = '1' WHERE key = 'dirty'")
+    c.commit()
+    c.close()
+    assert reopen_finds() == (["a"], ["b"])
 
 
 def test_hybrid_fuses_ranks_and_keeps_vector_order_without_matches(flickr8k_test_index, effnet_minilm):
@@ -208,17 +272,3 @@ def test_cli_and_http_modes(flickr8k_test_index, effnet_minilm):
         assert d["mode"] == "vector"
     finally:
         application.state.mmrag.service.close()
-
-
-def test_milvus_says_keyword_needs_faiss(tmp_path):
-    pytest.importorskip("pymilvus", reason="the scale extra (pymilvus, milvus-lite) is not installed")
-    from mmrag.errors import IndexError_
-    from mmrag.index.base import open_store
-
-    st = open_store("milvus", tmp_path / "m", 4)
-    try:
-        assert st.supports_keyword is False
-        with pytest.raises(IndexError_, match="need the faiss store"):
-            st.keyword_search("boat")
-    finally:
-        st.close()
