@@ -63,6 +63,7 @@ from mmrag.errors import IndexError_
 from mmrag.index.base import VECTOR_STORES, Hit
 from mmrag.index.filters import check_filter, filter_values, matches
 from mmrag.index.keyword import KeywordTable
+from mmrag.index.sqlite_meta import connect, transaction
 from mmrag.index.validation import as_matrix, check_ids, metadata_json
 
 MARKER_NAME = "milvus.json"
@@ -131,9 +132,7 @@ class _SideKeywords:
     """``<store dir>/keyword.db``: the keyword table beside a Milvus collection (module docstring)."""
 
     def __init__(self, path: Path):
-        self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn = connect(path)
         self.table = KeywordTable(self.conn)
         try:
             self._init_tables()
@@ -150,7 +149,7 @@ class _SideKeywords:
                 c.execute("INSERT OR REPLACE INTO state VALUES ('dirty', '1')")  # fill it from the collection
 
     def transaction(self):
-        return _transaction(self.conn)
+        return transaction(self.conn)
 
     def stale(self, count: int) -> bool:
         row = self.conn.execute("SELECT value FROM state WHERE key = 'dirty'").fetchone()
@@ -179,20 +178,6 @@ class _SideKeywords:
 
     def close(self) -> None:
         self.conn.close()
-
-
-class _transaction:
-    """``BEGIN IMMEDIATE`` .. ``COMMIT``; any exception rolls back."""
-
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self.conn
-
-    def __exit__(self, exc_type, *_) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
 @VECTOR_STORES.register("milvus")

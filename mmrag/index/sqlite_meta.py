@@ -29,7 +29,7 @@ from mmrag.errors import IndexError_
 from mmrag.index.filters import key_expr
 from mmrag.index.keyword import KeywordTable
 
-__all__ = ["CHUNK", "DB_NAME", "FORMAT_VERSION", "SqliteMeta", "StoreMismatchError", "json_list"]
+__all__ = ["CHUNK", "DB_NAME", "FORMAT_VERSION", "SqliteMeta", "StoreMismatchError", "connect", "json_list", "transaction"]
 
 DB_NAME = "store.db"
 FORMAT_VERSION = 1
@@ -45,6 +45,34 @@ def json_list(values) -> str:
     return json.dumps([v if isinstance(v, str) else int(v) for v in values])
 
 
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection as the stores use it: autocommit (explicit :func:`transaction`), shared
+    across threads (the store serialises), WAL, durable commits, and a wait of up to 10 s for
+    another process's write instead of failing at once."""
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=10000")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` .. ``COMMIT``; any exception (KeyboardInterrupt too) rolls back."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 class SqliteMeta:
     """``<path>/store.db`` opened (created if needed) for ``dim``-dimensional vectors and
     ``metric``; a store made with another dim or metric is a :class:`StoreMismatchError`.
@@ -56,7 +84,7 @@ class SqliteMeta:
         self.dim = int(dim)
         self.metric = metric
         self._indexed_keys: set[str] = set()
-        self.conn = sqlite3.connect(str(self.path / DB_NAME), isolation_level=None, check_same_thread=False)
+        self.conn = connect(self.path / DB_NAME)
         try:
             self._init_db()
         except BaseException:
@@ -65,9 +93,6 @@ class SqliteMeta:
 
     def _init_db(self) -> None:
         c = self.conn
-        c.execute("PRAGMA journal_mode=WAL")
-        c.execute("PRAGMA synchronous=FULL")
-        c.execute("PRAGMA busy_timeout=10000")
         c.execute("PRAGMA cache_size=-65536")  # 64 MiB of hot pages (re-rank and metadata reads)
         with self.transaction():
             c.execute(
@@ -123,17 +148,8 @@ class SqliteMeta:
         self.conn.close()
 
     # ---------------------------------------------------------------- transactions
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` .. ``COMMIT``; any exception (KeyboardInterrupt too) rolls back."""
-        c = self.conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            yield c
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
+    def transaction(self):
+        return transaction(self.conn)
 
     def _bump_generation(self) -> None:
         self.generation += 1
