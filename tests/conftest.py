@@ -107,6 +107,14 @@ def flickr8k_dir(data_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def vqa_rad_dir(data_dir) -> Path:
+    p = data_dir / "vqa_rad"
+    if not (p / "trainset.json").is_file():
+        pytest.skip(f"VQA-RAD not found under {data_dir}")
+    return p
+
+
+@pytest.fixture(scope="session")
 def effnet_minilm():
     """The default encoder, loaded once for the whole run (model loading takes seconds)."""
     from mmrag.encoders import create_encoder

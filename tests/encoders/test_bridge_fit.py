@@ -133,16 +133,14 @@ def test_whitening_on_fewer_captions_than_dimensions_keeps_the_dimension():
 N_VQA = 12  # VQA-RAD train images (about 10 QA pairs each)
 
 
-def test_vqa_rad_is_a_captioned_corpus(data_dir):
+def test_vqa_rad_is_a_captioned_corpus(vqa_rad_dir):
     """``--kind vqa-rad``: one item per image of the split, captioned by that split's QA pairs
     (question + answer); a test question never becomes a train caption."""
     from mmrag.corpus.readers import read_corpus, resolve_split
     from mmrag.corpus.vqa_rad import read_vqa_rad
     from mmrag.errors import CorpusError
 
-    vqa = data_dir / "vqa_rad"
-    if not (vqa / "trainset.json").is_file():
-        pytest.skip(f"VQA-RAD not found under {data_dir}")
+    vqa = vqa_rad_dir
     c = read_corpus("vqa-rad", vqa, split="train")
     train = read_vqa_rad(vqa, "train")
     assert len(c.items) == len(train.image_ids()) == 314
@@ -161,13 +159,11 @@ def test_vqa_rad_is_a_captioned_corpus(data_dir):
     assert len(read_corpus("vqa-rad", vqa, split="train", limit=N_VQA).items) == N_VQA
 
 
-def test_bridge_fit_on_vqa_rad(data_dir, tmp_path):
+def test_bridge_fit_on_vqa_rad(vqa_rad_dir, tmp_path):
     """``mmrag bridge fit --kind vqa-rad``: a bridge fitted on radiology images and their QA texts
     (the RIR knowledge index's own domain), in the same 384-d space; a split-less fit is refused
     with a one-line error."""
-    vqa = data_dir / "vqa_rad"
-    if not (vqa / "trainset.json").is_file():
-        pytest.skip(f"VQA-RAD not found under {data_dir}")
+    vqa = vqa_rad_dir
     from mmrag.corpus.readers import read_corpus
 
     items = read_corpus("vqa-rad", vqa, split="train", limit=N_VQA).items

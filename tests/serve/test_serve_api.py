@@ -428,13 +428,11 @@ def test_serve_cli_help():
 # --------------------------------------------------------------------------- ask and compose
 
 
-def test_ask_with_reverse_image_retrieval(tmp_path, data_dir, effnet_minilm, served):
+def test_ask_with_reverse_image_retrieval(tmp_path, vqa_rad_dir, effnet_minilm, served):
     from mmrag.tasks.rir import index_vqa, read_vqa_rad
     from mmrag.corpus.vqa_rad import VQADataset
 
-    vqa = data_dir / "vqa_rad"
-    if not (vqa / "trainset.json").exists():
-        pytest.skip("VQA-RAD not in the shared data")
+    vqa = vqa_rad_dir
     keep = ["synpic100176.jpg", "synpic100228.jpg", "synpic12210.jpg", "synpic16170.jpg", "synpic16407.jpg"]
     train = read_vqa_rad(vqa, "train")
     index_vqa(VQADataset("five", [q for q in train.questions if q.image_id in keep]), tmp_path / "vqa",

@@ -111,14 +111,12 @@ def test_chat(clip_index, tmp_path):
     assert manifest.encoder == "clip" and {h["id"] for t in turns for h in t["hits"]} <= set(ids)
 
 
-def test_ask(tmp_path, data_dir, clip_encoder, tiny_clip_dir):
+def test_ask(tmp_path, vqa_rad_dir, clip_encoder, tiny_clip_dir):
     """RIR over a knowledge index built with CLIP (a few VQA-RAD train images with their QA pairs)."""
     from mmrag.corpus.vqa_rad import VQADataset, read_vqa_rad
     from mmrag.tasks.rir import index_vqa
 
-    vqa = data_dir / "vqa_rad"
-    if not (vqa / "trainset.json").exists():
-        pytest.skip("VQA-RAD is absent")
+    vqa = vqa_rad_dir
     train = read_vqa_rad(vqa, split="train")
     keep = list(dict.fromkeys(q.image_id for q in train.questions))[:8]
     small = VQADataset("vqa-rad-small", [q for q in train.questions if q.image_id in keep])

@@ -40,12 +40,8 @@ def test_corpus(flickr8k_dir):
 
 
 @pytest.fixture(scope="module")
-def index(test_corpus, effnet_minilm, tmp_path_factory):
-    from mmrag.embedding import IndexConfig, build_index
-
-    out = tmp_path_factory.mktemp("chatidx") / "idx"
-    build_index(test_corpus, out, effnet_minilm, IndexConfig(batch_size=64))
-    return out
+def index(flickr8k_test_index):
+    return flickr8k_test_index[0]  # the same N_INDEX images, indexed once for the session (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -56,14 +56,6 @@ def private_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def vqa_rad_dir(data_dir) -> Path:
-    p = data_dir / "vqa_rad"
-    if not (p / "trainset.json").exists():
-        pytest.skip(f"VQA-RAD not found under {data_dir}")
-    return p
-
-
-@pytest.fixture(scope="module")
 def small_train(vqa_rad_dir) -> VQADataset:
     train = read_vqa_rad(vqa_rad_dir, "train")
     return VQADataset("small", [q for q in train.questions if q.image_id in SMALL])
