@@ -196,9 +196,9 @@ def clarify(query_text: str, ids: Sequence[str], cosines: Sequence[float], words
     if q is None:
         return None
     m = len(ids) if shown is None else max(1, min(int(shown), len(ids)))
+    base = cos[:m] if scores is None else np.asarray(scores, np.float64)[:m]
     options = []
     for a in answer_options(q):
-        base = cos[:m] if scores is None else np.asarray(scores, np.float64)[:m]
         order, kept = rerank(ids[:m], base, answer_likelihood(words[:m], features.vocab, q, a), config,
                              None if scores is None else cos[:m])
         options.append(ClarifyOption(a, order, kept))
