@@ -14,7 +14,9 @@ and the :class:`DocImage` it contains, each knowing its section and its surround
 ``html`` (``.html``, ``.htm``)
     The standard library's ``html.parser``: ``h1``-``h6`` start sections; ``img`` gives ``alt`` and
     ``src``; a ``figcaption`` captions the images of its ``figure``; ``script``/``style``/``pre``
-    text is left out.
+    text is left out. A figure caption's number label ("Figure 4.1. ") is dropped (it tells the
+    figure's order); a DocBook cross-reference to a figure, "Figure 9.3, “Its title”", is read as
+    "Figure" (it repeats the caption in the body text). DocBook/Sphinx sidebars are content.
 ``jsonl`` (``.jsonl``)
     One document per line: ``{"id", "text", "images": [{"id", "path", "caption"}], "title"?}``.
     ``text`` is read as Markdown; an image referenced in it as ``![..](<image id or path>)`` lands
@@ -376,13 +378,26 @@ _FIGURE_CLASSES = {"figure", "informalfigure", "imageblock"}
 _CAPTION_CLASSES = {"title", "caption", "caption-text"}
 # Page chrome: text and images inside are not part of the document.
 _CHROME_TAGS = {"nav"}
-_CHROME_CLASSES = {"navheader", "navfooter", "docnav", "breadcrumb", "breadcrumbs", "sidebar", "toc", "related",
+# (DocBook's and Sphinx's "sidebar" is a content box -- "GOING FURTHER ...", ".. sidebar::" -- not chrome;
+# Sphinx's page sidebar is "sphinxsidebar")
+_CHROME_CLASSES = {"navheader", "navfooter", "docnav", "breadcrumb", "breadcrumbs", "toc", "related",
                    "sphinxsidebar", "headerlink"}
 _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 _ICON_ALT = re.compile(r"^\W*(note|tip|warning|caution|important|danger|attention|hint|error|info|home|next|prev|"
                        r"previous|up|top|back|forward|logo|icon|image|picture|figure|screenshot|menu|close|open|"
                        r"search|\d+)\W*$", re.I)
 _FIGURE_TEXT = re.compile(r"^\s*(figure|fig\.)\s*(\d[\w.-]*\s*[.:]?|[:.])", re.I)
+# A caption's number ("Figure 4.1. ", "Fig. 2: ") is dropped: it gives the figure's order in the
+# document, which the system must not see (d2l captions carry none). "Figure: ..." has no number.
+_FIGURE_LABEL = re.compile(r"^\s*(?:figure|fig\.)\s*\d+(?:[.-]\d+)*\s*[.:]?\s+(?=\S)", re.I)
+# DocBook's cross-reference to a figure repeats its whole title ("see Figure 9.3, “Forwarding a
+# port”"): the caption itself in the body text. It is read as "Figure", as d2l's :numref: is.
+_FIGURE_XREF = re.compile(r"\b(?:figure|fig\.)\s+\d+(?:[.-]\d+)*\s*,\s*(?:“[^”]{1,300}”|\"[^\"]{1,300}\")", re.I)
+
+
+def _figure_caption(text: str) -> str:
+    """A figure's caption text without its number label."""
+    return _FIGURE_LABEL.sub("", text, count=1)
 
 
 def _repeats_alt(text: str, alt: str) -> bool:
@@ -475,6 +490,7 @@ class _HTMLDoc(HTMLParser):
 
     def _close(self) -> None:
         body = "\n\n".join(re.sub(r"\s+", " ", b).strip() for b in self.buf if b.strip())
+        body = _FIGURE_XREF.sub("Figure", body)
         if body or self.heading or self.pending:
             idx = len(self.sections)
             self.sections.append(Section(self.heading, self.level, body))
@@ -569,7 +585,7 @@ class _HTMLDoc(HTMLParser):
             self.heading = re.sub(r"\s+", " ", "".join(self.heading_buf)).strip()
             self.level, self.in_heading = self.in_heading, None
         if role == "caption":
-            cap = re.sub(r"\s+", " ", "".join(self.caption_buf)).strip()
+            cap = _figure_caption(re.sub(r"\s+", " ", "".join(self.caption_buf)).strip())
             for im in self.figures[-1] if self.figures else []:
                 if cap and im.caption_source in ("none", "title", "alt"):
                     # the figure's own caption beats its alt text (often the same words, or a file name)
@@ -581,7 +597,7 @@ class _HTMLDoc(HTMLParser):
             self.buf.append("")
 
     def _end_loose_caption(self) -> None:
-        cap = re.sub(r"\s+", " ", "".join(self.loose_buf)).strip()
+        cap = _figure_caption(re.sub(r"\s+", " ", "".join(self.loose_buf)).strip())
         if self.loose is not None and cap:
             im = self.loose[0]
             im.caption, im.caption_source = cap, "figcaption"

@@ -55,7 +55,7 @@ def test_html_figures_are_what_the_markup_says(tmp_path):
         _png(tmp_path / name, *size)
     doc = parse_html(DOCBOOK, "m.html", base_dir=tmp_path)
     got = {im.id: (im.caption, im.caption_source, doc.sections[im.section].heading) for im in doc.images}
-    assert got == {"dialog.png": ("Figure 2.1. The layers dialog", "figcaption", "Layers"),
+    assert got == {"dialog.png": ("The layers dialog", "figcaption", "Layers"),   # the number is not kept
                    "mask.png": ("A layer mask painted in grey", "alt", "Masks"),
                    "plot.png": ("Figure: mask histogram", "figcaption", "Masks")}
     body = " ".join(s.text for s in doc.sections)
@@ -83,6 +83,40 @@ def test_a_linked_thumbnail_keeps_its_figure_caption_out_of_the_body(tmp_path):
     body = " ".join(s.text for s in doc.sections)
     assert "Histogram of random surface" not in body and "skeletonizing" not in body
     assert "Then smooth it." in body and "The map can be vectorized." in body
+
+
+PUBLICAN = """<html><head><title>4.2. Installing</title></head><body>
+<div class="docnav top"><a class="previous" href="a.html"><strong>Prev</strong></a></div>
+<div class="section"><div class="titlepage"><h2 class="title">4.2. Installing, Step by Step</h2></div>
+<div class="para">The installer starts from a boot menu.</div>
+<div class="sidebar"><div class="titlepage"><p class="title"><strong>GOING FURTHER 32 or 64 bits?</strong></p></div>
+<div class="para">A 32-bit system cannot address more than 4 GB of memory.</div></div>
+<div class="figure"><a id="figure.boot"></a><div class="figure-contents"><div class="mediaobject">
+<img src="boot.png" alt="Boot screen" /></div></div><p class="title"><strong>Figure 4.1. Boot screen</strong></p></div>
+<h3 class="title">4.2.2. Forwarding</h3>
+<div class="para">It listens to port 8000 (see <a class="xref" href="#figure.ssh">Figure 9.3, “Forwarding a local
+port with SSH”</a>) and <a class="xref" href="#sect.x">Section 4.2.1, “Booting the Installer”</a>.</div>
+<div class="figure"><a id="figure.ssh"></a><div class="figure-contents"><div class="mediaobject">
+<img src="ssh.png" alt="Forwarding a local port with SSH" /></div></div>
+<p class="title"><strong>Figure 9.3. Forwarding a local port with SSH</strong></p></div></div>
+<div class="docnav"><a class="home" href="index.html"><strong>Home</strong></a></div></body></html>"""
+
+
+def test_docbook_figure_titles_cross_references_and_sidebars(tmp_path):
+    # Publican/DocBook XSL (the Debian Administrator's Handbook): numbered figure titles, figure
+    # cross-references that repeat the title, "GOING FURTHER" sidebars
+    _png(tmp_path / "boot.png", 300, 200)
+    _png(tmp_path / "ssh.png", 300, 200)
+    doc = parse_html(PUBLICAN, "p.html", base_dir=tmp_path)
+    assert [(im.caption, im.caption_source, doc.sections[im.section].heading) for im in doc.images] == [
+        ("Boot screen", "figcaption", "4.2. Installing, Step by Step"),
+        ("Forwarding a local port with SSH", "figcaption", "4.2.2. Forwarding")]
+    body = " ".join(s.text for s in doc.sections)
+    assert "Boot screen" not in body and "Figure 4.1" not in body          # the title is the caption only
+    assert "Forwarding a local port" not in body and "(see Figure)" in body  # the cross-reference keeps "Figure"
+    assert "Section 4.2.1, “Booting the Installer”" in body            # other cross-references stay
+    assert "cannot address more than 4 GB" in body and "GOING FURTHER" in body  # a sidebar is content
+    assert "Prev" not in body and "Home" not in body
 
 
 def test_a_logo_on_every_page_is_chrome(tmp_path):
