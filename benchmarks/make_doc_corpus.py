@@ -1,16 +1,26 @@
-"""Build the second figure-position corpus: the GRASS GIS 8.2 reference manual (Debian ``grass-doc``).
+"""Build a figure-position corpus from a pinned Debian documentation package.
 
-Reproducible: downloads the pinned Debian package with ``apt-get download``, extracts it with
-``dpkg -x``, copies the HTML pages and shrinks their raster images to at most 512 px (as the shared
-data) into ``cache_dir()/doc_corpora/grass-doc_<version>/html``, and writes ``split.json``: a
+The corpora (``--corpus NAME``, default ``grass``):
+
+``grass``
+    The GRASS GIS 8.2 reference manual (Debian ``grass-doc`` 8.2.1-1): hand-written HTML pages.
+``handbook``
+    The Debian Administrator's Handbook (``debian-handbook`` 11.20220922): Publican / DocBook XSL
+    HTML, figures as ``div.figure`` with a title "Figure 1.1. ..."; the English pages only.
+
+Reproducible: downloads the pinned package with ``apt-get download``, extracts it with ``dpkg -x``,
+copies the corpus's HTML folder and shrinks its raster images to at most 512 px (as the shared
+data) into ``cache_dir()/doc_corpora/<package>_<version>/html``, and writes ``split.json``: a
 page-level dev/test split by a hash of the page path (:func:`mmrag.tasks.imageref.dev_test_split`,
 the same rule as the d2l chapters, so ``mmrag eval imageref --split dev|test`` agrees with it).
 
 The pages are read as HTML by :mod:`mmrag.corpus.documents` (figures are what the markup says;
-logos, icons and navigation are skipped and counted). Nobody tuned the reader on the
+logos, icons and navigation are skipped and counted). ``--check`` prints what the reader makes of
+the corpus: pages, figures, decoration skipped, captions taken from context, and figure captions
+found verbatim in the body text (a leak of the caption). Nobody tuned the reader on the
 ``gimp-help-*`` packages: they are the held-out check.
 
-    python benchmarks/make_doc_corpus.py            # prints the folder; then e.g.
+    python benchmarks/make_doc_corpus.py [--corpus grass|handbook] [--check]   # prints the folder; then e.g.
     mmrag eval imageref --docs ~/.cache/mmrag/doc_corpora/grass-doc_8.2.1-1/html --split dev
 """
 
@@ -22,18 +32,34 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-PACKAGE = "grass-doc"
-VERSION = "8.2.1-1"  # Debian 12 (bookworm)
-HTML_DIR = "usr/share/doc/grass-doc/html"
+
+@dataclass(frozen=True)
+class DebianCorpus:
+    package: str
+    version: str
+    html_dir: str  # the folder inside the .deb that is copied (pages, images, styles)
+    pages: str = "*.html"  # which pages of it are documents (glob, recursive)
+    about: str = ""
+
+
+CORPORA = {
+    "grass": DebianCorpus("grass-doc", "8.2.1-1", "usr/share/doc/grass-doc/html",
+                          about="GRASS GIS 8.2 reference manual, hand-written HTML (Debian 12)"),
+    "handbook": DebianCorpus("debian-handbook", "11.20220922", "usr/share/doc/debian-handbook/html/en-US",
+                             about="Debian Administrator's Handbook, Publican/DocBook XSL HTML, English (Debian 12)"),
+}
+DEFAULT = "grass"
 MAX_SIDE = 512
 
 
-def corpus_dir(version: str = VERSION) -> Path:
+def corpus_dir(name: str = DEFAULT, version: str | None = None) -> Path:
     from mmrag.paths import cache_dir
 
-    return cache_dir() / "doc_corpora" / f"{PACKAGE}_{version}"
+    c = CORPORA[name]
+    return cache_dir() / "doc_corpora" / f"{c.package}_{version or c.version}"
 
 
 def _shrink(src: Path, dst: Path) -> None:
@@ -54,22 +80,28 @@ def _shrink(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def build(version: str = VERSION, force: bool = False) -> Path:
-    out = corpus_dir(version)
+def build(name: str = DEFAULT, version: str | None = None, force: bool = False) -> Path:
+    if name not in CORPORA:
+        sys.exit(f"error: unknown corpus {name!r} (one of {', '.join(CORPORA)})")
+    c = CORPORA[name]
+    version = version or c.version
+    out = corpus_dir(name, version)
     html = out / "html"
     if (out / "split.json").is_file() and not force:
         return html
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
         sys.exit("error: apt-get and dpkg are needed to fetch the Debian package")
     with tempfile.TemporaryDirectory() as tmp:
-        r = subprocess.run(["apt-get", "download", f"{PACKAGE}={version}"], cwd=tmp, capture_output=True, text=True)
-        debs = list(Path(tmp).glob(f"{PACKAGE}_*.deb"))
+        r = subprocess.run(["apt-get", "download", f"{c.package}={version}"], cwd=tmp, capture_output=True, text=True)
+        debs = list(Path(tmp).glob(f"{c.package}_*.deb"))
         if r.returncode != 0 or not debs:
-            sys.exit(f"error: could not download {PACKAGE}={version} with apt-get "
+            sys.exit(f"error: could not download {c.package}={version} with apt-get "
                      f"({(r.stderr or r.stdout).strip().splitlines()[-1:] or 'no output'}); "
                      f"is the Debian bookworm archive configured (apt-get update)?")
         subprocess.run(["dpkg", "-x", str(debs[0]), str(Path(tmp) / "x")], check=True)
-        src = Path(tmp) / "x" / HTML_DIR
+        src = Path(tmp) / "x" / c.html_dir
+        if not src.is_dir():
+            sys.exit(f"error: {c.package}={version} has no folder {c.html_dir}")
         if html.exists():
             shutil.rmtree(html)
         for f in sorted(src.rglob("*")):
@@ -83,23 +115,57 @@ def build(version: str = VERSION, force: bool = False) -> Path:
     from mmrag.paths import write_json
     from mmrag.tasks.imageref import dev_test_split
 
-    pages = sorted(p.relative_to(html).as_posix() for p in html.rglob("*.html"))
+    pages = sorted(p.relative_to(html).as_posix() for p in html.rglob(c.pages))
     split = {p: dev_test_split(p) for p in pages}
     # corpus data, not a result (no machine or date); atomic, since split.json marks the cache complete
-    write_json(out / "split.json", {"package": f"{PACKAGE}={version}", "rule": "dev_test_split(page path)",
+    write_json(out / "split.json", {"package": f"{c.package}={version}", "rule": "dev_test_split(page path)",
                                     "pages": split}, indent=1)
     return html
 
 
+def check(html: Path) -> dict:
+    """What the reader makes of a built corpus (counts only; no model)."""
+    from mmrag.corpus.documents import read_documents
+
+    ds = read_documents(html)
+    dec: dict[str, int] = {}
+    sources: dict[str, int] = {}
+    leaks = {"own_section": 0, "other_section": 0}
+    n_fig = pages_with = 0
+    for d in ds.documents:
+        for k, v in d.metadata.get("decorative_images", {}).items():
+            dec[k] = dec.get(k, 0) + v
+        placed = [im for im in d.images if im.section is not None]
+        n_fig += len(placed)
+        pages_with += bool(placed)
+        for im in placed:
+            sources[im.caption_source] = sources.get(im.caption_source, 0) + 1
+            cap = " ".join(im.caption.lower().split())
+            if len(cap.split()) < 2:
+                continue
+            own = " ".join(d.sections[im.section].text.lower().split())
+            if cap in own:
+                leaks["own_section"] += 1
+            elif any(cap in " ".join(s.text.lower().split()) for s in d.sections):
+                leaks["other_section"] += 1
+    return {"pages": len(ds.documents), "pages_with_figures": pages_with, "figures": n_fig,
+            "caption_source": sources, "context_captions (not scored)": sources.get("context", 0),
+            "decoration_skipped": dec, "caption_verbatim_in_body": leaks, "skipped_files": len(ds.skipped)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--version", default=VERSION)
+    ap.add_argument("--corpus", default=DEFAULT, choices=sorted(CORPORA))
+    ap.add_argument("--version", default=None, help="the package version (default: the pinned one)")
     ap.add_argument("--force", action="store_true", help="rebuild even if the cache folder is complete")
+    ap.add_argument("--check", action="store_true", help="also print what the document reader makes of it")
     args = ap.parse_args()
-    html = build(args.version, args.force)
+    html = build(args.corpus, args.version, args.force)
     split = json.loads((html.parent / "split.json").read_text(encoding="utf-8"))["pages"]
     n_dev = sum(v == "dev" for v in split.values())
     print(f"{html}  ({len(split)} pages: dev {n_dev}, test {len(split) - n_dev})")
+    if args.check:
+        print(json.dumps(check(html), indent=1))
 
 
 if __name__ == "__main__":
