@@ -66,13 +66,14 @@ EXTRACTIVE = "extractive"  # the default generator (a registry name)
 PLACEMENTS: dict[str, dict[str, Any]] = {
     "global": dict(threshold=DEFAULT_THRESHOLD, lexical_weight=DEFAULT_LEXICAL_WEIGHT, pool=DEFAULT_POOL,
                    lexical="tfidf", heading_weight=0.0, z_threshold=0.5, count_factor=1.2, empty_penalty=2.0,
-                   mention_bonus=0.0),
+                   mention_bonus=0.0, length_weight=0.0),
     "calibrated": dict(threshold=DEFAULT_THRESHOLD, lexical_weight=DEFAULT_LEXICAL_WEIGHT, pool=DEFAULT_POOL,
                        lexical="tfidf", heading_weight=0.0, z_threshold=0.5, count_factor=1.2, empty_penalty=2.0,
-                       mention_bonus=0.0),
+                       mention_bonus=0.0, length_weight=0.0),
     # calibrated + BM25 + the heading + a prior for sections that mention a figure
     "cued": dict(threshold=DEFAULT_THRESHOLD, lexical_weight=0.6, pool=DEFAULT_POOL, lexical="bm25",
-                 heading_weight=0.15, z_threshold=1.25, count_factor=1.0, empty_penalty=1.0, mention_bonus=3.0),
+                 heading_weight=0.15, z_threshold=1.25, count_factor=1.0, empty_penalty=1.0, mention_bonus=3.0,
+                 length_weight=0.0),
 }
 # Figure-position recovery (mmrag eval imageref, evaluate_figure_positions) places with "cued";
 # composed answers keep "global": the per-document rules standardise the answer's own matrix, and
@@ -98,7 +99,7 @@ class ComposeConfig:
     answer; ``max_images``: candidate images given to the insertion stage; ``placement``: the
     insertion rule (:data:`PLACEMENTS`, see :func:`place_images`), whose parameters
     (``threshold``, ``lexical_weight``, ``pool``, ``lexical``, ``heading_weight``: relevance, see
-    :mod:`.insertion`; ``z_threshold``, ``count_factor``, ``empty_penalty``, ``mention_bonus``)
+    :mod:`.insertion`; ``z_threshold``, ``count_factor``, ``empty_penalty``, ``mention_bonus``, ``length_weight``)
     default to the rule's own values when left None (:meth:`resolved`); ``header_image``:
     let position 1 take an image that suits the whole answer; ``use_context``: add the text around
     an image to its caption for matching; ``use_ocr``: add the first ``ocr_words`` words of the
@@ -124,6 +125,7 @@ class ComposeConfig:
     count_factor: float | None = None
     empty_penalty: float | None = None
     mention_bonus: float | None = None
+    length_weight: float | None = None
     use_context: bool = True
     context_words: int = 40
     # off: on d2l figure placement the OCR text lowered dev F1 (benchmarks/bench_imageref_ocr.py)
@@ -391,7 +393,9 @@ def place_images(title: str, sections: Sequence[AnswerSection], images: Sequence
       the expected number of occupied positions (:func:`expected_occupied`, from the document's
       own figure density; 0: no cap) get an image.
     * ``"cued"``: the same, and a section whose own text mentions a figure
-      (:func:`mentions_figure`) gains ``mention_bonus`` standard deviations for every image.
+      (:func:`mentions_figure`) gains ``mention_bonus`` standard deviations for every image, and
+      every section ``length_weight`` × its standardised log word count (figures sit in sections
+      that explain something, not in stubs such as "See also" or "Keywords").
     * ``"global"`` (or no config): a fixed ``threshold`` on the raw relevance, the first rule.
     """
     if not sections:
@@ -408,6 +412,8 @@ def place_images(title: str, sections: Sequence[AnswerSection], images: Sequence
         Z[empty] -= cfg.empty_penalty
         if cfg.placement == "cued" and cfg.mention_bonus:
             Z[np.array([mentions_figure(s.text) for s in sections])] += cfg.mention_bonus
+        if cfg.placement == "cued" and cfg.length_weight:
+            Z += cfg.length_weight * calibrated_scores(np.log1p([len(s.text.split()) for s in sections]))[:, None]
         cap = None
         if cfg.count_factor:
             cap = int(round(cfg.count_factor * expected_occupied(len(sections), len(images))))

@@ -64,6 +64,25 @@ def test_a_section_that_mentions_a_figure_attracts_it():
     assert _placed(SECTIONS, img, cfg, rel) == {1: "IMAGE_1"}
 
 
+def test_the_section_length_prior_favours_a_section_that_explains():
+    # a stub that names the caption's words beats a longer section without the prior, not with it
+    secs = [AnswerSection("Keywords", 2, "raster, slope"),
+            AnswerSection("Description", 2, "The module computes the slope of a raster elevation model, cell by "
+                                             "cell, from the height differences to its eight neighbours, and writes "
+                                             "it as a new map in degrees or percent."),
+            AnswerSection("Authors", 2, "Written by the team.")]
+    img = [_image("raster slope")]
+    rel = Relevance(lexical_weight=1.0, lexical="bm25")
+    cfg = ComposeConfig(placement="cued", lexical="bm25", lexical_weight=1.0, heading_weight=0.0, z_threshold=-5.0,
+                        count_factor=0, empty_penalty=0.0, mention_bonus=0.0, length_weight=0.0)
+    assert _placed(secs, img, cfg, rel) == {1: "IMAGE_1"}
+    cfg.length_weight = 1.0
+    assert _placed(secs, img, cfg, rel) == {2: "IMAGE_1"}
+    cfg.placement = "calibrated"                                   # a cue of the cued rule only
+    assert _placed(secs, img, cfg, rel) == {1: "IMAGE_1"}
+    assert PLACEMENTS["cued"]["length_weight"] == 0.0             # measured, not adopted
+
+
 def test_the_heading_weighted_in_can_outweigh_the_body_text():
     # the chunks carry their heading already; the body of the first says "slope" more often
     secs = [AnswerSection("Installation", 2, "Install the slope tool; the slope tool reads the map."),
