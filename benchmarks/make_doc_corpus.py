@@ -21,7 +21,7 @@ found verbatim in the body text (a leak of the caption). Nobody tuned the reader
 ``gimp-help-*`` packages: they are the held-out check.
 
     python benchmarks/make_doc_corpus.py [--corpus grass|handbook] [--check]   # prints the folder; then e.g.
-    mmrag eval imageref --docs ~/.cache/mmrag/doc_corpora/grass-doc_8.2.1-1/html --split dev
+    mmrag eval imageref ~/.cache/mmrag/doc_corpora/grass-doc_8.2.1-1/html --split dev   # handbook: debian-handbook_11.20220922/html
 """
 
 from __future__ import annotations
