@@ -144,6 +144,8 @@ def main() -> None:
                     help="the corpora whose dev parts choose the rules (default: all)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "imageref.json")
     args = ap.parse_args()
+    if len(set(args.corpora)) < 2:
+        ap.error("give at least two corpora (the learned score of each is fitted on the others' dev parts)")
 
     corpora = {}
     excluded = {}
