@@ -153,6 +153,8 @@ def main() -> None:
     ap.add_argument("--shown", type=int, default=20, help="hits shown under the search (the question sees them)")
     ap.add_argument("--limit", type=int, default=None, help="first N images per split only (a smoke run)")
     ap.add_argument("--no-diagnostic", action="store_true", help="skip the own-caption evidence diagnostic")
+    ap.add_argument("--signals", nargs="+", default=list(SIGNALS), choices=SIGNALS,
+                    help="closeness signals to choose among (default all)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "clarify.json"))
     a = ap.parse_args()
 
@@ -193,7 +195,7 @@ def evaluate_evidence(enc, full, V, row_of, make_features, a, relevance, label: 
     dev_rules = []
     print(f"\n[{label}] Dev (choose here): Flickr8k dev, {len(per['dev'])} caption-1 queries among its images, "
           f"{a.shown} hits shown\n{HEAD}")
-    for sig in SIGNALS:
+    for sig in a.signals:
         for how in VARIANTS:
             for thr in thresholds(per["dev"], sig):
                 r = evaluate_rule(per["dev"], sig, thr, how)

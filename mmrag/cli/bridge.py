@@ -15,8 +15,8 @@ def bridge_fit(
     kind: KindOpt = "auto",
     split: SplitOpt = "train",
     out_path: Path = typer.Option(..., "--out", "-o", help="Bridge file to write (.npz)."),
-    recipe: str = typer.Option("v1", help="v1: EfficientNet-Lite0 features (the shipped flickr8k-train bridge); "
-                                          "v2: Lite2 + the zero-shot ImageNet channel (the flickr8k-train-v2 bridge)."),
+    recipe: str = typer.Option("v2", help="v2 (default): EfficientNet-Lite2 + the zero-shot ImageNet channel (the "
+                                          "shipped default, flickr8k-train-v2); v1: Lite0 features (flickr8k-train)."),
     method: str = typer.Option("ridge", help="ridge, procrustes or infonce (ridge start, then a contrastive refinement)."),
     lam: float = typer.Option(None, help="Ridge strength (default: the shipped recipe's)."),
     limit: Optional[int] = typer.Option(None, help="Fit on at most this many images."),

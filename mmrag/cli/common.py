@@ -81,7 +81,7 @@ EncoderOpt = Annotated[Optional[str], typer.Option(
 EncoderModelOpt = Annotated[Optional[str], typer.Option(
     "--encoder-model", help="clip: local ONNX export directory or hub id.")]
 BridgeOpt = Annotated[Optional[str], typer.Option(
-    "--bridge", help="effnet-minilm: bridge file (default: shipped flickr8k-train).")]
+    "--bridge", help="effnet-minilm: bridge file or shipped name (default: flickr8k-train-v2; the Lite0 one: flickr8k-train).")]
 
 
 def encoder_from_options(name: Optional[str], model: Optional[str] = None, bridge: Optional[str] = None):

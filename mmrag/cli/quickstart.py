@@ -17,6 +17,25 @@ from mmrag.cli.common import out
 TEXT_QUERIES = ["a cat", "a cup of coffee", "a rocket launch", "coins on a table", "an astronaut"]
 
 
+def _drop_if_other_encoder(index_dir: Path, encoder) -> None:
+    """The quickstart's cached sample index is rebuilt when an earlier version's default encoder
+    made it (indexing into it would refuse to mix the two encoders' vectors)."""
+    import shutil
+
+    from mmrag.errors import IndexError_
+    from mmrag.index.collection import MANIFEST, IndexManifest
+
+    if not (index_dir / MANIFEST).exists():
+        return
+    try:
+        m = IndexManifest.load(index_dir)
+        if (m.encoder, m.encoder_options) == encoder.spec():
+            return
+    except IndexError_:
+        pass
+    shutil.rmtree(index_dir)
+
+
 def run_quickstart(out_dir: Path | None = None, console: Console | None = None) -> dict:
     from mmrag.corpus.samples import sample_photos_corpus
     from mmrag.encoders import create_encoder
@@ -26,10 +45,13 @@ def run_quickstart(out_dir: Path | None = None, console: Console | None = None) 
 
     console = console or Console()
     corpus = sample_photos_corpus()
+    own_cache = out_dir is None
     out_dir = Path(out_dir) if out_dir else cache_dir() / "quickstart-index"
     console.print(f"[bold]1. corpus[/]: {len(corpus)} sample photos with captions in {corpus.root}")
     encoder = create_encoder("effnet-minilm")
-    console.print("[bold]2. encoder[/]: effnet-minilm (EfficientNet-Lite0 -> bridge -> all-MiniLM-L6-v2, 384-d)")
+    if own_cache:
+        _drop_if_other_encoder(out_dir, encoder)
+    console.print("[bold]2. encoder[/]: effnet-minilm (EfficientNet-Lite2 -> bridge -> all-MiniLM-L6-v2, 384-d)")
     report = build_index(corpus, out_dir, encoder, IndexConfig(batch_size=64, progress=False))
     console.print(f"[bold]3. index[/]: {out_dir} ({report.total_images} images, {report.total_captions} captions)")
     searcher = Searcher(out_dir, encoder=encoder)

@@ -83,11 +83,17 @@ class Encoder(ABC):
     def fingerprint(self) -> str:
         """A short stable id of what this encoder's vectors (and priors) depend on: its spec,
         plus whatever :meth:`_fingerprint_update` adds (e.g. fitted weights)."""
-        name, kwargs = self.spec()
+        name, kwargs = self._fingerprint_spec()
         h = hashlib.sha1()
         h.update(json.dumps([name, kwargs], sort_keys=True, default=str).encode())
         self._fingerprint_update(h)
         return f"{name}-{h.hexdigest()[:12]}"
+
+    def _fingerprint_spec(self) -> tuple[str, dict]:
+        """The part of :meth:`spec` the fingerprint hashes (an option that only names state
+        :meth:`_fingerprint_update` hashes anyway can be left out, so two names of the same
+        weights share one id)."""
+        return self.spec()
 
     def _fingerprint_update(self, h) -> None:
         """Hook: feed state the spec does not name (e.g. a bridge's statistics) into ``h``."""
@@ -105,6 +111,16 @@ class Encoder(ABC):
 
 
 ENCODERS: Registry[Encoder] = Registry("encoder")
+
+# Options an index manifest left out because they were the default when it was written; the
+# default has changed since, so reading the old manifest must name the old one.
+_MANIFEST_IMPLIED_OPTIONS = {"effnet-minilm": {"bridge": "flickr8k-train"}}
+
+
+def manifest_encoder_options(name: str, options: dict) -> dict:
+    """The options that rebuild the encoder a stored manifest was written by (``options`` plus
+    what such manifests left implied, see ``_MANIFEST_IMPLIED_OPTIONS``)."""
+    return {**_MANIFEST_IMPLIED_OPTIONS.get(name, {}), **(options or {})}
 
 
 def create_encoder(name: str = "effnet-minilm", **kwargs) -> Encoder:

@@ -99,10 +99,13 @@ class IndexManifest:
         if not p.exists():
             raise IndexError_(f"{root} is not an mmrag index (no {MANIFEST}); build one with `mmrag index`")
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-            return cls(**data)
+            m = cls(**json.loads(p.read_text(encoding="utf-8")))
         except (json.JSONDecodeError, TypeError) as e:
             raise IndexError_(f"{p} is unreadable ({e})") from None
+        from mmrag.encoders.base import manifest_encoder_options
+
+        m.encoder_options = manifest_encoder_options(m.encoder, m.encoder_options)
+        return m
 
 
 class Collection:

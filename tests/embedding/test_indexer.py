@@ -143,6 +143,37 @@ def test_refuses_to_mix_encoders(effnet_minilm, sample_corpus, tmp_path):
         build_index(sample_corpus, out, effnet_minilm, IndexConfig(progress=False))
 
 
+
+def test_an_index_from_before_the_default_bridge_changed_keeps_its_bridge(effnet_minilm, sample_corpus, tmp_path):
+    """Manifests used to leave the default bridge unnamed ({}); that default was flickr8k-train.
+    Such an index is searched with flickr8k-train and refuses vectors of today's default."""
+    import json
+
+    from mmrag.errors import IndexError_
+    from mmrag.index.collection import MANIFEST, IndexManifest
+    from mmrag.retrieval import Searcher
+
+    assert effnet_minilm.spec() == ("effnet-minilm", {"bridge": "flickr8k-train-v2"})  # named from now on
+    out = tmp_path / "idx"
+    build_index(sample_corpus, out, effnet_minilm, IndexConfig(progress=False))
+    m = json.loads((out / MANIFEST).read_text())
+    assert m["encoder_options"] == {"bridge": "flickr8k-train-v2"}
+    m["encoder_options"] = {}  # what an index built before the change says
+    (out / MANIFEST).write_text(json.dumps(m))
+    assert IndexManifest.load(out).encoder_options == {"bridge": "flickr8k-train"}
+    s = Searcher(out)  # the encoder comes from the manifest
+    try:
+        assert s.encoder.spec() == ("effnet-minilm", {"bridge": "flickr8k-train"})
+        assert s.encoder.fingerprint() != effnet_minilm.fingerprint()
+    finally:
+        s.close()
+    with pytest.raises(IndexError_, match="refusing to mix"):
+        build_index(sample_corpus, out, effnet_minilm, IndexConfig(progress=False))
+    # one bridge, two names (default or explicit): one fingerprint, so one relevance fit and cache
+    from mmrag.encoders import create_encoder
+
+    assert create_encoder("effnet-minilm", bridge="flickr8k-train-v2").fingerprint() == effnet_minilm.fingerprint()
+
 KILLER = r"""
 import sys
 from mmrag.corpus.readers import read_corpus

@@ -148,12 +148,12 @@ QUICKSTART_TARGETS = {"a cat": "chelsea", "a cup of coffee": "coffee", "a rocket
 
 @pytest.fixture(scope="module")
 def quickstart_top(sample_corpus):
-    """The photo each `mmrag quickstart` text query ranks first among the 14 samples with the v2
-    bridge (what the quickstart's index does: inner product of unit vectors)."""
+    """The photo each `mmrag quickstart` text query ranks first among the 14 samples with the
+    default encoder (what the quickstart's index does: inner product of unit vectors)."""
     from mmrag.encoders import create_encoder
     from mmrag.cli.quickstart import TEXT_QUERIES
 
-    effnet_minilm = create_encoder("effnet-minilm", bridge="flickr8k-train-v2")
+    effnet_minilm = create_encoder("effnet-minilm")
 
     assert set(QUICKSTART_TARGETS) == set(TEXT_QUERIES)
     ids = [it.id.rsplit(".", 1)[0] for it in sample_corpus.items]

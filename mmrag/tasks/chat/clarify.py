@@ -55,7 +55,7 @@ class ClarifyConfig:
     chosen on Flickr8k dev (benchmarks/bench_clarify.py)."""
 
     signal: str = "relevance"
-    threshold: float = 0.0215  # ask when hit 1's relevance is below 0.9785
+    threshold: float = 0.0027  # ask when hit 1's relevance is below 0.9973
     top: int = 20
     temperature: float = 0.1
     rerank: str = "loglik"

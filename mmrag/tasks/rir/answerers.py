@@ -79,10 +79,12 @@ ANSWERERS: Registry[Answerer] = Registry("answerer")
 
 @dataclass
 class KnnConfig:
-    # Chosen on the VQA-RAD dev split (by image) of train; see docs/benchmarks.md.
-    top_m: int = 20
-    tau_q: float = 0.2
-    tau_img: float = 0.1
+    # Chosen on the VQA-RAD dev split (by image) of train for the default encoder
+    # (benchmarks/bench_rir.py); another encoder's neighbour similarities are spread otherwise,
+    # so re-choose tau_img and k with `bench_rir.py --bridge` when switching.
+    top_m: int = 50
+    tau_q: float = 0.05
+    tau_img: float = 0.05
     mix: float = 0.25
 
 

@@ -23,8 +23,8 @@ from mmrag.tasks.rir.providers import ReverseSearchProvider, create_provider
 
 __all__ = ["Answer", "RIRPipeline", "answer_question", "auto_answerer", "DEFAULT_K", "GENERATOR_K"]
 
-# knn: chosen on the VQA-RAD dev split (by image) of train; see docs/benchmarks.md.
-DEFAULT_K = 20
+# knn: chosen on the VQA-RAD dev split (by image) of train with KnnConfig; see docs/benchmarks.md.
+DEFAULT_K = 10
 # Generators read the cue block as prompt text: fewer neighbours keep it within a small model's
 # context (a fixed choice, not tuned).
 GENERATOR_K = 5
