@@ -278,7 +278,6 @@ def parse_markdown(text: str, doc_id: str, base_dir: Path | None = None, title: 
 
     def separate(start: int) -> None:
         # a blank source line (outside code) between two blocks is a paragraph break
-        nonlocal last_end
         if last_end is not None and any(not lines[k].strip() for k in range(last_end, start) if k not in code_lines):
             blocks.append("")
 

@@ -33,7 +33,7 @@ def fitted(flickr8k_dir, tmp_path_factory):
     from mmrag.encoders.effnet_minilm import DEFAULT_LAMBDA, default_recipe, fit_effnet_bridge
 
     d = tmp_path_factory.mktemp("bridge")
-    p = run_cli("bridge", "fit", str(flickr8k_dir), "--kind", "flickr8k", "--limit", str(N_FIT),
+    p = run_cli("bridge", "fit", str(flickr8k_dir), "--kind", "flickr8k", "--limit", str(N_FIT), "--recipe", "v1",
                 "--out", str(d / "cli.npz"))
     assert f"bridge fitted on {N_FIT} images / {5 * N_FIT} captions" in p.stdout
     c = read_corpus("flickr8k", flickr8k_dir, split="train", limit=N_FIT)
@@ -168,7 +168,8 @@ def test_bridge_fit_on_vqa_rad(vqa_rad_dir, tmp_path):
 
     items = read_corpus("vqa-rad", vqa, split="train", limit=N_VQA).items
     n_caps = sum(len(it.captions) for it in items)
-    p = run_cli("bridge", "fit", str(vqa), "--kind", "vqa-rad", "--limit", str(N_VQA), "--out", str(tmp_path / "rad.npz"))
+    p = run_cli("bridge", "fit", str(vqa), "--kind", "vqa-rad", "--limit", str(N_VQA), "--recipe", "v1",
+                "--out", str(tmp_path / "rad.npz"))
     assert f"bridge fitted on {N_VQA} images / {n_caps} captions" in p.stdout
     b = Bridge.load(tmp_path / "rad.npz")
     assert b.info["corpus"] == "vqa-rad-train" and b.W.shape == (2288, 384)

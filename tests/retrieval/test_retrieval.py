@@ -3,7 +3,6 @@ ranking (ties included), and the shared embedding cache's keys."""
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest
@@ -156,8 +155,9 @@ def test_datastore_search_is_exact(effnet_minilm, coco_corpus):
 def test_cache_key_depends_on_fingerprint_source_and_items(effnet_minilm):
     base = encoder_cache_key(effnet_minilm, "corpus", ["a", "b"])
     assert base == encoder_cache_key(effnet_minilm, "corpus", ["a", "b"])
-    other = copy.copy(effnet_minilm)
-    other._bridge_arg = "another_bridge.npz"  # another spec: another fingerprint
+    from mmrag.encoders import create_encoder
+
+    other = create_encoder("effnet-minilm", bridge="flickr8k-train")  # another bridge: another fingerprint
     assert other.fingerprint() != effnet_minilm.fingerprint()
     assert encoder_cache_key(other, "corpus", ["a", "b"]) != base
     assert encoder_cache_key(effnet_minilm, "corpus2", ["a", "b"]) != base

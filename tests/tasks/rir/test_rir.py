@@ -315,7 +315,9 @@ def test_cli_ask_and_eval_ask(small_index, vqa_rad_dir, tmp_path):
     assert rep["n_questions"] == sum(q.image_id in SMALL[:6] for q in test.questions)
     assert set(rep["closed_acc"]) == {"rir", "no_rir"} and set(rep["open_recall"]) == {"rir", "no_rir"}
     assert rep["headline_setting"] == "query_image_excluded" and "query_image_included" in rep["settings"]
-    assert rep["k"] == 20 and "overall" in r.stdout
+    from mmrag.tasks.rir import DEFAULT_K
+
+    assert rep["k"] == DEFAULT_K and "overall" in r.stdout
 
 
 def test_cli_errors_are_clean(small_index, vqa_rad_dir, tmp_path):
