@@ -1,16 +1,17 @@
-"""Figure-position recovery on three corpora of different styles (ImageRef-VL metrics).
+"""Figure-position recovery on four corpora of different styles (ImageRef-VL metrics).
 
-Corpora (``--corpora``, default all three): the d2l book chapters (Markdown,
+Corpora (``--corpora``, default all four): the d2l book chapters (Markdown,
 ``../shared/data/d2l``), the GRASS GIS 8.2 reference manual (hand-written HTML, Debian
-``grass-doc``) and the Debian Administrator's Handbook (Publican/DocBook XSL HTML, Debian
-``debian-handbook``), the two HTML ones built by ``benchmarks/make_doc_corpus.py``. Every document
+``grass-doc``), the Debian Administrator's Handbook (Publican/DocBook XSL HTML, Debian
+``debian-handbook``) and the KiCad 6.0 manuals (Asciidoctor HTML, Debian ``kicad-doc-en``), the
+HTML ones built by ``benchmarks/make_doc_corpus.py``. Every document
 with figures loses them (and their labels and surrounding text); the system gets the sections and
 the figures' captions and places each figure after a section (optimal assignment with "Not
 Insert"). Gold: the section each figure came from (grade 3). Figures whose caption came from their
 own surrounding text are not scored (counted). Documents are split dev/test by a hash of their id.
 
 The first rows are the shipped presets unchanged (``cued``, chosen on d2l + GRASS dev before the
-handbook existed: on the handbook an honest transfer measure), the first rule (one global cosine
+handbook and KiCad corpora existed: on those an honest transfer measure), the first rule (one global cosine
 threshold 0.15, chosen on d2l dev alone) and ``calibrated``, with rotated-caption controls. Then
 two placement rules are re-chosen on the dev parts of **all** corpora at once (mean of the dev
 F1) and reported on every dev and test part: ``calibrated`` (per-document
@@ -23,7 +24,7 @@ the weight chosen on the mean dev F1.
 Relevance matrices are memoised per document and configuration, so the grids only re-solve the
 assignment.
 
-    nice -n 10 python benchmarks/bench_imageref.py [--d2l ../shared/data/d2l] [--corpora d2l grass handbook]
+    nice -n 10 python benchmarks/bench_imageref.py [--d2l ../shared/data/d2l] [--corpora d2l grass handbook kicad]
 
 Prints a table and writes ``benchmarks/results/imageref.json``.
 """

@@ -7,6 +7,10 @@ The corpora (``--corpus NAME``, default ``grass``):
 ``handbook``
     The Debian Administrator's Handbook (``debian-handbook`` 11.20220922): Publican / DocBook XSL
     HTML, figures as ``div.figure`` with a title "Figure 1.1. ..."; the English pages only.
+``kicad``
+    The KiCad 6.0 manuals in English (``kicad-doc-en`` 6.0.11+dfsg-1): Asciidoctor HTML, one page
+    per manual (8), figures as ``div.imageblock`` with alt text and no title. (A Sphinx manual was
+    tried first: ``openshot-qt-doc`` 2.6.1+dfsg1-3 has 27 figures on 17 pages, too few.)
 
 Reproducible: downloads the pinned package with ``apt-get download``, extracts it with ``dpkg -x``,
 copies the corpus's HTML folder and shrinks its raster images to at most 512 px (as the shared
@@ -20,8 +24,8 @@ the corpus: pages, figures, decoration skipped, captions taken from context, and
 found verbatim in the body text (a leak of the caption). Nobody tuned the reader on the
 ``gimp-help-*`` packages: they are the held-out check.
 
-    python benchmarks/make_doc_corpus.py [--corpus grass|handbook] [--check]   # prints the folder; then e.g.
-    mmrag eval imageref ~/.cache/mmrag/doc_corpora/grass-doc_8.2.1-1/html --split dev   # handbook: debian-handbook_11.20220922/html
+    python benchmarks/make_doc_corpus.py [--corpus grass|handbook|kicad] [--check]   # prints the folder; then e.g.
+    mmrag eval imageref ~/.cache/mmrag/doc_corpora/grass-doc_8.2.1-1/html --split dev   # handbook: debian-handbook_11.20220922/html, kicad: kicad-doc-en_6.0.11+dfsg-1/html
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ CORPORA = {
                           about="GRASS GIS 8.2 reference manual, hand-written HTML (Debian 12)"),
     "handbook": DebianCorpus("debian-handbook", "11.20220922", "usr/share/doc/debian-handbook/html/en-US",
                              about="Debian Administrator's Handbook, Publican/DocBook XSL HTML, English (Debian 12)"),
+    "kicad": DebianCorpus("kicad-doc-en", "6.0.11+dfsg-1", "usr/share/doc/kicad/help/en",
+                          about="KiCad 6.0 manuals, Asciidoctor HTML, English (Debian 12)"),
 }
 DEFAULT = "grass"
 MAX_SIDE = 512
@@ -141,7 +147,7 @@ def check(html: Path) -> dict:
         for im in placed:
             sources[im.caption_source] = sources.get(im.caption_source, 0) + 1
             cap = " ".join(im.caption.lower().split())
-            if len(cap.split()) < 2:
+            if len(cap.split()) < 2 or im.caption_source == "context":  # those are text, and not scored
                 continue
             own = " ".join(d.sections[im.section].text.lower().split())
             if cap in own:

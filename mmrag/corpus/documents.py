@@ -16,7 +16,9 @@ and the :class:`DocImage` it contains, each knowing its section and its surround
     ``src``; a ``figcaption`` captions the images of its ``figure``; ``script``/``style``/``pre``
     text is left out. A figure caption's number label ("Figure 4.1. ") is dropped (it tells the
     figure's order); a DocBook cross-reference to a figure, "Figure 9.3, “Its title”", is read as
-    "Figure" (it repeats the caption in the body text). DocBook/Sphinx sidebars are content.
+    "Figure" (it repeats the caption in the body text). DocBook/Sphinx sidebars are content;
+    Asciidoctor's table of contents and footer are not. In figure markup, alt text that is only
+    the file's name (Asciidoctor's default) is no caption.
 ``jsonl`` (``.jsonl``)
     One document per line: ``{"id", "text", "images": [{"id", "path", "caption"}], "title"?}``.
     ``text`` is read as Markdown; an image referenced in it as ``![..](<image id or path>)`` lands
@@ -381,6 +383,9 @@ _CHROME_TAGS = {"nav"}
 # Sphinx's page sidebar is "sphinxsidebar")
 _CHROME_CLASSES = {"navheader", "navfooter", "docnav", "breadcrumb", "breadcrumbs", "toc", "related",
                    "sphinxsidebar", "headerlink"}
+# Asciidoctor's table of contents (``div#toc``; its class "toc2" is also on <body>, so the id is
+# the cue) and its footer ("Last updated ...")
+_CHROME_IDS = {"toc", "footer"}
 _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 _ICON_ALT = re.compile(r"^\W*(note|tip|warning|caution|important|danger|attention|hint|error|info|home|next|prev|"
                        r"previous|up|top|back|forward|logo|icon|image|picture|figure|screenshot|menu|close|open|"
@@ -439,7 +444,9 @@ def _real_alt(alt: str, src: str) -> bool:
     if len(a) < 3 or _ICON_ALT.match(a) or a.startswith("[") and a.endswith("]"):
         return False
     name = Path(src.split("?")[0]).name
-    return a.lower() not in (name.lower(), Path(name).stem.lower(), Path(name).stem.lower().replace("_", " "))
+    stem = Path(name).stem.lower()
+    # Asciidoctor's default alt text is the file's stem with "-" and "_" as spaces
+    return a.lower() not in (name.lower(), stem, stem.replace("_", " "), re.sub(r"[-_]+", " ", stem).strip())
 
 
 def _decoration_reason(alt: str, src: str, path: str, attrs: dict) -> str | None:
@@ -516,7 +523,7 @@ class _HTMLDoc(HTMLParser):
         role = ""
         if tag in self._SKIP:
             role = "skip"
-        elif tag in _CHROME_TAGS or classes & _CHROME_CLASSES:
+        elif tag in _CHROME_TAGS or classes & _CHROME_CLASSES or a.get("id") in _CHROME_IDS:
             role = "chrome"
         elif tag == "figure" or classes & _FIGURE_CLASSES:
             role = "figure"
@@ -549,8 +556,11 @@ class _HTMLDoc(HTMLParser):
             self._skip_count(why)
             return
         self._end_loose_caption()
-        im = DocImage(id=_unique_id(src, self.taken), path=path, caption=alt or ttl, alt=alt,
-                      caption_source="alt" if alt else ("title" if ttl else "none"))
+        # in figure markup, alt text that is only the file's name is no caption (the system must
+        # not see file names): the figure keeps its caption element, else it has none
+        cap_alt = alt if not in_figure or _real_alt(alt, src) else ""
+        im = DocImage(id=_unique_id(src, self.taken), path=path, caption=cap_alt or ttl, alt=alt,
+                      caption_source="alt" if cap_alt else ("title" if ttl else "none"))
         self.images.append(im)
         self.pending.append((im, len(self.buf)))
         self.buf.append("")

@@ -119,6 +119,39 @@ def test_docbook_figure_titles_cross_references_and_sidebars(tmp_path):
     assert "Prev" not in body and "Home" not in body
 
 
+ASCIIDOCTOR = """<html><head><title>Schematic Editor</title></head><body class="book toc2 toc-left">
+<div id="header"><h1>Schematic Editor</h1><div id="toc" class="toc2"><div id="toctitle">Table of Contents</div>
+<ul class="sectlevel1"><li><a href="#_pins">1. Pin properties and the pin table</a></li></ul></div></div>
+<div id="content"><div class="sect1"><h2 id="_pins">1. Pin properties and the pin table</h2>
+<div class="paragraph"><p>Each pin has a number and a name.</p></div>
+<div class="imageblock"><div class="content"><img src="images/pin-properties.png" alt="pin properties"></div></div>
+<div class="paragraph"><p>Several pins are edited at once in a table.</p></div>
+<div class="imageblock"><div class="content"><img src="images/pin_table.png" alt="The pin table of a connector"></div></div>
+<div class="imageblock"><div class="content"><img src="images/board_setup.png" alt="board_setup"></div>
+<div class="title">Figure 3. Board setup dialog</div></div>
+</div></div><div id="footer"><div id="footer-text">Last updated 2023-01-26</div></div></body></html>"""
+
+
+def test_asciidoctor_toc_footer_and_file_name_alt_text(tmp_path):
+    # Asciidoctor (the KiCad manuals): the table of contents is div#toc (its class "toc2" is also
+    # the body's), and an image block's default alt text is its file name with "-"/"_" as spaces
+    (tmp_path / "images").mkdir()
+    for name in ("pin-properties.png", "pin_table.png", "board_setup.png"):
+        _png(tmp_path / "images" / name, 300, 200)
+    doc = parse_html(ASCIIDOCTOR, "eeschema.html", base_dir=tmp_path)
+    assert [(im.caption, im.caption_source) for im in doc.images] == [
+        ("Each pin has a number and a name.", "context"),        # no caption but its file name: not scored
+        ("The pin table of a connector", "alt"), ("Board setup dialog", "figcaption")]
+    body = " ".join(s.text for s in doc.sections)
+    assert "Table of Contents" not in body and "Last updated" not in body
+    assert body.count("Pin properties and the pin table") == 0  # the heading only, not the TOC's copy
+    assert [s.heading for s in doc.sections] == ["Schematic Editor", "1. Pin properties and the pin table"]
+    assert "Several pins are edited at once in a table." in body
+    (task,) = figure_tasks([doc])
+    assert [im.caption for im in task.images] == ["The pin table of a connector", "Board setup dialog"]
+    assert task.n_excluded == 1
+
+
 def test_a_logo_on_every_page_is_chrome(tmp_path):
     _png(tmp_path / "logo.png", 200, 100)
     _png(tmp_path / "fig.png", 300, 200)
