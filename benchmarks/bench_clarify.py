@@ -48,7 +48,7 @@ from mmrag.encoders import create_encoder  # noqa: E402
 from mmrag.retrieval import CaptionDatastore, corpus_image_vectors, default_datastore  # noqa: E402
 from mmrag.retrieval.relevance import load_relevance  # noqa: E402
 from mmrag.tasks.chat.answerers import SimulatedUser  # noqa: E402
-from mmrag.tasks.chat.clarify import SIGNALS, ClarifyConfig, answer_likelihood, clarify, closeness, rerank  # noqa: E402
+from mmrag.tasks.chat.clarify import SIGNALS, ClarifyConfig, answer_evidence, clarify, closeness, rerank  # noqa: E402
 from mmrag.tasks.chat.dialog import Dialog, Round  # noqa: E402
 from mmrag.tasks.chat.evaluate import _Ranker  # noqa: E402
 from mmrag.tasks.chat.features import CaptionWordFeatures  # noqa: E402
@@ -86,10 +86,10 @@ def run_split(enc, items, V, feats, shown: int, relevance):
         row = {"rank_before": rank0, "signals": sig, "question": None}
         if c is not None:
             ans = SimulatedUser(it.captions[1:]).answer(c.question)
-            lik = answer_likelihood(words, feats.vocab, c.asked, ans)
+            evidence = answer_evidence(words, feats.vocab, c.asked, ans)
             after = {}
             for name, vc in VARIANTS.items():
-                new, _ = rerank(top_ids, cos, lik, vc)
+                new, _ = rerank(top_ids, cos, evidence, vc)
                 after[name] = new.index(it.id) + 1 if it.id in new else rank0
             row.update(question=c.question, answer=ans, options=[o.answer for o in c.options], after=after)
             dialogs.append((t, Dialog(texts[t], [Round(c.question, ans, c.topic)])))

@@ -26,8 +26,9 @@ What an answer does to the shown hits (``rerank``): ``P(answer | hit)`` comes fr
 caption-word chances ``p[w]`` (:mod:`.features`) as in the questioners' model (a choice "A or B?"
 answered "B" means A absent and B present: ``(1 - p[A]) * p[B]``). A hit *keeps* with an answer
 when that probability is at least 0.5. ``partition``: the kept hits first, each group in the
-shown order; ``loglik``: the chat re-scoring, ``cos + weight * log P(answer | hit)`` (in a
-hybrid search, the fused score plus the same term brought to its scale, :func:`rerank`).
+shown order; ``loglik``: the chat's re-scoring (:func:`~.ranking.rescore`), ``cos + weight *
+sum of log P(what the answer says about a word | hit)``, each chance clipped to [floor, 1 - floor]
+(in a hybrid search, the fused score plus the same term brought to its scale, :func:`rerank`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import numpy as np
 from mmrag.tasks.chat.dialog import Dialog, Round
 from mmrag.tasks.chat.features import CaptionWordFeatures
 from mmrag.tasks.chat.questioners import Candidates, Question, SplitQuestioner, _entropy_rows
-from mmrag.tasks.chat.ranking import answer_constraints
+from mmrag.tasks.chat.ranking import answer_constraints, answer_word_chances, log_chance
 
 SIGNALS = ("entropy", "gap", "relevance")
 RERANKS = ("partition", "loglik")
@@ -139,27 +140,31 @@ def answer_options(question: Question) -> list[str]:
     return [*opts, NEITHER] if opts else ["yes", "no"]
 
 
-def answer_likelihood(words, vocab: dict[str, int], question: Question, answer: str) -> np.ndarray:
-    """``P(answer | hit)`` for each row of ``words`` (the hits' ``p[w]`` matrix): the product over
-    what the answer says about each word (present: ``p``, absent: ``1 - p``)."""
-    n = words.shape[0]
+def answer_evidence(words, vocab: dict[str, int], question: Question, answer: str) -> list[tuple[int, np.ndarray]]:
+    """What ``answer`` says about each word, with each hit's ``p[w]`` (rows of ``words``, the
+    hits' matrix): :func:`~.ranking.answer_word_chances` of the answer's constraints."""
+    return list(answer_word_chances(words, vocab, answer_constraints(Round(question.text, answer, question.topic))))
+
+
+def answer_likelihood(evidence: Sequence[tuple[int, np.ndarray]], n: int) -> np.ndarray:
+    """``P(answer | hit)`` for ``n`` hits: the product over the answer's words (present: ``p``,
+    absent: ``1 - p``)."""
     prob = np.ones(n, np.float64)
-    for w, pol in answer_constraints(Round(question.text, answer, question.topic)):
-        col = vocab.get(w)
-        p = (np.asarray(words[:, col].todense(), np.float64).ravel() if col is not None and col < words.shape[1]
-             else np.zeros(n))
+    for pol, p in evidence:
         prob *= p if pol > 0 else 1.0 - p
     return prob
 
 
-def rerank(ids: Sequence[str], scores: np.ndarray, likelihood: np.ndarray, config: ClarifyConfig,
+def rerank(ids: Sequence[str], scores: np.ndarray, evidence: Sequence[tuple[int, np.ndarray]], config: ClarifyConfig,
            cosines: np.ndarray | None = None) -> tuple[list[str], list[str]]:
     """(the shown hits after an answer, those that keep with it in that order): module docstring.
-    ``scores``: what ranked the shown hits (cosines in vector search). When they are another
-    search's scores (hybrid fusion), the answer term is brought to their scale by the ratio of the
-    scores' and the ``cosines``' spreads over the shown hits, so the weight means what it was
-    chosen for and the displayed order (its keyword evidence included) is the starting point."""
-    keep = likelihood >= KEEP_PROBABILITY
+    ``evidence``: :func:`answer_evidence`. ``scores``: what ranked the shown hits (cosines in
+    vector search). When they are another search's scores (hybrid fusion), the answer term is
+    brought to their scale by the ratio of the scores' and the ``cosines``' spreads over the shown
+    hits, so the weight means what it was chosen for and the displayed order (its keyword
+    evidence included) is the starting point. The term is the chat's re-scoring
+    (:func:`~.ranking.rescore`): the weight times the sum of each word's clipped log chance."""
+    keep = answer_likelihood(evidence, len(ids)) >= KEEP_PROBABILITY
     if config.rerank == "partition":
         order = np.concatenate([np.flatnonzero(keep), np.flatnonzero(~keep)])
     else:
@@ -168,8 +173,10 @@ def rerank(ids: Sequence[str], scores: np.ndarray, likelihood: np.ndarray, confi
         if cosines is not None and len(base) > 1:
             sd_c = float(np.std(np.asarray(cosines, np.float64)))
             scale = float(np.std(base)) / sd_c if sd_c > 0 else 1.0
-        p = np.clip(likelihood, config.rescore_floor, 1.0 - config.rescore_floor)
-        order = np.argsort(-(base + scale * config.rescore_weight * np.log(p)), kind="stable")
+        loglik = np.zeros(len(ids), np.float64)
+        for pol, p in evidence:
+            loglik += log_chance(pol, p, config.rescore_floor)
+        order = np.argsort(-(base + scale * config.rescore_weight * loglik), kind="stable")
     return [ids[i] for i in order], [ids[i] for i in order if keep[i]]
 
 
@@ -199,7 +206,7 @@ def clarify(query_text: str, ids: Sequence[str], cosines: Sequence[float], words
     base = cos[:m] if scores is None else np.asarray(scores, np.float64)[:m]
     options = []
     for a in answer_options(q):
-        order, kept = rerank(ids[:m], base, answer_likelihood(words[:m], features.vocab, q, a), config,
+        order, kept = rerank(ids[:m], base, answer_evidence(words[:m], features.vocab, q, a), config,
                              None if scores is None else cos[:m])
         options.append(ClarifyOption(a, order, kept))
     return Clarification(q.text, q.topic, options, config.signal, value, config.threshold,
@@ -232,4 +239,4 @@ def clarifying_question(searcher, query_text: str, hits: Sequence[Any], features
 
 
 __all__ = ["SIGNALS", "RERANKS", "KEEP_PROBABILITY", "ClarifyConfig", "ClarifyOption", "Clarification",
-           "closeness", "answer_options", "answer_likelihood", "rerank", "clarify", "clarifying_question"]
+           "closeness", "answer_options", "answer_evidence", "answer_likelihood", "rerank", "clarify", "clarifying_question"]

@@ -131,6 +131,24 @@ def query_vectors(encoder, dialogs: Sequence[Dialog], config: RankingConfig, cac
     return l2_normalize(out)
 
 
+def answer_word_chances(words, vocab: dict[str, int], constraints: Sequence[tuple[str, int]]):
+    """(polarity, ``p[w]`` of each candidate) for each word an answer says something about, from
+    the candidates' ``p[w]`` matrix ``words``; a word no candidate's captions know is skipped (no
+    evidence either way). What both the chat's re-scoring and a clarifying question's read."""
+    for topic, pol in constraints:
+        c = vocab.get(topic)
+        if c is None or c >= words.shape[1]:
+            continue
+        yield pol, np.asarray(words[:, c].todense(), np.float64).ravel()
+
+
+def log_chance(pol: int, p: np.ndarray, floor: float) -> np.ndarray:
+    """log of what an answer says about one word (present: ``p``, absent: ``1 - p``), with ``p``
+    kept within [floor, 1 - floor] so one word cannot rule a candidate out."""
+    q = np.clip(p, floor, 1.0 - floor)
+    return np.log(q if pol > 0 else 1.0 - q)
+
+
 def rescore(scores: np.ndarray, words, vocab: dict[str, int], constraints: Sequence[tuple[str, int]],
             ranking: RankingConfig) -> np.ndarray:
     """``scores`` of a pool plus the answer terms (module docstring); ``words``: the pool's
@@ -139,14 +157,9 @@ def rescore(scores: np.ndarray, words, vocab: dict[str, int], constraints: Seque
     weight = ranking.rescore_weight
     if weight <= 0 or not constraints:
         return s
-    for topic, pol in constraints:
-        c = vocab.get(topic)
-        if c is None or c >= words.shape[1]:
-            continue  # no candidate's captions know the word: no evidence either way
-        p = np.asarray(words[:, c].todense(), np.float64).ravel()
+    for pol, p in answer_word_chances(words, vocab, constraints):
         if ranking.rescore_mode == "linear":
             s += np.float32(weight * pol) * p.astype(np.float32)
         else:
-            p = np.clip(p, ranking.rescore_floor, 1.0 - ranking.rescore_floor)
-            s += (weight * np.log(p if pol > 0 else 1.0 - p)).astype(np.float32)
+            s += (weight * log_chance(pol, p, ranking.rescore_floor)).astype(np.float32)
     return s
