@@ -232,8 +232,11 @@ class EffnetMinilmEncoder(Encoder):
 
         # backend: the image network's; text_backend: MiniLM's (None: ONNX Runtime if installed)
         self.text = MiniLMTextEncoder(text_model_dir, backend=text_backend, threads=text_threads)
+        if bridge is None and recipe is None:
+            # named even when it is the default, so an index's manifest still says which bridge
+            # built it after the default changes (an in-memory Bridge has no name)
+            bridge = DEFAULT_BRIDGE
         self._bridge_arg = None if isinstance(bridge, Bridge) else (str(bridge) if bridge else None)
-        self._default_bridge = bridge is None and recipe is None
         if isinstance(bridge, Bridge) or (bridge is None and recipe is not None):
             self.bridge = bridge
         else:
@@ -247,11 +250,7 @@ class EffnetMinilmEncoder(Encoder):
         self.name = "effnet-minilm"
 
     def spec(self) -> tuple[str, dict]:
-        # The bridge is named even when it is the default, so an index's manifest still says
-        # which one built it after the default changes (an in-memory Bridge has no name).
-        if self._bridge_arg:
-            return "effnet-minilm", {"bridge": self._bridge_arg}
-        return "effnet-minilm", ({"bridge": DEFAULT_BRIDGE} if self._default_bridge else {})
+        return "effnet-minilm", ({"bridge": self._bridge_arg} if self._bridge_arg else {})
 
     def _fingerprint_spec(self) -> tuple[str, dict]:
         # the bridge's identity is its content (_fingerprint_update), not the name it was given by
