@@ -98,13 +98,13 @@ class IndexManifest:
         p = root / MANIFEST
         if not p.exists():
             raise IndexError_(f"{root} is not an mmrag index (no {MANIFEST}); build one with `mmrag index`")
-        try:
-            m = cls(**json.loads(p.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise IndexError_(f"{p} is unreadable ({e})") from None
         from mmrag.encoders.base import manifest_encoder_options
 
-        m.encoder_options = manifest_encoder_options(m.encoder, m.encoder_options)
+        try:
+            m = cls(**json.loads(p.read_text(encoding="utf-8")))
+            m.encoder_options = manifest_encoder_options(m.encoder, m.encoder_options)
+        except (json.JSONDecodeError, TypeError) as e:  # (TypeError: wrong fields, options not a mapping)
+            raise IndexError_(f"{p} is unreadable ({e})") from None
         return m
 
 
