@@ -12,7 +12,8 @@
    given, else left out (reported in ``skipped``).
 3. **Insertion**: one candidate position after each section; images chosen by
    :func:`~mmrag.tasks.imageref.insertion.assign_images` (optimal assignment with "Not Insert",
-   at most one image per position, each image once, header image at position 1).
+   at most one image per position, each image once, header image at position 1; ``capacity`` > 1
+   lets a position take several, :func:`~mmrag.tasks.imageref.insertion.assign_slots`).
 
 The output is the paper's format: Markdown whose images are ``![short caption](IMAGE_k)``, k
 indexing :attr:`Composition.images`; :meth:`Composition.render` resolves them to files. Every

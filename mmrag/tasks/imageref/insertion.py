@@ -13,7 +13,9 @@ a rectangular assignment problem: the images' columns plus one "Not Insert" colu
 (worth ``threshold`` anywhere), solved exactly by ``scipy.optimize.linear_sum_assignment``. So
 the threshold is part of the optimisation: an image goes to a position only if it beats leaving
 that position empty, and a weaker image never displaces a stronger assignment elsewhere, unlike a
-greedy pass.
+greedy pass. :func:`assign_slots` relaxes rule 2 for sections that hold several figures: a
+position may take up to k images (its row repeated k times, each further slot worth a fixed
+penalty less), still one exact assignment and each image once.
 
 Relevance is a weighted sum of a semantic similarity (MiniLM sentence embeddings of the section's
 chunks against the image's caption) and a lexical one (tf-idf cosine, or BM25), see :class:`Relevance`.
