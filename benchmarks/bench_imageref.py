@@ -26,7 +26,15 @@ assignment.
 
     nice -n 10 python benchmarks/bench_imageref.py [--d2l ../shared/data/d2l] [--corpora d2l grass handbook kicad]
 
-Prints a table and writes ``benchmarks/results/imageref.json``.
+Prints a table and writes ``benchmarks/results/imageref.json``. Every run first prints how many
+gold figures the sections hold (per corpus and split) and what one image per position allows.
+
+``--capacity`` (issue #17, sections with several figures) runs instead: the shipped ``cued`` rule
+with a position capacity > 1 (``capacity``, ``capacity_rule``, ``slot_penalty``, the count cap on
+or off), swept on the dev parts only; the decision rule (mean dev F1 +1.0 or more, no corpus's
+dev F1 down by more than 1.0; of several that pass, the highest mean dev F1) picks one, and then
+the shipped rule, the best of each capacity rule and the pick are scored on every dev and test
+part, with rotated-caption controls; writes ``benchmarks/results/imageref_capacity.json``.
 """
 
 from __future__ import annotations
@@ -138,13 +146,160 @@ def rotated(tasks, by=5):
     return out
 
 
+def figures_per_section(corpora):
+    """Per corpus and split: how many gold figures the positions hold, and what the metric allows
+    with one image per position. The metric's R denominator is a maximum matching between
+    positions and their gold images, so a position holding h figures counts once (checked here
+    against ``max_matching_size``): one image per position can reach R_strict 100 %. Counting
+    figures instead, one image per position places at most (positions with a figure) / figures."""
+    from mmrag.eval.image_position import max_matching_size
+
+    out = {}
+    for name, c in corpora.items():
+        for sp in ("dev", "test"):
+            held = [len(v["3"]) for t in c[sp] for v in t.labels.values() if v["3"]]
+            matching = sum(max_matching_size([v["3"] for v in t.labels.values()]) for t in c[sp])
+            assert matching == len(held)  # the metric's recall denominator: one per position
+            n_fig = sum(held)
+            hist = {str(h): sum(x == h for x in held) for h in (1, 2, 3, 4)}
+            hist["5+"] = sum(x >= 5 for x in held)
+            out[f"{name}/{sp}"] = {
+                "sections": sum(len(t.sections) for t in c[sp]), "positions_with_figure": len(held),
+                "figures": n_fig, "positions_by_figures_held": hist,
+                "figures_at_positions_with_2_or_more": sum(h for h in held if h >= 2),
+                "max_matching": matching, "metric_R_strict_ceiling_capacity_1": 1.0,
+                **{f"figure_recall_ceiling_capacity_{k}": sum(min(h, k) for h in held) / max(n_fig, 1)
+                   for k in (1, 2, 3, 5)}}
+    print("\ngold figures per section (positions holding 1, 2, 3, 4, 5+ figures); the metric's R denominator "
+          "(max matching) counts a position once, so its R_strict ceiling with one image per position is 100 %; "
+          "share of figures one image per position can place (figure level), capacity 1 / 2 / 3 / 5:")
+    print("| corpus/split | sections | positions with a figure | 1 | 2 | 3 | 4 | 5+ | figures | in positions with 2+ "
+          "| figure ceiling k=1 / 2 / 3 / 5 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for cs, m in out.items():
+        h = m["positions_by_figures_held"]
+        print(f"| {cs} | {m['sections']} | {m['positions_with_figure']} | {h['1']} | {h['2']} | {h['3']} | {h['4']} "
+              f"| {h['5+']} | {m['figures']} | {m['figures_at_positions_with_2_or_more']} | "
+              + " / ".join(f"{100 * m[f'figure_recall_ceiling_capacity_{k}']:.1f}" for k in (1, 2, 3, 5)) + " |")
+    print()
+    return out
+
+
+CAPACITY_SPACE = {"capacity_rule": ("fixed", "mentions", "length"), "capacity": (2, 3, 5),
+                  "slot_penalty": (0.0, 0.5, 1.0, 2.0), "count_factor": (1.0, 0)}
+MIN_MEAN_GAIN, MAX_DROP = 0.01, 0.01  # the decision rule, stated before any test column was read
+
+
+def print_f1_table(results, names):
+    """One line per rule: the F1 of every part and the mean dev F1 (the docs table)."""
+    print("| rule | " + " | ".join(f"{c} {sp}" for c in names for sp in ("dev", "test")) + " | mean dev |")
+    print("|" + "---|" * (2 + 2 * len(names)))
+    for rname, r in results.items():
+        mean_dev = sum(r[f"{c}/dev"]["F1"] for c in names) / len(names)
+        print(f"| {rname} | " + " | ".join(f"{100 * r[f'{c}/{sp}']['F1']:.1f}" for c in names for sp in ("dev", "test"))
+              + f" | {100 * mean_dev:.1f} |")
+
+
+def reader_metrics(tasks, cfg, rel):
+    """The metrics when the placement is handed to the reference's own reader: one prediction per
+    image in the order the Markdown shows them (``results_from_predictions``, the reference's
+    ``load_result``, keeps the *last* prediction at a position, i.e. its least relevant image)."""
+    from mmrag.eval.image_position import evaluate_predictions
+    from mmrag.tasks.imageref.compose import place_images
+
+    cfg = cfg.resolved()
+    samples = []
+    for t in tasks:
+        pos = place_images(t.title, t.sections, t.images, rel, cfg.threshold, cfg.header_image, cfg.chunk_words, cfg)
+        samples.append((t.labels, [{"position": p.index, "image": k} for p in pos for k in p.images],
+                        [im.key for im in t.images]))
+    r = evaluate_predictions(samples)
+    return {k: r[k] for k in ("R_strict", "P", "F1")}
+
+
+def capacity_bench(corpora, run, out_path, per_section):
+    """The shipped cued rule with capacity > 1, swept on dev only; then the decision rule; then
+    dev and test of the chosen rows (see the module docstring)."""
+    base = ComposeConfig(placement="cued")
+    names = list(corpora)
+    t0 = time.time()
+    d0 = {n: run(base, "dev", n) for n in names}
+    grid = []
+    for values in itertools.product(*CAPACITY_SPACE.values()):
+        params = dict(zip(CAPACITY_SPACE, values))
+        d = {n: run(replace(base, **params), "dev", n) for n in names}
+        f = {n: d[n]["F1"] for n in names}
+        mean = sum(f.values()) / len(f)
+        drop = max(d0[n]["F1"] - f[n] for n in names)
+        grid.append({**params, "dev_F1": f, "mean_dev_F1": mean,
+                     "dev_figure_F1": {n: d[n]["figures"]["F1"] for n in names},
+                     "passes": mean - sum(x["F1"] for x in d0.values()) / len(names) >= MIN_MEAN_GAIN - 1e-9
+                     and drop <= MAX_DROP + 1e-9})
+    base_mean = sum(x["F1"] for x in d0.values()) / len(names)
+    print(f"capacity dev grid: {len(grid)} configurations in {time.time() - t0:.0f} s; shipped cued mean dev F1 "
+          f"{100 * base_mean:.1f}", flush=True)
+    best_of = {r: max((g for g in grid if g["capacity_rule"] == r), key=lambda g: round(g["mean_dev_F1"], 6))
+               for r in CAPACITY_SPACE["capacity_rule"]}
+    passing = [g for g in grid if g["passes"]]
+    chosen = max(passing, key=lambda g: round(g["mean_dev_F1"], 6)) if passing else None
+    verdict = (f"adopt: {', '.join(f'{k} {chosen[k]}' for k in CAPACITY_SPACE)} (mean dev F1 "
+               f"{100 * base_mean:.1f} -> {100 * chosen['mean_dev_F1']:.1f})" if chosen else
+               f"not adopted: none of {len(grid)} configurations raises the mean dev F1 by {100 * MIN_MEAN_GAIN:.1f} "
+               f"without lowering a corpus's dev F1 by more than {100 * MAX_DROP:.1f}")
+    print(f"decision (dev only): {verdict}", flush=True)
+
+    def label(g):
+        return ", ".join(f"{k} {g[k]}" for k in CAPACITY_SPACE)
+
+    # not a candidate: the best capacities run without the count cap, so this row shows what
+    # dropping the cap alone does (added after the first run, to read the others by)
+    rows = {"cued, shipped (capacity 1)": base, "reference: shipped, capacity 1, no count cap": replace(base, count_factor=0)}
+    for r, g in best_of.items():
+        rows[f"best '{r}' capacity on mean dev ({label(g)})"] = replace(base, **{k: g[k] for k in CAPACITY_SPACE})
+    if chosen:
+        rows[f"chosen by the rule ({label(chosen)})"] = replace(base, **{k: chosen[k] for k in CAPACITY_SPACE})
+    results = {}
+    for rname, cfg in rows.items():
+        results[rname] = {f"{c}/{sp}": run(cfg, sp, c, reader=True) for c in names for sp in ("dev", "test")}
+    controls = {"control: captions rotated, shipped cued": base}
+    pick = chosen or max(grid, key=lambda g: round(g["mean_dev_F1"], 6))
+    controls[f"control: captions rotated, {'chosen' if chosen else 'best mean dev'} capacity"] = replace(
+        base, **{k: pick[k] for k in CAPACITY_SPACE})
+    for rname, cfg in controls.items():
+        results[rname] = {f"{c}/{sp}": run(cfg, sp, c, rotated(corpora[c][sp])) for c in names for sp in ("dev", "test")}
+
+    print("| rule | corpus/split | " + " | ".join(KEYS) + " | placed / positions with a figure | figure-level R / P / F1 "
+          "(images placed) | F1 through the reference's reader, Markdown order |")
+    print("|" + "---|" * (5 + len(KEYS)))
+    for rname, r in results.items():
+        for cs, m in r.items():
+            fl = m["figures"]
+            rd = f"{100 * m['reader']['F1']:.1f}" if "reader" in m else "-"
+            print(f"| {rname} | {cs} | " + " | ".join(f"{100 * m[k]:.1f}" for k in KEYS)
+                  + f" | {m['n_placed']} / {m['n_positions_with_figure']} | {100 * fl['R']:.1f} / {100 * fl['P']:.1f} / "
+                  f"{100 * fl['F1']:.1f} ({fl['placed']}) | {rd} |")
+    print()
+    print_f1_table(results, names)
+    write_results(out_path, {
+        "benchmark": f"figure-position recovery, sections with several figures (capacity), {' + '.join(names)}",
+        "figures_per_section": per_section, "capacity_space": {k: list(v) for k, v in CAPACITY_SPACE.items()},
+        "decision_rule": {"min_mean_dev_gain": MIN_MEAN_GAIN, "max_dev_drop_per_corpus": MAX_DROP},
+        "shipped_dev_F1": {n: d0[n]["F1"] for n in names}, "verdict": verdict, "chosen": chosen,
+        "best_of_rule": best_of, "results": results, "dev_grid": grid})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--d2l", type=Path, default=REPO.parent / "shared" / "data" / "d2l")
     ap.add_argument("--corpora", nargs="+", default=["d2l", *CORPORA], choices=["d2l", *CORPORA],
                     help="the corpora whose dev parts choose the rules (default: all)")
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "imageref.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results JSON (default benchmarks/results/imageref.json, with --capacity imageref_capacity.json)")
+    ap.add_argument("--capacity", action="store_true",
+                    help="only the capacity sweep (several images per position, dev) and its chosen rows")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = REPO / "benchmarks" / "results" / ("imageref_capacity.json" if args.capacity else "imageref.json")
     if len(set(args.corpora)) < 2:
         ap.error("give at least two corpora (the learned score of each is fitted on the others' dev parts)")
 
@@ -180,6 +335,7 @@ def main() -> None:
         multi[name]["mention_rate_with_figure"] = sum(m for g, m in cue if g) / max(sum(g for g, _ in cue), 1)
         multi[name]["mention_rate_without"] = sum(m for g, m in cue if not g) / max(sum(not g for g, _ in cue), 1)
     print(f"dev positions holding several figures, figure-mention rates: {multi}")
+    per_section = figures_per_section(corpora)
     emb = default_text_embedder()
     t0 = time.time()
     for c in corpora.values():
@@ -187,14 +343,21 @@ def main() -> None:
     emb.save()
     print(f"embedding / cache load: {time.time() - t0:.0f} s")
 
-    def run(cfg, split, corpus, tasks=None):
+    def run(cfg, split, corpus, tasks=None, reader=False):
         cfg = cfg.resolved()
         rel = MemoRelevance(lexical_weight=cfg.lexical_weight, pool=cfg.pool, embedder=emb, lexical=cfg.lexical,
                             heading_weight=cfg.heading_weight)
-        r = evaluate_figure_positions(tasks if tasks is not None else corpora[corpus][split], cfg, embedder=emb,
-                                      relevance=rel)
-        return {**{k: r[k] for k in KEYS}, "n_placed": r["n_placed"], "n_images": r["n_images"],
-                "n_positions_with_figure": r["n_positions_with_figure"]}
+        tasks = tasks if tasks is not None else corpora[corpus][split]
+        r = evaluate_figure_positions(tasks, cfg, embedder=emb, relevance=rel)
+        out = {**{k: r[k] for k in KEYS}, "n_placed": r["n_placed"], "n_images": r["n_images"],
+               "n_positions_with_figure": r["n_positions_with_figure"], "figures": r["figures"]}
+        if reader:
+            out["reader"] = reader_metrics(tasks, cfg, rel)
+        return out
+
+    if args.capacity:
+        capacity_bench(corpora, run, args.out, per_section)
+        return
 
     def choose(placement, space):
         grid = []
@@ -294,19 +457,14 @@ def main() -> None:
         for cs, m in r.items():
             print(f"| {rname} | {cs} | " + " | ".join(f"{100 * m[k]:.1f}" for k in KEYS)
                   + f" | {m['n_placed']} / {m['n_positions_with_figure']} |")
-    print()  # one line per rule: F1 of every part (the docs table)
-    print("| rule | " + " | ".join(f"{c} {sp}" for c in corpora for sp in ("dev", "test")) + " | mean dev |")
-    print("|" + "---|" * (2 + 2 * len(corpora)))
-    for rname, r in results.items():
-        mean_dev = sum(r[f"{c}/dev"]["F1"] for c in corpora) / len(corpora)
-        print(f"| {rname} | " + " | ".join(f"{100 * r[f'{c}/{sp}']['F1']:.1f}" for c in corpora for sp in ("dev", "test"))
-              + f" | {100 * mean_dev:.1f} |")
+    print()
+    print_f1_table(results, list(corpora))
     write_results(args.out, {
         "benchmark": f"figure-position recovery, {' + '.join(corpora)}",
         "corpora": {n: {"n_pages": c["n_pages"], "decorative": c["decorative"], "excluded_context_caption": excluded[n],
                         **{sp: {"docs": len(c[sp]), "figures": sum(len(t.images) for t in c[sp])} for sp in ("dev", "test")}}
                     for n, c in corpora.items()},
-        "multi_figure_positions": multi,
+        "multi_figure_positions": multi, "figures_per_section": per_section,
         "chosen": {"calibrated": best_cal, "cued": best_cued}, "results": results,
         "dev_grid": {"calibrated": grid_cal, "cued": grid_cued}, "learned_insert_score": learned,
         "section_length_prior": lengths,

@@ -116,6 +116,9 @@ def eval_imageref(
     threshold: Optional[float] = typer.Option(None, help="global placement: 'Not Insert' threshold (default: chosen on d2l dev)."),
     lexical_weight: Optional[float] = typer.Option(None, help="Weight of tf-idf vs MiniLM relevance in [0, 1]."),
     header_image: Optional[bool] = typer.Option(None, "--header-image/--no-header-image", help="Header-image rule at position 1."),
+    capacity: Optional[int] = typer.Option(None, help="Images one position may take (default 1: measured, not adopted; the metric reads one per position)."),
+    capacity_rule: Optional[str] = typer.Option(None, help="With --capacity > 1: fixed, mentions (the section's figure mentions) or length (its words over the document's median)."),
+    slot_penalty: Optional[float] = typer.Option(None, help="With --capacity > 1: how much less each further image at a position counts."),
     limit: Optional[int] = typer.Option(None, help="Evaluate on the first N documents with figures."),
     per_doc: bool = typer.Option(False, help="Include every document's placements and Markdown in the JSON."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write results here."),
@@ -134,6 +137,14 @@ def eval_imageref(
         fail(f"--placement must be cued, calibrated or global, got {placement!r}")
     if split not in ("all", "dev", "test"):
         fail("--split must be all, dev or test")
+    from mmrag.tasks.imageref.insertion import CAPACITY_RULES
+
+    if capacity is not None and capacity < 1:
+        fail(f"--capacity must be at least 1, got {capacity}")
+    if capacity_rule is not None and capacity_rule not in CAPACITY_RULES:
+        fail(f"--capacity-rule must be one of {', '.join(CAPACITY_RULES)}, got {capacity_rule!r}")
+    if slot_penalty is not None and not slot_penalty >= 0:
+        fail(f"--slot-penalty must be 0 or more, got {slot_penalty}")
     ds = read_documents(docs)
     chosen = [d for d in ds.documents if (pattern is None or d.id.startswith(pattern))
               and (split == "all" or dev_test_split(d.id) == split)]
@@ -147,6 +158,7 @@ def eval_imageref(
         cfg.lexical_weight = lexical_weight
     if header_image is not None:
         cfg.header_image = header_image
+    cfg.capacity, cfg.capacity_rule, cfg.slot_penalty = capacity, capacity_rule, slot_penalty
     res = evaluate_figure_positions(tasks, cfg, progress=True, keep_outputs=per_doc)
     res["split"] = split
     res["docs"] = str(docs)
@@ -155,6 +167,10 @@ def eval_imageref(
         t.add_column(c, justify="right")
     t.add_row(*(f"{100 * res[c]:.1f}" for c in ("R_lenient", "R_strict", "P", "F1", "score", "valid_refs")))
     out.print(t)
+    if (capacity or 1) > 1:
+        f = res["figures"]
+        err.print(f"[dim]every placed image counted (not an ImageRef-VL metric): R {100 * f['R']:.1f}, "
+                  f"P {100 * f['P']:.1f}, F1 {100 * f['F1']:.1f} ({f['placed']} images placed)[/]")
     write_json_report(json_out, res)
 
 

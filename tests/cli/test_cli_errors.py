@@ -64,6 +64,9 @@ BAD = [
     (["eval", "retrieval", "{idx}", "--kind", "bogus"], "bogus"),
     (["eval", "chat", "{flickr}", "--search-space", "bogus"], "--search-space"),
     (["eval", "imageref", "{tmp}", "--placement", "bogus"], "--placement"),
+    (["eval", "imageref", "{tmp}", "--capacity", "0"], "--capacity"),
+    (["eval", "imageref", "{tmp}", "--capacity-rule", "bogus"], "--capacity-rule"),
+    (["eval", "imageref", "{tmp}", "--slot-penalty", "-1"], "--slot-penalty"),
     (["bridge", "fit", "/no/such/folder", "--out", "{tmp}/b.npz"], "/no/such/folder"),
 ]
 

@@ -75,17 +75,17 @@ def compose_router(state: ServeState) -> APIRouter:
 
     def to_json(c) -> dict[str, Any]:
         images = {im.key: im for im in c.images}
-        placed = {p.index: images[p.image] for p in c.positions if p.image}
-        urls = {k: image_url(im) for k, im in images.items() if im in placed.values()}
+        placed = {p.index: [images[k] for k in p.images] for p in c.positions if p.image}
+        shown = {im.key for ims in placed.values() for im in ims}
+        urls = {k: image_url(im) for k, im in images.items() if k in shown}
         blocks: list[dict[str, Any]] = [{"type": "heading", "level": 1, "text": c.title}] if c.title else []
         for i, s in enumerate(c.sections):
             if s.heading and not (s.level == 1 and s.heading == c.title):
                 blocks.append({"type": "heading", "level": max(2, s.level), "text": s.heading})
             if s.text.strip():
                 blocks.append({"type": "text", "text": s.text.strip()})
-            if i + 1 in placed:
-                im = placed[i + 1]
-                rel = next((p.relevance for p in c.positions if p.index == i + 1), None)
+            for j, im in enumerate(placed.get(i + 1, ())):  # a position may hold several (capacity > 1)
+                rel = next((p.relevance for p in c.positions if p.index == i + 1), None) if j == 0 else None
                 blocks.append({"type": "image", "key": im.key, "image_id": im.id, "doc_id": im.doc_id,
                                "caption": im.caption, "image_url": urls[im.key], "score": rel})
         d = c.to_dict()

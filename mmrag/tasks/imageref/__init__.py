@@ -8,7 +8,7 @@ Python API::
     c = compose("how does attention pooling work?", documents=docs.documents)
     c.markdown      # "# Title\\n\\n## Section\\n\\ntext\\n\\n![short caption](IMAGE_2)\\n..."
     c.images        # [ImageCandidate(key="IMAGE_1", id, path, caption, doc_id, caption_source, ...)]
-    c.positions     # [PositionChoice(index=1, heading, image="IMAGE_2" | None, relevance)]
+    c.positions     # [PositionChoice(index=1, heading, image="IMAGE_2" | None, relevance, more=[])]
     c.to_dict()     # JSON-friendly (the HTTP service returns this)
     c.render()      # Markdown with IMAGE_k resolved to files; render(markdown, images, mode="data"|"html")
 

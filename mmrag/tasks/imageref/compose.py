@@ -12,7 +12,8 @@
    given, else left out (reported in ``skipped``).
 3. **Insertion**: one candidate position after each section; images chosen by
    :func:`~mmrag.tasks.imageref.insertion.assign_images` (optimal assignment with "Not Insert",
-   at most one image per position, each image once, header image at position 1).
+   at most one image per position, each image once, header image at position 1; ``capacity`` > 1
+   lets a position take several, :func:`~mmrag.tasks.imageref.insertion.assign_slots`).
 
 The output is the paper's format: Markdown whose images are ``![short caption](IMAGE_k)``, k
 indexing :attr:`Composition.images`; :meth:`Composition.render` resolves them to files. Every
@@ -38,10 +39,12 @@ from mmrag.tasks.imageref.insertion import (
     DEFAULT_THRESHOLD,
     Relevance,
     assign_images,
+    assign_slots,
     calibrated_scores,
     expected_occupied,
     default_text_embedder,
     mentions_figure,
+    section_capacity,
 )
 from mmrag.tasks.imageref.render import InvalidReferenceError, invalid_references, render
 
@@ -66,14 +69,14 @@ EXTRACTIVE = "extractive"  # the default generator (a registry name)
 PLACEMENTS: dict[str, dict[str, Any]] = {
     "global": dict(threshold=DEFAULT_THRESHOLD, lexical_weight=DEFAULT_LEXICAL_WEIGHT, pool=DEFAULT_POOL,
                    lexical="tfidf", heading_weight=0.0, z_threshold=0.5, count_factor=1.2, empty_penalty=2.0,
-                   mention_bonus=0.0, length_weight=0.0),
+                   mention_bonus=0.0, length_weight=0.0, capacity=1, capacity_rule="fixed", slot_penalty=0.0),
     "calibrated": dict(threshold=DEFAULT_THRESHOLD, lexical_weight=DEFAULT_LEXICAL_WEIGHT, pool=DEFAULT_POOL,
                        lexical="tfidf", heading_weight=0.0, z_threshold=0.5, count_factor=1.2, empty_penalty=2.0,
-                       mention_bonus=0.0, length_weight=0.0),
+                       mention_bonus=0.0, length_weight=0.0, capacity=1, capacity_rule="fixed", slot_penalty=0.0),
     # calibrated + BM25 + the heading + a prior for sections that mention a figure
     "cued": dict(threshold=DEFAULT_THRESHOLD, lexical_weight=0.6, pool=DEFAULT_POOL, lexical="bm25",
                  heading_weight=0.15, z_threshold=1.25, count_factor=1.0, empty_penalty=1.0, mention_bonus=3.0,
-                 length_weight=0.0),
+                 length_weight=0.0, capacity=1, capacity_rule="fixed", slot_penalty=0.0),
 }
 # Figure-position recovery (mmrag eval imageref, evaluate_figure_positions) places with "cued";
 # composed answers keep "global": the per-document rules standardise the answer's own matrix, and
@@ -99,8 +102,9 @@ class ComposeConfig:
     answer; ``max_images``: candidate images given to the insertion stage; ``placement``: the
     insertion rule (:data:`PLACEMENTS`, see :func:`place_images`), whose parameters
     (``threshold``, ``lexical_weight``, ``pool``, ``lexical``, ``heading_weight``: relevance, see
-    :mod:`.insertion`; ``z_threshold``, ``count_factor``, ``empty_penalty``, ``mention_bonus``, ``length_weight``)
-    default to the rule's own values when left None (:meth:`resolved`); ``header_image``:
+    :mod:`.insertion`; ``z_threshold``, ``count_factor``, ``empty_penalty``, ``mention_bonus``, ``length_weight``;
+    ``capacity``, ``capacity_rule``, ``slot_penalty``: how many images one position may take, see
+    :func:`place_images`) default to the rule's own values when left None (:meth:`resolved`); ``header_image``:
     let position 1 take an image that suits the whole answer; ``use_context``: add the text around
     an image to its caption for matching; ``use_ocr``: add the first ``ocr_words`` words of the
     text read in an image (where the index has it) too; ``chunk_words``: chunk size; ``generator_options``:
@@ -126,6 +130,9 @@ class ComposeConfig:
     empty_penalty: float | None = None
     mention_bonus: float | None = None
     length_weight: float | None = None
+    capacity: int | None = None
+    capacity_rule: str | None = None
+    slot_penalty: float | None = None
     use_context: bool = True
     context_words: int = 40
     # off: on d2l figure placement the OCR text lowered dev F1 (benchmarks/bench_imageref_ocr.py)
@@ -169,12 +176,20 @@ class AnswerSection:
 
 @dataclass
 class PositionChoice:
-    """Position ``index`` (1-based, after section ``index``): the image put there or None."""
+    """Position ``index`` (1-based, after section ``index``): the image put there or None, and
+    (where a position may take several, ``capacity`` > 1) the ``more`` images after it, best first.
+    The image-position metric reads one image per position: ``image``."""
 
     index: int
     heading: str
     image: str | None
     relevance: float | None = None
+    more: list[str] = field(default_factory=list)
+
+    @property
+    def images(self) -> list[str]:
+        """Every image at this position, in the order the Markdown shows them."""
+        return ([self.image] if self.image else []) + list(self.more)
 
 
 @dataclass
@@ -193,8 +208,13 @@ class Composition:
         return {im.key: im for im in self.images}
 
     def inserted(self) -> dict[int, str]:
-        """position index -> image key, for the positions that got one."""
+        """position index -> (first) image key, for the positions that got one."""
         return {p.index: p.image for p in self.positions if p.image}
+
+    def placed(self) -> dict[int, list[ImageCandidate]]:
+        """position index -> every image there (the first is :meth:`inserted`'s)."""
+        by_key = self.image_map()
+        return {p.index: [by_key[k] for k in p.images] for p in self.positions if p.image}
 
     def render(self, mode: str = "path", base_dir: str | Path | None = None) -> str:
         """The Markdown with ``IMAGE_k`` resolved (see :func:`mmrag.tasks.imageref.render.render`)."""
@@ -227,8 +247,10 @@ def short_caption(text: str, max_words: int = SHORT_CAPTION_WORDS) -> str:
     return " ".join(words[:cut]).rstrip(",;:") + " ..."
 
 
-def build_markdown(title: str, sections: Sequence[AnswerSection], placed: dict[int, ImageCandidate]) -> str:
-    """Title, then each section; after section i (0-based) the image placed at position i+1."""
+def build_markdown(title: str, sections: Sequence[AnswerSection],
+                   placed: dict[int, ImageCandidate | Sequence[ImageCandidate]]) -> str:
+    """Title, then each section; after section i (0-based) the image(s) placed at position i+1,
+    one after another."""
     parts = [f"# {title}".rstrip()] if title else []
     for i, s in enumerate(sections):
         block = []
@@ -237,8 +259,9 @@ def build_markdown(title: str, sections: Sequence[AnswerSection], placed: dict[i
         if s.text.strip():
             block.append(s.text.strip())
         if i + 1 in placed:
-            im = placed[i + 1]
-            block.append(f"![{short_caption(im.caption)}]({im.key})")
+            here = placed[i + 1]
+            for im in ([here] if isinstance(here, ImageCandidate) else here):
+                block.append(f"![{short_caption(im.caption)}]({im.key})")
         if block:
             parts.append("\n\n".join(block))
     return "\n\n".join(parts) + "\n"
@@ -397,6 +420,12 @@ def place_images(title: str, sections: Sequence[AnswerSection], images: Sequence
       every section ``length_weight`` × its standardised log word count (figures sit in sections
       that explain something, not in stubs such as "See also" or "Keywords").
     * ``"global"`` (or no config): a fixed ``threshold`` on the raw relevance, the first rule.
+
+    Any rule: ``capacity`` > 1 lets a position take up to that many images
+    (:func:`~mmrag.tasks.imageref.insertion.section_capacity` by ``capacity_rule``, from the
+    section's own text), the k-th of them (k from 0) counting ``k × slot_penalty`` less, still one
+    exact assignment, each image once (:func:`~mmrag.tasks.imageref.insertion.assign_slots`); the
+    count cap then limits the positions occupied. Capacity 1 (every preset) is the one-image rule.
     """
     if not sections:
         return []
@@ -417,13 +446,18 @@ def place_images(title: str, sections: Sequence[AnswerSection], images: Sequence
         cap = None
         if cfg.count_factor:
             cap = int(round(cfg.count_factor * expected_occupied(len(sections), len(images))))
-        choice = assign_images(Z, cfg.z_threshold, header=header, max_inserted=cap)
+        M, limit = Z, cfg.z_threshold
     else:
-        choice = assign_images(R, threshold, header=header)
+        M, limit, cap = R, threshold, None
+    if cfg.capacity == 1:
+        choice = [[] if c is None else [c] for c in assign_images(M, limit, header=header, max_inserted=cap)]
+    else:
+        slots = section_capacity([s.text for s in sections], cfg.capacity, cfg.capacity_rule)
+        choice = assign_slots(M, limit, slots, cfg.slot_penalty, header=header, max_occupied=cap)
     out = []
-    for p, (s, c) in enumerate(zip(sections, choice)):
-        out.append(PositionChoice(p + 1, s.heading, images[c].key if c is not None else None,
-                                  float(R[p, c]) if c is not None else None))
+    for p, (s, cs) in enumerate(zip(sections, choice)):
+        out.append(PositionChoice(p + 1, s.heading, images[cs[0]].key if cs else None,
+                                  float(R[p, cs[0]]) if cs else None, [images[c].key for c in cs[1:]]))
     return out
 
 
@@ -470,7 +504,7 @@ def compose(query: str, documents: Sequence[Document] | None = None, index: str 
     positions = place_images(title, sections, images, config.relevance(embedder), None, config.header_image,
                              config.chunk_words, config)
     by_key = {im.key: im for im in images}
-    placed = {p.index: by_key[p.image] for p in positions if p.image}
+    placed = {p.index: [by_key[k] for k in p.images] for p in positions if p.image}
     markdown = build_markdown(title, sections, placed)
     bad = invalid_references(markdown, len(images))
     if bad:  # cannot happen by construction; never hand out a broken reference

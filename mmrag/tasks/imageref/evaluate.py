@@ -82,7 +82,9 @@ def evaluate_figure_positions(docs: Sequence[Document] | Sequence[FigureTask], c
                               embedder=None, progress: bool = False, keep_outputs: bool = False,
                               relevance: Relevance | None = None) -> dict[str, Any]:
     """Place every document's figures and score them. Returns ``{"n_docs", "n_images",
-    "R_lenient", "R_strict", "P", "F1", "score", "valid_refs", "config", "per_doc"?}``.
+    "R_lenient", "R_strict", "P", "F1", "score", "valid_refs", "config", "per_doc"?, "figures"}``
+    (``figures``: every placed image counted, several at one position too: placed, right, R, P,
+    F1; not an ImageRef-VL metric, which reads one image per position).
     ``relevance``: instead of ``config.relevance(embedder)`` (e.g. one that memoises, benchmarks)."""
     config = (config or ComposeConfig(placement=DEFAULT_PLACEMENT)).resolved()
     tasks = list(docs)
@@ -94,7 +96,7 @@ def evaluate_figure_positions(docs: Sequence[Document] | Sequence[FigureTask], c
         raise ValueError("no documents with images to evaluate")
     rel = relevance or config.relevance(embedder or default_text_embedder())
     samples, per_doc = [], []
-    n_refs = n_valid = 0
+    n_refs = n_valid = n_all_placed = n_all_right = 0
     it = tasks
     if progress:
         from tqdm.auto import tqdm
@@ -104,14 +106,19 @@ def evaluate_figure_positions(docs: Sequence[Document] | Sequence[FigureTask], c
         positions = place_images(t.title, t.sections, t.images, rel, config.threshold, config.header_image,
                                  config.chunk_words, config)
         by_key = {im.key: im for im in t.images}
-        placed = {p.index: by_key[p.image] for p in positions if p.image}
+        placed = {p.index: [by_key[k] for k in p.images] for p in positions if p.image}
         markdown = build_markdown(t.title, t.sections, placed)
         refs = [k for _, k in find_references(markdown)]
         bad = invalid_references(markdown, len(t.images))
         n_refs += len(refs)
         n_valid += len(refs) - len(bad) - (len(refs) - len(set(refs)))
+        # the metric reads one image per position (a later prediction at a position replaces an
+        # earlier one in the reference's load_result): the position's first, most relevant image
         results = {p.index: p.image for p in positions if p.image}
         samples.append((t.labels, results))
+        for p in positions:  # every placed image, the figure-level counts the metric cannot see
+            n_all_placed += len(p.images)
+            n_all_right += sum(k in t.labels[p.index]["3"] for k in p.images)
         if keep_outputs:
             per_doc.append({"doc_id": t.doc_id, "n_images": len(t.images), **sample_metrics(t.labels, results),
                             "placed": {str(k): v for k, v in results.items()}, "markdown": markdown})
@@ -130,6 +137,12 @@ def evaluate_figure_positions(docs: Sequence[Document] | Sequence[FigureTask], c
     }
     if keep_outputs:
         out["per_doc"] = per_doc
-    out["n_placed"] = sum(len(r) for _, r in samples)
+    out["n_placed"] = sum(len(r) for _, r in samples)  # positions given an image
+    n_fig = out["n_images"]
+    fr = n_all_right / max(n_fig, 1)
+    fp = n_all_right / n_all_placed if n_all_placed else 1.0
+    # figure level (not an ImageRef-VL metric): every figure counts, several at one position too
+    out["figures"] = {"placed": n_all_placed, "right": n_all_right, "R": fr, "P": fp,
+                      "F1": 0.0 if fr + fp == 0 else 2 * fr * fp / (fr + fp)}
     out["n_positions_with_figure"] = sum(sum(1 for v in lab.values() if v["3"]) for lab, _ in samples)
     return out

@@ -13,7 +13,9 @@ a rectangular assignment problem: the images' columns plus one "Not Insert" colu
 (worth ``threshold`` anywhere), solved exactly by ``scipy.optimize.linear_sum_assignment``. So
 the threshold is part of the optimisation: an image goes to a position only if it beats leaving
 that position empty, and a weaker image never displaces a stronger assignment elsewhere, unlike a
-greedy pass.
+greedy pass. :func:`assign_slots` relaxes rule 2 for sections that hold several figures: a
+position may take up to k images (its row repeated k times, each further slot worth a fixed
+penalty less), still one exact assignment and each image once.
 
 Relevance is a weighted sum of a semantic similarity (MiniLM sentence embeddings of the section's
 chunks against the image's caption) and a lexical one (tf-idf cosine, or BM25), see :class:`Relevance`.
@@ -36,6 +38,10 @@ __all__ = [
     "Relevance",
     "TextEmbedder",
     "assign_images",
+    "assign_slots",
+    "CAPACITY_RULES",
+    "section_capacity",
+    "figure_mentions",
     "bm25_similarity",
     "calibrated_scores",
     "mentions_figure",
@@ -79,6 +85,11 @@ def mentions_figure(text: str) -> bool:
     return bool(_FIGURE_MENTION.search(text or ""))
 
 
+def figure_mentions(text: str) -> int:
+    """How many times a section's text mentions a figure (``_FIGURE_MENTION`` matches)."""
+    return len(_FIGURE_MENTION.findall(text or ""))
+
+
 def _solve(r: np.ndarray, threshold: float) -> list[int | None]:
     n_pos, n_img = r.shape
     gain = np.concatenate([r, np.full((n_pos, n_pos), float(threshold))], axis=1)
@@ -99,40 +110,132 @@ def assign_images(relevance: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
     image i becomes ``max(R[0, i], header_weight * header[i])`` (rule 4). ``max_inserted``: at
     most this many images in all; the best such placement is found by raising the "Not Insert"
     value (a Lagrange multiplier) until the optimal assignment uses few enough images."""
-    r = np.asarray(relevance, dtype=np.float64)
-    if r.ndim != 2:
-        raise ValueError("relevance must be a [positions, images] matrix")
+    r = _matrix(relevance)
     n_pos, n_img = r.shape
     if n_pos == 0:
         return []
     if n_img == 0:
         return [None] * n_pos
+    r = _with_header(r, header, header_weight)
+    return _at_most(lambda t: _solve(r, t), lambda o: sum(c is not None for c in o), threshold, float(r.max()),
+                    max_inserted, [None] * n_pos)
+
+
+def _matrix(relevance) -> np.ndarray:
+    r = np.asarray(relevance, dtype=np.float64)
+    if r.ndim != 2:
+        raise ValueError("relevance must be a [positions, images] matrix")
+    return r
+
+
+def _with_header(r: np.ndarray, header: np.ndarray | None, header_weight: float) -> np.ndarray:
+    """A checked copy of ``r`` (finite entries) with position 0 taking the header relevance (rule 4)."""
     if not np.all(np.isfinite(r)):
         raise ValueError("relevance has NaN or infinite entries")
     r = r.copy()
     if header is not None:
         h = np.asarray(header, dtype=np.float64).reshape(-1)
-        if h.shape[0] != n_img:
+        if h.shape[0] != r.shape[1]:
             raise ValueError("header must have one entry per image")
         r[0] = np.maximum(r[0], header_weight * h)
-    out = _solve(r, threshold)
-    if max_inserted is None or sum(c is not None for c in out) <= max_inserted:
+    return r
+
+
+def _at_most(solve, count, threshold: float, top: float, limit: int | None, nothing):
+    """``solve(threshold)``, or where that places more than ``limit`` (by ``count``), the placement
+    at the lowest "Not Insert" value (a Lagrange multiplier) that places few enough: the number
+    placed only falls as that value rises, so bisect on it."""
+    out = solve(threshold)
+    if limit is None or count(out) <= limit:
         return out
-    if max_inserted <= 0:
-        return [None] * n_pos
-    # the number inserted only falls as the "Not Insert" value rises: bisect on it
-    lo, hi = float(threshold), float(r.max())
-    best = _solve(r, hi)
+    if limit <= 0:
+        return nothing
+    lo, hi = float(threshold), top
+    best = solve(hi)
     for _ in range(40):
         mid = (lo + hi) / 2
-        got = _solve(r, mid)
-        if sum(c is not None for c in got) <= max_inserted:
+        got = solve(mid)
+        if count(got) <= limit:
             hi, best = mid, got
         else:
             lo = mid
         if hi - lo < 1e-7:
             break
     return best
+
+
+CAPACITY_RULES = ("fixed", "mentions", "length")
+
+
+def section_capacity(texts: Sequence[str], capacity: int, rule: str = "fixed") -> np.ndarray:
+    """How many images each section may take, from its own text only (never gold), at most
+    ``capacity``: ``"fixed"``: ``capacity`` everywhere; ``"mentions"``: as many as the section
+    mentions a figure (:func:`figure_mentions`), at least 1; ``"length"``: its word count over the
+    median word count of the document's sections with text, rounded, at least 1."""
+    if rule not in CAPACITY_RULES:
+        raise ValueError(f"capacity rule must be one of {', '.join(CAPACITY_RULES)}, got {rule!r}")
+    if int(capacity) != capacity or capacity < 1:
+        raise ValueError(f"capacity must be a whole number >= 1, got {capacity!r}")
+    n = len(texts)
+    if rule == "fixed" or capacity == 1:
+        return np.full(n, int(capacity), np.int64)
+    if rule == "mentions":
+        k = np.array([figure_mentions(t) for t in texts], np.int64)
+    else:
+        words = np.array([len((t or "").split()) for t in texts], np.float64)
+        med = float(np.median(words[words > 0])) if (words > 0).any() else 1.0
+        k = np.rint(words / max(med, 1.0)).astype(np.int64)
+    return np.clip(k, 1, int(capacity))
+
+
+def _solve_slots(r: np.ndarray, threshold: float, capacity: np.ndarray, slot_penalty: float) -> list[list[int]]:
+    # each position p becomes capacity[p] rows (slots); slot j's images lose j x slot_penalty, so a
+    # second image must beat "Not Insert" by more than the first: still one exact assignment
+    owner = np.repeat(np.arange(r.shape[0]), capacity)
+    slot = np.concatenate([np.arange(k) for k in capacity])
+    gain_img = r[owner] - slot[:, None] * float(slot_penalty)
+    n_rows, n_img = gain_img.shape
+    gain = np.concatenate([gain_img, np.full((n_rows, n_rows), float(threshold))], axis=1)
+    rows, cols = linear_sum_assignment(gain, maximize=True)
+    got: list[list[int]] = [[] for _ in range(r.shape[0])]
+    for row, c in zip(rows, cols):
+        if c < n_img:
+            got[owner[row]].append(int(c))
+    out: list[list[int]] = []
+    for p, imgs in enumerate(got):
+        imgs.sort(key=lambda c: (-r[p, c], c))  # best first; slot j must beat the threshold by j penalties
+        out.append([c for j, c in enumerate(imgs) if r[p, c] - j * slot_penalty > threshold])
+    return out
+
+
+def assign_slots(relevance: np.ndarray, threshold: float = DEFAULT_THRESHOLD, capacity=1,
+                 slot_penalty: float = 0.0, header: np.ndarray | None = None, header_weight: float = 1.0,
+                 max_occupied: int | None = None) -> list[list[int]]:
+    """Optimal placement where position p may take up to ``capacity[p]`` images (an int for every
+    position, or one per position): for each position, the indices of its images, best first.
+
+    The k-th image at a position (k from 0) counts its relevance minus ``k × slot_penalty``
+    against "Not Insert" (``threshold``); each image at most once; one exact assignment over the
+    positions' slots. ``max_occupied``: at most this many positions get an image (the "Not
+    Insert" value is raised as in :func:`assign_images`). With capacity 1 everywhere this is
+    :func:`assign_images` (same choice, as one-element lists)."""
+    r = _matrix(relevance)
+    n_pos, n_img = r.shape
+    cap = np.broadcast_to(np.asarray(capacity, dtype=np.int64), (n_pos,)).copy() if n_pos else np.zeros(0, np.int64)
+    if n_pos and (cap < 1).any():
+        raise ValueError("capacity must be at least 1 at every position")
+    if n_pos and (cap == 1).all():
+        return [[] if c is None else [c] for c in assign_images(r, threshold, header, header_weight, max_occupied)]
+    if n_pos == 0:
+        return []
+    if n_img == 0:
+        return [[] for _ in range(n_pos)]
+    if slot_penalty < 0 or not np.isfinite(slot_penalty):
+        raise ValueError("slot_penalty must be a non-negative number")
+    r = _with_header(r, header, header_weight)
+    np.minimum(cap, n_img, out=cap)
+    return _at_most(lambda t: _solve_slots(r, t, cap, slot_penalty), lambda o: sum(bool(x) for x in o), threshold,
+                    float(r.max()), max_occupied, [[] for _ in range(n_pos)])
 
 
 class TextEmbedder(Protocol):
