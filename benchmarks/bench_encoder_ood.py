@@ -505,7 +505,8 @@ def spare_variants() -> list[dict]:
     out = [{"kind": "plain", "alpha": 0.5}]  # lever (e)'s row, through the same code path
     for a, beta in ((1.0, 20.0), (0.75, 20.0), (0.5, 20.0), (1.0, 10.0), (1.0, 30.0)):
         out.append({"kind": "dis", "alpha": a, "beta": beta})
-    for a, q in ((0.5, 0.5), (0.5, 0.75), (0.5, 0.9), (0.75, 0.75)):
+    for a, q in ((0.5, 0.5), (0.5, 0.75), (0.5, 0.9), (0.75, 0.75),
+                 (0.5, 0.25), (0.5, 0.4), (0.5, 0.6), (0.4, 0.5), (0.6, 0.5), (0.75, 0.5)):
         out.append({"kind": "gate", "alpha": a, "q": q})
     for a in (0.5, 0.75, 1.0):
         for lo, hi in ((0.1, 0.5), (0.25, 0.75), (0.5, 0.9)):
