@@ -151,3 +151,30 @@ def test_bridge_image_prior_command(flickr8k_dir, effnet_minilm, tmp_path):
     assert p.bank.shape == (40, effnet_minilm.dim) and p.for_bridge == bridge_id(effnet_minilm.bridge)
     q = np.quantile(p.prior(effnet_minilm.bridge.extras["hub_bank"]), p.config.gate_quantile)
     assert p.gate == pytest.approx(q, abs=1e-4)  # the bank is stored as float16
+
+
+def test_eval_retrieval_applies_the_prior_as_search_does(flickr8k_test_index, effnet_minilm):
+    """`mmrag eval retrieval` scores text->image with the gated prior (and without it on request),
+    on the session index's 40 images (their stored vectors are what evaluation embeds)."""
+    from mmrag.corpus.items import Corpus
+    from mmrag.eval.metrics import recall_at_k
+    from mmrag.eval.retrieval import evaluate_retrieval
+
+    root, items = flickr8k_test_index
+    c = Corpus(name="flickr8k-test-40", root=root, items=list(items))
+    on = evaluate_retrieval(c, effnet_minilm, progress=False)
+    off = evaluate_retrieval(c, effnet_minilm, progress=False, image_prior=False)
+    assert on["t2i_image_prior"] and not off["t2i_image_prior"]
+    s = Searcher(root, encoder=effnet_minilm)
+    try:
+        G = s.vectors([it.id for it in items])
+    finally:
+        s.close()
+    T = effnet_minilm.embed_texts([t for it in items for t in it.captions])
+    owner = np.repeat(np.arange(len(items)), [len(it.captions) for it in items])
+    for res, S in ((on, rerank_rows(T @ G.T, effnet_minilm.image_prior(G), effnet_minilm.image_prior_gate())),
+                   (off, T @ G.T)):
+        own = S[np.arange(len(S)), owner]
+        assert res["t2i"] == pytest.approx(recall_at_k((S >= own[:, None]).sum(1) - 1), abs=1e-6)
+    assert on["t2i"] != off["t2i"]  # so the comparison above can tell them apart
+    assert on["i2t"] == off["i2t"]  # the prior is for text queries only
