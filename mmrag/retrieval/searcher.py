@@ -163,8 +163,12 @@ class Searcher:
         """text->image with the images' hubness prior (score = cos - prior, see
         :meth:`image_prior_applies`): a generous candidate set by cosine, then re-ranked; each
         hit keeps its cosine in ``metadata["cosine"]``."""
-        store = self.collection.images
-        hits = store.search(np.asarray(q, np.float32)[None], k=max(10 * k, PRIOR_POOL), filter=filter)[0]
+        hits = self.collection.images.search(np.asarray(q, np.float32)[None], k=prior_pool(k), filter=filter)[0]
+        return self.rerank_by_image_prior(hits, k)
+
+    def rerank_by_image_prior(self, hits: list[Hit], k: int) -> list[Hit]:
+        """The ``k`` best of text->image ``hits`` (by cosine, best first; :func:`prior_pool` of
+        them) by ``cos - prior`` where :meth:`image_prior_applies`, else the first ``k``."""
         return _minus_prior(hits, k) if self.image_prior_applies(hits) else hits[:k]
 
     # ------------------------------------------------------------------ keyword and hybrid
@@ -396,6 +400,11 @@ class Searcher:
             raise InvalidInputError(f"target must be 'images' or 'captions' (or an extra store the index has), "
                                     f"got {target!r}")
         return self.collection.store(target)
+
+
+def prior_pool(k: int) -> int:
+    """How many text->image candidates by cosine to re-rank by ``cos - prior`` for ``k`` hits."""
+    return max(10 * k, PRIOR_POOL)
 
 
 def _minus_prior(hits: list[Hit], k: int) -> list[Hit]:
