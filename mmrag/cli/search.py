@@ -152,6 +152,8 @@ def eval_retrieval(
     bridge: BridgeOpt = None,
     limit: Optional[int] = typer.Option(None, help="Evaluate on the first N images only."),
     hubness: bool = typer.Option(True, help="Apply the captions' hubness prior to image->caption (when the encoder has one)."),
+    image_prior: bool = typer.Option(True, help="Apply the images' hubness prior to text->image, as search does "
+                                     "(when the encoder has one)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write results here."),
     dataset: DatasetAlias = None,
     data_dir: DataDirAlias = None,
@@ -163,7 +165,8 @@ def eval_retrieval(
     path, kind = corpus_source(corpus, data_dir, kind, dataset)
     split = resolve_split(kind, path, split)
     c = read_corpus(kind, path, split=split, limit=limit)
-    res = evaluate_retrieval(c, encoder_from_options(encoder, encoder_model, bridge), hubness=hubness)
+    res = evaluate_retrieval(c, encoder_from_options(encoder, encoder_model, bridge), hubness=hubness,
+                             image_prior=image_prior)
     res["split"] = split
     t = Table(title=f"{res['dataset']} {split or 'all'}: {res['n_images']} images, {res['n_captions']} captions ({res['encoder']})")
     t.add_column("direction")

@@ -150,6 +150,10 @@ class Committer:
              **json.loads(batch.rows[i]["metadata"])}
             for i in good
         ]
+        if batch.image_prior:  # hubness prior for text->image search (see Encoder.image_prior)
+            for m, i in zip(meta, good):
+                if batch.image_prior[i] is not None:
+                    m["prior"] = round(float(batch.image_prior[i]), 6)
         self.col.images.add([batch.rows[i]["id"] for i in good], np.asarray(batch.img_emb[good]), meta)
         n_replaced = sum(1 for i in good if self.replacing.pop(batch.rows[i]["id"], None) is not None)
         self.report.updated += n_replaced

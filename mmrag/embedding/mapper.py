@@ -35,6 +35,7 @@ class MappedBatch:
     n_captions: list[int]           # per row (0 where the image was not embedded)
     caption_prior: list[list[float]] = field(default_factory=list)  # per row, empty without a prior
     admitted: list[int] | None = None  # positions the writer's admit chose (None: every readable one)
+    image_prior: list[float | None] = field(default_factory=list)  # per row; None (or empty list): no prior
 
 
 class EmbeddingMapper:
@@ -99,5 +100,12 @@ class EmbeddingMapper:
         for n in n_caps:
             priors.append([] if prior is None else [float(p) for p in prior[off : off + n]])
             off += n
+        # the text->image hubness prior of each embedded image (see Encoder.image_prior)
+        good = [i for i in keep if not errors[i]]
+        ip = self.encoder.image_prior(img[good]) if good else None
+        image_prior: list[float | None] = [None] * len(rows)
+        if ip is not None:
+            for i, p in zip(good, ip):
+                image_prior[i] = float(p)
         return MappedBatch(rows, img, sha, errors, np.asarray(text, np.float32), n_caps, priors,
-                           None if admit is None else keep)
+                           None if admit is None else keep, image_prior)

@@ -182,7 +182,7 @@ def commit_shards(folder: str | Path, committer: Committer, batch_size: int = 25
 
 def _shard_batch(shards, cols, picks: list[tuple[int, int]]) -> MappedBatch:
     """Rows of several shards as one mapped batch (what the mapper gave for them)."""
-    rows, img, sha, errors, text, n_caps, priors = [], [], [], [], [], [], []
+    rows, img, sha, errors, text, n_caps, priors, image_prior = [], [], [], [], [], [], [], []
     for si, ri in picks:
         c, s = cols[si], shards[si]
         rows.append({"index": c["index"][ri], "id": c["id"][ri], "path": c["path"][ri], "source": c["source"][ri],
@@ -195,9 +195,11 @@ def _shard_batch(shards, cols, picks: list[tuple[int, int]]) -> MappedBatch:
         text.append(np.asarray(s.text_emb[off : off + n]))
         n_caps.append(n)
         priors.append(c["caption_prior"][ri] or [])
+        image_prior.append(c["image_prior"][ri] if "image_prior" in c else None)  # (older shards have none)
     dim = shards[picks[0][0]].img_emb.shape[1] if picks else 0
     return MappedBatch(rows, np.stack(img) if img else np.zeros((0, dim), np.float32), sha, errors,
-                       np.concatenate(text) if text else np.zeros((0, dim), np.float32), n_caps, priors)
+                       np.concatenate(text) if text else np.zeros((0, dim), np.float32), n_caps, priors,
+                       image_prior=image_prior)
 
 
 __all__ = ["EmbeddingJob", "EmbeddingRunner", "run_embedding", "index_from_embeddings", "commit_shards"]

@@ -88,6 +88,7 @@ class ShardWriter:
             "text_offset": pa.array(list(offsets), pa.int64()),
             "n_captions": pa.array(batch.n_captions, pa.int64()),
             "caption_prior": pa.array(batch.caption_prior, pa.list_(pa.float32())),
+            "image_prior": pa.array(batch.image_prior or [None] * len(batch.rows), pa.float32()),
         })
         final = self.folder / META_DIR / f"metadata_{shard}.parquet"
         tmp = final.with_name(final.name + ".tmp")

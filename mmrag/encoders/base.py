@@ -8,6 +8,8 @@ probe for optional members:
 * :meth:`spec` -- the registry name and options that rebuild the encoder (stored in manifests);
 * :meth:`fingerprint` -- a short stable id of what the vectors depend on (cache keys);
 * :meth:`caption_prior` -- an optional per-caption hubness prior for image->caption scoring;
+* :meth:`image_prior` / :meth:`image_prior_gate` -- its mirror image, an optional per-image prior
+  for text->image scoring and the gate that says which queries it is applied to;
 * :meth:`set_threads` / :meth:`set_image_threads` -- intra-op thread control.
 """
 
@@ -101,6 +103,17 @@ class Encoder(ABC):
     def caption_prior(self, text_vectors: np.ndarray) -> np.ndarray | None:
         """Per-caption prior subtracted from image->caption cosines (``cos - prior``), or None
         when the encoder has none."""
+        return None
+
+    def image_prior(self, image_vectors: np.ndarray) -> np.ndarray | None:
+        """Per-image prior subtracted from text->image cosines (``cos - prior``, for the queries
+        :meth:`image_prior_gate` admits), or None when the encoder has none (the index stores
+        nothing, and search ranks by cosine as if every prior were 0)."""
+        return None
+
+    def image_prior_gate(self) -> float | None:
+        """A text query is ranked by ``cos - prior`` only when the prior of its best image by
+        cosine is above this; None: every query (when there is a prior)."""
         return None
 
     def set_threads(self, threads: int | None) -> None:

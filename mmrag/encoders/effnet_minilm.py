@@ -237,10 +237,15 @@ class EffnetMinilmEncoder(Encoder):
             # built it after the default changes (an in-memory Bridge has no name)
             bridge = DEFAULT_BRIDGE
         self._bridge_arg = None if isinstance(bridge, Bridge) else (str(bridge) if bridge else None)
+        self.prior_model = None  # the text->image image prior (mmrag.encoders.image_prior), if fitted
         if isinstance(bridge, Bridge) or (bridge is None and recipe is not None):
             self.bridge = bridge
         else:
-            self.bridge = Bridge.load(resolve_bridge(bridge))
+            path = resolve_bridge(bridge)
+            self.bridge = Bridge.load(path)
+            from mmrag.encoders.image_prior import load_for_bridge
+
+            self.prior_model = load_for_bridge(path, self.bridge, shipped=str(bridge) in SHIPPED_BRIDGES)
         if recipe is None:
             recipe = FeatureRecipe(**self.bridge.config.recipe)
         self.recipe = recipe
@@ -297,6 +302,13 @@ class EffnetMinilmEncoder(Encoder):
     def caption_prior(self, text_vectors: np.ndarray) -> np.ndarray | None:
         """Per-caption hubness prior for image->caption scoring (``cos - prior``); see Bridge."""
         return self.bridge.caption_prior(text_vectors) if self.bridge is not None else None
+
+    def image_prior(self, image_vectors: np.ndarray) -> np.ndarray | None:
+        """Per-image hubness prior for text->image scoring (see mmrag.encoders.image_prior)."""
+        return self.prior_model.prior(image_vectors) if self.prior_model is not None else None
+
+    def image_prior_gate(self) -> float | None:
+        return self.prior_model.gate if self.prior_model is not None else None
 
     def image_design(self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False):
         X, _, errors = self._design_and_probs(images, batch_size, progress)

@@ -18,15 +18,20 @@ from mmrag.errors import CorpusError
 
 
 def retrieval_scores(image_vecs: np.ndarray, caption_vecs: np.ndarray, owner: np.ndarray,
-                     caption_prior: np.ndarray | None = None, image_prior: np.ndarray | None = None) -> dict[str, Any]:
+                     caption_prior: np.ndarray | None = None, image_prior: np.ndarray | None = None,
+                     image_prior_gate: float | None = None) -> dict[str, Any]:
     """Recall@K both ways from unit vectors; ``owner[j]`` is the image of caption j.
 
     ``caption_prior``: per-caption hubness prior subtracted in the image->caption direction
     (computed from training data only, so it is not fitted on what is evaluated);
-    ``image_prior``: the same per image, subtracted in the text->image direction."""
+    ``image_prior``: the same per image, subtracted in the text->image direction, for the
+    captions whose best image by cosine has a prior above ``image_prior_gate`` (None: all; see
+    :func:`mmrag.encoders.image_prior.rerank_rows`)."""
+    from mmrag.encoders.image_prior import rerank_rows
+
     S = caption_vecs @ image_vecs.T  # [n_captions, n_images]
     n_cap = S.shape[0]
-    Sq = S if image_prior is None else S - np.asarray(image_prior)[None, :]
+    Sq = S if image_prior is None else rerank_rows(S, image_prior, image_prior_gate)
     own = Sq[np.arange(n_cap), owner]
     # ties count against the target: a wrong image scoring the same ranks above it
     t2i_ranks = (Sq >= own[:, None]).sum(1) - 1
@@ -45,7 +50,9 @@ def retrieval_scores(image_vecs: np.ndarray, caption_vecs: np.ndarray, owner: np
 
 
 def evaluate_retrieval(corpus: Corpus, encoder: Encoder, batch_size: int = 32, progress: bool = True,
-                       hubness: bool = True) -> dict[str, Any]:
+                       hubness: bool = True, image_prior: bool = True) -> dict[str, Any]:
+    """``hubness``: the captions' prior in image->caption; ``image_prior``: the images' prior
+    in text->image (each when the encoder has one), as search applies them."""
     items = [it for it in corpus.items if it.captions]
     if not items:
         raise CorpusError(f"corpus {corpus.name!r} has no captioned images to evaluate on")
@@ -59,6 +66,7 @@ def evaluate_retrieval(corpus: Corpus, encoder: Encoder, batch_size: int = 32, p
     owner = np.repeat(np.arange(len(items)), [len(it.captions) for it in items])
     txt = encoder.embed_texts(caps, progress=progress)
     prior = encoder.caption_prior(txt) if hubness else None
+    iprior = encoder.image_prior(img) if image_prior else None
     t2 = time.perf_counter()
     out = {
         "encoder": encoder.name,
@@ -67,7 +75,8 @@ def evaluate_retrieval(corpus: Corpus, encoder: Encoder, batch_size: int = 32, p
         "n_captions": len(caps),
         "skipped_images": len(errors),
         "i2t_hubness_prior": prior is not None,
-        **retrieval_scores(img, txt, owner, prior),
+        "t2i_image_prior": iprior is not None,
+        **retrieval_scores(img, txt, owner, prior, iprior, encoder.image_prior_gate() if iprior is not None else None),
         "seconds": {"images": round(t1 - t0, 2), "texts": round(t2 - t1, 2)},
     }
     return out

@@ -30,6 +30,9 @@ FUSION = "score"
 # sign photos made from coco_dev with other phrases, Flickr8k dev), never on the test sets
 KEYWORD_WEIGHT = 0.8
 SPREAD_SAMPLE = 20000  # stored vectors sampled to estimate the spread of a channel's scores
+# text->image candidates taken by cosine and re-ranked by cos - the image's hubness prior
+# (at least this many, or 10 k): the prior moves scores by a few hundredths, not more
+PRIOR_POOL = 100
 
 
 def check_query(text: str | None = None, image: Any = None, weight: float = 0.5, k: int = 10) -> None:
@@ -138,10 +141,35 @@ class Searcher:
         q = self.query_vector(text, image, weight, target)
         if target == "captions" and image is not None and text is None:
             return self.captions_for_image_vector(q, k, filter)
+        text_to_image = target == "images" and text is not None and image is None
         if mode == "hybrid":
             pool = max(k, HYBRID_POOL)
-            return self.fuse(q, text, store.search(q[None], k=pool, filter=filter)[0], k, target, filter)
+            return self.fuse(q, text, store.search(q[None], k=pool, filter=filter)[0], k, target, filter,
+                             image_prior=text_to_image)
+        if text_to_image:
+            return self.images_for_text_vector(q, k, filter)
         return store.search(q[None], k=k, filter=filter)[0]
+
+    def image_prior_applies(self, hits: list[Hit]) -> bool:
+        """Whether text->image ``hits`` (by cosine, best first) are to be ranked by ``cos - prior``:
+        every hit has a stored prior (an index built before priors, or by an encoder without one,
+        has none: plain cosine) and the best hit's prior passes the encoder's gate."""
+        if not hits or any("prior" not in h.metadata for h in hits):
+            return False
+        gate = self.encoder.image_prior_gate()
+        return gate is None or float(hits[0].metadata["prior"]) > gate
+
+    def images_for_text_vector(self, q: np.ndarray, k: int = 10, filter: dict[str, Any] | None = None) -> list[Hit]:
+        """text->image with the images' hubness prior (score = cos - prior, see
+        :meth:`image_prior_applies`): a generous candidate set by cosine, then re-ranked; each
+        hit keeps its cosine in ``metadata["cosine"]``."""
+        hits = self.collection.images.search(np.asarray(q, np.float32)[None], k=prior_pool(k), filter=filter)[0]
+        return self.rerank_by_image_prior(hits, k)
+
+    def rerank_by_image_prior(self, hits: list[Hit], k: int) -> list[Hit]:
+        """The ``k`` best of text->image ``hits`` (by cosine, best first; :func:`prior_pool` of
+        them) by ``cos - prior`` where :meth:`image_prior_applies`, else the first ``k``."""
+        return _minus_prior(hits, k) if self.image_prior_applies(hits) else hits[:k]
 
     # ------------------------------------------------------------------ keyword and hybrid
     def supports_keyword(self, target: str = "images") -> bool:
@@ -184,7 +212,7 @@ class Searcher:
 
     def fuse(self, q: np.ndarray, text: str, vector_hits: list[Hit], k: int, target: str = "images",
              filter: dict[str, Any] | None = None, fusion: str = FUSION,
-             keyword_weight: float = KEYWORD_WEIGHT) -> list[Hit]:
+             keyword_weight: float = KEYWORD_WEIGHT, image_prior: bool = False) -> list[Hit]:
         """Fuse ``vector_hits`` (the vector search's best, best first) with the keyword matches
         of ``text``. Keyword matches outside ``vector_hits`` get their exact cosine, so every
         candidate has a vector score; one without a keyword match has keyword score 0.
@@ -193,7 +221,9 @@ class Searcher:
         + (1 - keyword_weight) * (cos - min cos) / (max cos - min cos) over the candidates, so
         the match of the whole phrase keeps its lead over matches of one of its words.
         ``fusion="rrf"``: 1/(RRF_K + vector rank) + 1/(RRF_K + keyword rank).
-        Each hit's metadata gains ``vector_score`` and ``keyword_score`` (None: no match)."""
+        ``image_prior`` (a text->image query): the vector side is ``cos - prior`` when
+        :meth:`image_prior_applies` to the candidates.
+        Each hit's metadata gains ``vector_score`` (the cosine) and ``keyword_score`` (None: no match)."""
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
         store = self._store(target)
@@ -202,6 +232,8 @@ class Searcher:
         if not kw:
             for h in vector_hits:
                 h.metadata.update(vector_score=h.score, keyword_score=None)
+            if image_prior and target == "images" and self.image_prior_applies(vector_hits):
+                vector_hits = sorted(vector_hits, key=lambda h: -(h.score - float(h.metadata["prior"])))
             return vector_hits[:k]
         cand: dict[str, Hit] = {h.id: h for h in vector_hits}
         cos = {h.id: float(h.score) for h in vector_hits}
@@ -211,6 +243,9 @@ class Searcher:
             for h, c in zip(extra, x @ np.asarray(q, np.float32)):
                 cand[h.id], cos[h.id] = h, float(c)
         k_score = {h.id: h.score for h in kw}
+        raw = dict(cos)
+        if image_prior and target == "images" and vector_hits and self.image_prior_applies(list(cand.values())):
+            cos = {i: c - float(cand[i].metadata["prior"]) for i, c in cos.items()}
         if fusion == "rrf":
             v_rank = {i: r for r, i in enumerate(sorted(cos, key=lambda i: -cos[i]), 1)}
             k_rank = {h.id: r for r, h in enumerate(kw, 1)}
@@ -224,7 +259,7 @@ class Searcher:
                      + (1.0 - keyword_weight) * (cos[i] - lo) / span for i in cand}
         out = []
         for i, h in cand.items():
-            h.metadata.update(vector_score=cos[i], keyword_score=k_score.get(i))
+            h.metadata.update(vector_score=raw[i], keyword_score=k_score.get(i))
             out.append(Hit(id=i, score=float(fused[i]), metadata=h.metadata))
         out.sort(key=lambda h: (-h.score, -cos[h.id]))
         return out[:k]
@@ -247,7 +282,9 @@ class Searcher:
         if model is None or text is None or image is not None or target != "images" or mode == "keyword":
             return False
         if hits:
-            cos = [h.metadata.get("vector_score", h.score) if mode == "hybrid" else h.score for h in hits]
+            # the model was fitted on cosines: a hit ranked by cos - prior keeps its cosine aside
+            cos = [h.metadata.get("vector_score", h.score) if mode == "hybrid" else h.metadata.get("cosine", h.score)
+                   for h in hits]
             for h, p in zip(hits, model(cos)):
                 h.metadata["relevance"] = round(float(p), 4)
         return True
@@ -294,11 +331,7 @@ class Searcher:
         hits = self.collection.captions.search(np.asarray(q, np.float32)[None], k=max(10 * k, 100), filter=filter)[0]
         if not hits or "prior" not in hits[0].metadata:
             return hits[:k]
-        for h in hits:
-            h.metadata["cosine"] = h.score
-            h.score = float(h.score - h.metadata["prior"])
-        hits.sort(key=lambda h: -h.score)
-        return hits[:k]
+        return _minus_prior(hits, k)
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10, target: str = "images",
                        filter: dict[str, Any] | None = None) -> list[list[Hit]]:
@@ -367,3 +400,18 @@ class Searcher:
             raise InvalidInputError(f"target must be 'images' or 'captions' (or an extra store the index has), "
                                     f"got {target!r}")
         return self.collection.store(target)
+
+
+def prior_pool(k: int) -> int:
+    """How many text->image candidates by cosine to re-rank by ``cos - prior`` for ``k`` hits."""
+    return max(10 * k, PRIOR_POOL)
+
+
+def _minus_prior(hits: list[Hit], k: int) -> list[Hit]:
+    """The ``k`` best of ``hits`` by ``cos - metadata["prior"]``, each keeping its cosine in
+    ``metadata["cosine"]``."""
+    for h in hits:
+        h.metadata["cosine"] = h.score
+        h.score = float(h.score - h.metadata["prior"])
+    hits.sort(key=lambda h: -h.score)
+    return hits[:k]

@@ -31,7 +31,7 @@ from mmrag.encoders.base import Encoder, l2_normalize
 from mmrag.errors import ImageError, MmragError
 from mmrag.index.base import Hit
 from mmrag.retrieval import Searcher
-from mmrag.retrieval.searcher import HYBRID_POOL
+from mmrag.retrieval.searcher import HYBRID_POOL, prior_pool
 from mmrag.serve.batching import MicroBatcher
 from mmrag.serve.config import ServeConfig
 
@@ -79,6 +79,7 @@ class _SearchJob:
     target: str
     filter: dict[str, Any] | None
     image_only: bool = False
+    text_only: bool = False  # text -> image re-ranks with the images' hubness prior
 
 
 def _set_model_threads(encoder: Encoder, n: int) -> None:
@@ -163,7 +164,9 @@ class SearchService:
                     out[i] = BadRequestError(str(e))
                 continue
             for i, h in zip(rows, hits):
-                out[i] = h[: jobs[i].k]
+                j = jobs[i]
+                prior = j.text_only and target == "images"
+                out[i] = self.searcher.rerank_by_image_prior(h[: j.k], j.k) if prior else h[: j.k]
         return out
 
     # ------------------------------------------------------------------ async API (event loop)
@@ -236,10 +239,18 @@ class SearchService:
             else:
                 vec = await self.query_vector(q)
                 image_only = q.text is None and q.vector is None
-                pool = max(k, HYBRID_POOL) if mode == "hybrid" else k
-                hits = await self.search_batcher.submit(_SearchJob(vec, pool, q.target, q.filter or None, image_only))
+                text_only = q.text is not None and not has_image and q.target == "images"
                 if mode == "hybrid":
-                    hits = await asyncio.to_thread(self.searcher.fuse, vec, q.text, hits, k, q.target, q.filter or None)
+                    pool = max(k, HYBRID_POOL)
+                elif text_only:  # candidates by cosine, re-ranked by cos - prior (Searcher.search's way)
+                    pool = prior_pool(k)
+                else:
+                    pool = k
+                job = _SearchJob(vec, pool, q.target, q.filter or None, image_only, text_only and mode != "hybrid")
+                hits = await self.search_batcher.submit(job)
+                if mode == "hybrid":
+                    hits = await asyncio.to_thread(self.searcher.fuse, vec, q.text, hits, k, q.target, q.filter or None,
+                                                   image_prior=text_only)
         except ValueError as e:  # a bad filter key or value (the vector path reports its own)
             raise BadRequestError(str(e)) from None
         if q.safe:

@@ -30,6 +30,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 # (argv with {idx} and {img} placeholders, a word the message must contain)
 BAD = [
     (["search", "--index", "{idx}"], "give a text"),
+    (["bridge", "image-prior", "x", "--gate-quantile", "2"], "--gate-quantile must be within"),
+    (["bridge", "image-prior", "x", "--alpha", "0"], "--alpha and --beta must be > 0"),
     (["search", "--index", "{idx}", "--text", ""], "empty text"),
     (["search", "--index", "{idx}", "--text", " "], "empty text"),
     (["search", "--index", "{idx}", "--text", "dog", "--weight", "2"], "weight"),
