@@ -226,9 +226,9 @@ def main() -> None:
             name, blocks, lr_b, lr_p, mse, ep = spec.split(":")
             specs.append((name, blocks, float(lr_b), float(lr_p), float(mse), int(ep)))
         except ValueError:
-            sys.exit(f"error: bad run spec {spec!r}: name:blocks:lr_backbone:lr_proj:mse:epochs")
+            ap.error(f"bad run spec {spec!r}: name:blocks:lr_backbone:lr_proj:mse:epochs")
         if blocks not in ("19", "20"):
-            sys.exit(f"error: bad run spec {spec!r}: blocks is 19 or 20")
+            ap.error(f"bad run spec {spec!r}: blocks is 19 or 20")
     z = Levers("lite2", [s for s in EVAL if s != "test" or not a.no_test])
     b, base_vectors = z.linear(list(V2_PARTS), V2_LAMBDA)
     lit = LitBench(z, b)
