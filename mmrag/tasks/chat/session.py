@@ -1,4 +1,9 @@
-"""A chat over an index: describe an image, get a ranking and a question, answer, repeat."""
+"""A chat over an index: describe an image, get a ranking and a question, answer, repeat.
+
+Each round's dialog text ranks the index's images as text->image search does
+(:meth:`~mmrag.retrieval.Searcher.images_for_text_vector`: the images' hubness prior where the
+index stores one), so round 0 is the search for the description; the answers then re-score the
+``pool`` best of that ranking (:func:`~.ranking.rescore`)."""
 
 from __future__ import annotations
 
@@ -143,7 +148,9 @@ class ChatSession:
     def _step(self) -> Turn:
         d = self.dialog
         q = query_vectors(self.searcher.encoder, [d], self.ranking, self._text_cache)
-        hits = self.searcher.search_vectors(q, k=max(self.k, self.ranking.pool))[0]
+        # as text->image search ranks: cos - the images' stored prior when its gate admits the
+        # query (plain cosine on an index without priors), before the pool and the answers
+        hits = self.searcher.images_for_text_vector(q[0], k=max(self.k, self.ranking.pool))
         ids = [h.id for h in hits]
         scores = np.asarray([h.score for h in hits], np.float32)
         words = None
