@@ -315,7 +315,7 @@ def test_evaluate_chat_against_direct_ranking(searcher, test_corpus, small_datas
     assert res["n_queries"] == len(targets) and res["corpus_size"] == len(ids)
     h = res["hits@10"]
     assert len(h) == 4 and all(a <= b for a, b in zip(h, h[1:]))
-    # round 0 is plain text->image search: recompute it independently
+    # without an image prior, round 0 is text->image by cosine: recompute it independently
     Q = effnet_minilm.embed_texts([t.description for t in targets])
     S = Q @ V.T
     ranks0 = [int((S[i] > S[i, t.row]).sum()) + 1 for i, t in enumerate(targets)]
