@@ -19,7 +19,7 @@ dev Hits@10 at round 5 does not fall for either questioner (new - old >= -0.3).
 Also (``--agreement``, default on): how often round 0 of the chat ranks the top 10 as ``mmrag
 search`` does for the same description (dev descriptions, full corpus, the corpus' cached vectors):
 search re-ranks its ``prior_pool(10)`` best by cosine; ``mmrag eval chat`` all images (old: by
-cosine); a ``ChatSession`` its ``prior_pool(pool)`` best by cosine (``Searcher.images_for_text_vector``).
+cosine); a ``ChatSession`` (k 10) its ``max(prior_pool(k), pool)`` best by cosine.
 
 ``--from-json DIR``: each run's CLI JSON is ``DIR/chat_<split>_<questioner>_<image-prior|
 no-image-prior>.json``; a run whose file is there is read instead of run again.
@@ -131,7 +131,8 @@ def round0_agreement(split: str = "dev", k: int = 10) -> dict:
     same = lambda x: round(100.0 * float((x == search).all(1).mean()), 1)  # noqa: E731
     return {"queries": len(texts), "gated_pct": round(100.0 * float((prior[S.argmax(1)] > gate).mean()), 1),
             "old_chat_cosine_pct": same(top_of(None, False)), "new_eval_chat_all_images_pct": same(top_of(None)),
-            "new_session_pct": same(top_of(prior_pool(RankingConfig().pool)))}
+            "new_session_pct": same(top_of(max(prior_pool(k), RankingConfig().pool))),
+            "session_candidates": max(prior_pool(k), RankingConfig().pool)}
 
 
 if __name__ == "__main__":
