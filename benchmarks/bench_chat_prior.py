@@ -21,6 +21,10 @@ search`` does for the same description (dev descriptions, full corpus, the corpu
 search re-ranks its ``prior_pool(10)`` best by cosine; ``mmrag eval chat`` all images (old: by
 cosine); a ``ChatSession`` (k 10) its ``max(prior_pool(k), pool)`` best by cosine.
 
+``--fetch-cost N`` (default 100000; 0: off): what a session's candidate fetch costs per round,
+``store.search`` for 200 (the pool, what it fetches) vs 2,000 (``prior_pool(pool)``) on a FAISS
+store of N random unit vectors with caption-sized metadata.
+
 ``--from-json DIR``: each run's CLI JSON is ``DIR/chat_<split>_<questioner>_<image-prior|
 no-image-prior>.json``; a run whose file is there is read instead of run again.
 """
@@ -54,6 +58,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--from-json", type=Path, default=None)
     ap.add_argument("--agreement", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--fetch-cost", type=int, default=100000)
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/chat_image_prior.json"))
     a = ap.parse_args()
     folder = a.from_json or Path(tempfile.mkdtemp(prefix="chat_prior_"))
@@ -97,8 +102,46 @@ def main() -> None:
     if agreement:
         print("round 0 top 10 identical to search's (dev descriptions): "
               + ", ".join(f"{k} {v:.1f} %" for k, v in agreement.items() if k.endswith("_pct")))
+    fetch = fetch_cost(a.fetch_cost) if a.fetch_cost > 0 else None
+    if fetch:
+        print(f"candidate fetch per round, {a.fetch_cost:,} vectors: "
+              + ", ".join(f"k {k}: {v} ms" for k, v in fetch["ms_by_k"].items()))
     write_results(a.json, {"rows": rows, "decision": decision, "round0_agreement_with_search": agreement,
+                           "session_fetch_cost": fetch,
                            "cli_commands": commands, "rounds": a.rounds})
+
+
+def fetch_cost(n: int, ks=(200, 2000), dim: int = 384, queries: int = 20) -> dict:
+    import shutil
+    import time
+
+    import numpy as np
+
+    from mmrag.index import open_store
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    folder = Path(tempfile.mkdtemp(prefix="chat_fetch_"))
+    try:
+        store = open_store("faiss", folder / "s", dim)
+        for a in range(0, n, 10000):
+            b = min(n, a + 10000)
+            store.add([f"img{i:08d}" for i in range(a, b)], x[a:b],
+                      [{"captions": ["a dog runs on the grass near a fence"], "prior": 0.3}] * (b - a))
+        store.save()
+        q = x[:queries] + 0.1 * rng.standard_normal((queries, dim)).astype(np.float32)
+        out = {}
+        for k in ks:
+            store.search(q[:1], k=k)
+            t = time.perf_counter()
+            for i in range(queries):
+                store.search(q[i:i + 1], k=k)
+            out[str(k)] = round((time.perf_counter() - t) / queries * 1000, 1)
+        store.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"vectors": n, "queries": queries, "ms_by_k": out}
 
 
 def round0_agreement(split: str = "dev", k: int = 10) -> dict:
