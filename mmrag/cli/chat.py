@@ -146,6 +146,8 @@ def eval_chat(
     rescore_weight: Optional[float] = typer.Option(None, help=_RESCORE_HELP),
     rescore_mode: Optional[str] = typer.Option(None, help=_MODE_HELP),
     pool: Optional[int] = typer.Option(None, help="Candidates re-scored per round."),
+    image_prior: bool = typer.Option(True, help="Rank by the images' hubness prior, as search does (the encoder's "
+                                     "prior of the embedded images; with --index, the index's stored priors)."),
     datastore: Optional[Path] = typer.Option(None, help="Saved caption datastore for candidates' caption words "
                                              "(default: Flickr8k train captions, built once and cached)."),
     encoder: EncoderOpt = None,
@@ -175,6 +177,7 @@ def eval_chat(
         s = Searcher(index_dir, encoder=enc)
         ids = s.ids()
         vecs = s.vectors(ids)
+        prior = s.image_priors(ids) if image_prior else None
     else:
         base = repo_data_dir()
         default = base / "flickr8k" if base is not None and (base / "flickr8k").exists() else None
@@ -188,6 +191,8 @@ def eval_chat(
             fail(f"no image of {path} is in split {split!r}")
         ids = [full.items[i].id for i in keep]
         vecs = vecs[keep]
+        prior = enc.image_prior(vecs) if image_prior else None
+    gate = enc.image_prior_gate() if prior is not None else None
     try:
         if datastore is not None:
             from mmrag.retrieval import CaptionDatastore
@@ -208,13 +213,15 @@ def eval_chat(
                 imap = json.loads(image_map.read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
                 fail(f"--image-map {image_map}: {e}")
-        res = evaluate_replay(enc, vecs, ids, dl, rounds=rounds, ranking=ranking, features=feats, image_map=imap)
+        res = evaluate_replay(enc, vecs, ids, dl, rounds=rounds, ranking=ranking, features=feats, image_map=imap,
+                              image_prior=prior, image_prior_gate=gate)
         res["dialogs"] = str(dialogs)
     else:
         tc = read_corpus(kind, path, split=split, limit=limit)
         targets = targets_from_items(tc.items, {x: i for i, x in enumerate(ids)}, description_index)
         q = _questioner(questioner, bank, generator, gen_opt, choices)
-        res = evaluate_chat(enc, vecs, ids, targets, q, rounds=rounds, ranking=ranking, features=feats)
+        res = evaluate_chat(enc, vecs, ids, targets, q, rounds=rounds, ranking=ranking, features=feats,
+                            image_prior=prior, image_prior_gate=gate)
         res.update({"dataset": kind, "split": split, "search_space": search_space})
     t = Table(title=f"{res['questioner']}: {res['n_queries']} targets among {res['corpus_size']} images")
     t.add_column("round", justify="right")

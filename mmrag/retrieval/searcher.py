@@ -166,6 +166,14 @@ class Searcher:
         hits = self.collection.images.search(np.asarray(q, np.float32)[None], k=prior_pool(k), filter=filter)[0]
         return self.rerank_by_image_prior(hits, k)
 
+    def image_priors(self, ids: Sequence[str]) -> np.ndarray | None:
+        """The stored text->image prior of each image in ``ids``, or None when any lacks one (the
+        index then ranks by cosine, :meth:`image_prior_applies`)."""
+        metas = self.metadata(ids)
+        if not metas or any(m is None or "prior" not in m for m in metas):
+            return None
+        return np.asarray([float(m["prior"]) for m in metas], np.float32)
+
     def rerank_by_image_prior(self, hits: list[Hit], k: int) -> list[Hit]:
         """The ``k`` best of text->image ``hits`` (by cosine, best first; :func:`prior_pool` of
         them) by ``cos - prior`` where :meth:`image_prior_applies`, else the first ``k``."""

@@ -16,7 +16,9 @@ Python API (an index built by ``mmrag index``, opened with :class:`mmrag.retriev
 :class:`Turn` holds ``round`` (answers so far), ``query`` (the dialog's ChatIR text), ``hits``
 (:class:`ChatHit`: ``id``, ``score``, ``rank``, ``metadata``) and ``question`` (a
 :class:`Question` with ``text`` and ``topic``, or None when nothing is left to ask). Calls on one
-session are serialized by a lock; sessions can share one Searcher.
+session are serialized by a lock; sessions can share one Searcher. Each round ranks the images
+as text->image search does (``cos - prior`` where the index stores the images' hubness prior and
+its gate admits the query, else cosine), then re-scores the best with the answers.
 
 Parts (each a small module): :mod:`.dialog` (state and ChatIR query text), :mod:`.ranking`
 (query vector and answer-aware re-scoring, :class:`RankingConfig`), :mod:`.features` (words of

@@ -10,7 +10,10 @@ Metrics per round ``r`` = 0..R, over all targets: cumulative Hits@K exactly as C
 target was in the top K at some round <= r), Hits@1 likewise, and the mean / median rank of the
 target at round ``r`` itself (1 = first). Queries of a round are embedded in one batch and scored
 against all image vectors with one matrix product; re-scoring and questions use the same code as
-:class:`~.session.ChatSession`.
+:class:`~.session.ChatSession`. With ``image_prior`` (each image's text->image hubness prior,
+:meth:`~mmrag.encoders.base.Encoder.image_prior`), the scores are search's gated ``cos - prior``
+(:func:`~mmrag.encoders.image_prior.rerank_rows`, the gate read on the raw cosine top-1) before
+the pool is taken and the answers re-score it.
 
 :func:`evaluate_replay` replays recorded ChatIR dialogs (``[{"img", "dialog": [caption,
 "question? answer", ...]}]``): rounds are read from the file instead of asked and answered. In
@@ -28,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from mmrag.encoders.image_prior import rerank_rows
 from mmrag.errors import MmragError
 from mmrag.retrieval.exact import CHUNK, ExactIndex, top_k
 from mmrag.tasks.chat.answerers import SimulatedUser
@@ -68,12 +72,18 @@ def targets_from_items(items, row_of: dict[str, int], description_index: int = 0
 
 
 class _Ranker:
-    """Scores dialogs against all image vectors: cosine top-``pool``, re-scored, full ranks."""
+    """Scores dialogs against all image vectors: cosine (minus the gated image prior, when
+    given) top-``pool``, re-scored, full ranks."""
 
     def __init__(self, encoder, vectors: np.ndarray, ids: Sequence[str], ranking: RankingConfig,
-                 features: CaptionWordFeatures | None, progress: bool = False):
+                 features: CaptionWordFeatures | None, progress: bool = False,
+                 image_prior: np.ndarray | None = None, image_prior_gate: float | None = None):
         self.encoder, self.V, self.ids, self.ranking = encoder, np.asarray(vectors, np.float32), list(ids), ranking
         self.index = ExactIndex(self.V)
+        if image_prior is not None and len(image_prior) != len(self.ids):
+            raise ChatEvalError(f"{len(image_prior)} image priors for {len(self.ids)} images")
+        self.prior = None if image_prior is None else np.asarray(image_prior, np.float32)
+        self.gate = image_prior_gate
         self.features = features
         self.M = features.matrix(self.ids, self.V) if features is not None else None
         self.cache: dict[str, np.ndarray] = {}
@@ -85,6 +95,8 @@ class _Ranker:
         out = []
         for s in range(0, len(Q), chunk):
             S = self.index.scores(Q[s : s + chunk])
+            if self.prior is not None:  # as search ranks text->image: before the pool and the answers
+                S = rerank_rows(S, self.prior, self.gate)
             for j in range(len(S)):
                 d, t, row = dialogs[s + j], target_rows[s + j], S[j]
                 pool = top_k(row, P)  # best first, ties in row order
@@ -122,15 +134,19 @@ def _summary(ranks: np.ndarray, n_images: int) -> dict[str, Any]:
 def evaluate_chat(encoder, vectors: np.ndarray, ids: Sequence[str], targets: Sequence[ChatTarget],
                   questioner: Questioner, rounds: int = 10, ranking: RankingConfig | None = None,
                   features: CaptionWordFeatures | None = None, progress: bool = True,
-                  keep_dialogs: int = 5, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Simulated-user evaluation (see module docstring); returns the metrics as a dict."""
+                  keep_dialogs: int = 5, log: Callable[[str], None] | None = None,
+                  image_prior: np.ndarray | None = None, image_prior_gate: float | None = None) -> dict[str, Any]:
+    """Simulated-user evaluation (see module docstring); returns the metrics as a dict.
+    ``image_prior``: per image (rows of ``vectors``), subtracted where ``image_prior_gate``
+    admits the query (None: every query); None: plain cosine."""
     if not targets:
         raise ChatEvalError("no targets to evaluate")
     if rounds < 0:
         raise ChatEvalError("rounds must be >= 0")
     ranking = ranking or RankingConfig()
     t0 = time.perf_counter()
-    ranker = _Ranker(encoder, vectors, ids, ranking, features)
+    ranker = _Ranker(encoder, vectors, ids, ranking, features, image_prior=image_prior,
+                     image_prior_gate=image_prior_gate)
     users = [SimulatedUser(t.captions) for t in targets]
     dialogs = [Dialog(t.description) for t in targets]
     rows = [t.row for t in targets]
@@ -156,6 +172,7 @@ def evaluate_chat(encoder, vectors: np.ndarray, ids: Sequence[str], targets: Seq
             d.rounds.append(Round(q.text, u.answer(q.text), q.topic))
     out = {"questioner": questioner.name, "n_queries": len(targets),
            "corpus_size": len(ids), "rounds": rounds, "ranking": ranking.to_dict(),
+           "image_prior": image_prior is not None,
            **_summary(ranks, len(ids)), "unasked_rounds": no_question,
            "seconds": round(time.perf_counter() - t0, 1)}
     out["examples"] = [{"target": ids[t.row], **d.to_dict()} for t, d in zip(targets[:keep_dialogs], dialogs)]
@@ -210,9 +227,10 @@ def dialogs_at_round(dialogs: Sequence[Dialog], r: int) -> list[Dialog]:
 def evaluate_replay(encoder, vectors: np.ndarray, ids: Sequence[str], dialogs: Sequence[tuple[str, Dialog]],
                     rounds: int | None = None, ranking: RankingConfig | None = None,
                     features: CaptionWordFeatures | None = None, image_map: dict[str, str] | None = None,
-                    progress: bool = True) -> dict[str, Any]:
+                    progress: bool = True, image_prior: np.ndarray | None = None,
+                    image_prior_gate: float | None = None) -> dict[str, Any]:
     """Replay recorded dialogs against a search space; dialogs whose image it lacks are skipped
-    (counted in ``unmatched``)."""
+    (counted in ``unmatched``). ``image_prior``, ``image_prior_gate``: as :func:`evaluate_chat`."""
     ranking = ranking or RankingConfig()
     rows = match_images([n for n, _ in dialogs], ids, image_map)
     kept = [(r, d) for r, (_, d) in zip(rows, dialogs) if r is not None]
@@ -221,7 +239,8 @@ def evaluate_replay(encoder, vectors: np.ndarray, ids: Sequence[str], dialogs: S
                             f"({len(ids)} images); map them with an image map (dialog img -> corpus id)")
     R = min(len(d.rounds) for _, d in kept) if rounds is None else rounds
     t0 = time.perf_counter()
-    ranker = _Ranker(encoder, vectors, ids, ranking, features)
+    ranker = _Ranker(encoder, vectors, ids, ranking, features, image_prior=image_prior,
+                     image_prior_gate=image_prior_gate)
     ranks = np.zeros((R + 1, len(kept)), np.int64)
     it = range(R + 1)
     if progress:
@@ -232,5 +251,6 @@ def evaluate_replay(encoder, vectors: np.ndarray, ids: Sequence[str], dialogs: S
         ds = dialogs_at_round([d for _, d in kept], r)
         ranks[r] = [x[0] for x in ranker.rank(ds, [row for row, _ in kept])]
     return {"questioner": "replay", "n_queries": len(kept), "unmatched": len(dialogs) - len(kept),
-            "corpus_size": len(ids), "rounds": R, "ranking": ranking.to_dict(), **_summary(ranks, len(ids)),
+            "corpus_size": len(ids), "rounds": R, "ranking": ranking.to_dict(),
+            "image_prior": image_prior is not None, **_summary(ranks, len(ids)),
             "seconds": round(time.perf_counter() - t0, 1)}

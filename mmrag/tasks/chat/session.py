@@ -1,4 +1,9 @@
-"""A chat over an index: describe an image, get a ranking and a question, answer, repeat."""
+"""A chat over an index: describe an image, get a ranking and a question, answer, repeat.
+
+Each round's dialog text ranks the index's images as text->image search does
+(:meth:`~mmrag.retrieval.Searcher.rerank_by_image_prior`: the images' hubness prior where the
+index stores one), so round 0 is the search for the description; the answers then re-score the
+``pool`` best of that ranking (:func:`~.ranking.rescore`)."""
 
 from __future__ import annotations
 
@@ -141,9 +146,17 @@ class ChatSession:
 
     # ------------------------------------------------------------------ internals
     def _step(self) -> Turn:
+        from mmrag.retrieval.searcher import prior_pool
+
         d = self.dialog
         q = query_vectors(self.searcher.encoder, [d], self.ranking, self._text_cache)
-        hits = self.searcher.search_vectors(q, k=max(self.k, self.ranking.pool))[0]
+        # as text->image search ranks: cos - the images' stored prior when its gate admits the
+        # query (plain cosine on an index without priors), before the pool and the answers. The
+        # candidates by cosine are search's for k (prior_pool) or the pool if more: the shown top
+        # k is then search's, at the cost of fetching the pool as before (not 10 x the pool)
+        n = max(self.k, self.ranking.pool)
+        hits = self.searcher.rerank_by_image_prior(
+            self.searcher.search_vectors(q, k=max(prior_pool(self.k), n))[0], n)
         ids = [h.id for h in hits]
         scores = np.asarray([h.score for h in hits], np.float32)
         words = None

@@ -315,7 +315,7 @@ def test_evaluate_chat_against_direct_ranking(searcher, test_corpus, small_datas
     assert res["n_queries"] == len(targets) and res["corpus_size"] == len(ids)
     h = res["hits@10"]
     assert len(h) == 4 and all(a <= b for a, b in zip(h, h[1:]))
-    # round 0 is plain text->image search: recompute it independently
+    # without an image prior, round 0 is text->image by cosine: recompute it independently
     Q = effnet_minilm.embed_texts([t.description for t in targets])
     S = Q @ V.T
     ranks0 = [int((S[i] > S[i, t.row]).sum()) + 1 for i, t in enumerate(targets)]
@@ -375,6 +375,11 @@ def test_cli_chat_and_eval_replay(index, test_corpus, small_datastore, tmp_path)
     assert r.exit_code == 0, r.output
     j = json.loads(res.read_text())
     assert j["questioner"] == "replay" and j["n_queries"] == 4 and len(j["hits@10"]) == 3
+    assert j["image_prior"]  # the index's stored priors, as search ranks it
+    r = runner.invoke(app, ["eval", "chat", "--dialogs", str(dl), "--index", str(index), "--datastore", str(ds),
+                            "--rounds", "2", "--no-image-prior", "--json", str(res)])
+    assert r.exit_code == 0, r.output
+    assert not json.loads(res.read_text())["image_prior"]
     r = runner.invoke(app, ["chat", "--index", str(index), "--questioner", "nope", "-d", "x", "-a", "y"])
     assert r.exit_code == 2 and "error: unknown questioner" in r.output  # one-line error, exit 2
 
@@ -408,3 +413,74 @@ def test_caption_verbs_are_asked_as_actions_not_things():
     assert q == "is there an art or anyone who sits?" and choice_options(q) == ["art", "sit"]
     assert choice_options(choice_question("carry", "dog")) == ["carry", "dog"]
     assert yes_no_question("dog") == "is there a dog?"  # nouns as before
+
+
+def _gated_query(searcher, test_corpus, k=10):
+    """A description whose search ranking is the gated ``cos - prior`` and differs from cosine in the
+    top ``k`` (the fixture index stores each image's prior)."""
+    if searcher.encoder.image_prior_gate() is None or searcher.image_priors(searcher.ids()) is None:
+        pytest.skip("the encoder or the index has no image prior")
+    for it in test_corpus.items:
+        text = it.captions[0]
+        cos = searcher.search_vectors(searcher.query_vector(text), k=k)[0]
+        hits = searcher.search(text, k=k)
+        if [h.id for h in hits] != [h.id for h in cos]:
+            return text, hits, cos
+    pytest.fail("no description's ranking is moved by the image prior on the fixture index")
+
+
+def test_session_round_0_ranks_as_search_does(searcher, test_corpus):
+    text, hits, cos = _gated_query(searcher, test_corpus)
+    t0 = ChatSession(searcher, "split", k=10, captions="index").start(text)
+    assert [h.id for h in t0.hits] == [h.id for h in hits] != [h.id for h in cos]
+    assert [h.score for h in t0.hits] == pytest.approx([h.score for h in hits], abs=1e-6)
+    assert all(h.metadata["cosine"] - h.metadata["prior"] == pytest.approx(h.score, abs=1e-6) for h in t0.hits)
+
+
+def test_clarifying_question_starts_from_the_prior_ranked_hits(searcher, test_corpus):
+    from mmrag.tasks.chat.clarify import ClarifyConfig, clarifying_question
+
+    text, _, cos = _gated_query(searcher, test_corpus)
+    hits = searcher.search(text, k=20)
+    feats = CaptionWordFeatures(searcher)
+    # weight 0: every answer leaves the shown order, which is search's (cos - prior), not cosine's
+    c = clarifying_question(searcher, text, hits, feats, ClarifyConfig(rescore_weight=0.0), force=True)
+    assert c is not None and len(c.options) >= 2
+    assert all(o.hit_ids == [h.id for h in hits] for o in c.options)
+    c = clarifying_question(searcher, text, hits, feats, force=True)
+    assert all(sorted(o.hit_ids) == sorted(h.id for h in hits) for o in c.options)
+
+
+def test_evaluate_chat_ranks_by_the_gated_image_prior(searcher, test_corpus, small_datastore, effnet_minilm):
+    from mmrag.encoders.image_prior import rerank_rows
+
+    ids = searcher.ids()
+    V = searcher.vectors(ids)
+    prior, gate = effnet_minilm.image_prior(V), effnet_minilm.image_prior_gate()
+    if prior is None:
+        pytest.skip("the encoder has no image prior")
+    assert np.allclose(prior, searcher.image_priors(ids), atol=1e-5)  # what the index stored
+    targets = targets_from_items(test_corpus.items, {x: i for i, x in enumerate(ids)})
+    Q = effnet_minilm.embed_texts([t.description for t in targets])
+    S = Q @ V.T
+    fired = prior[S.argmax(1)] > gate
+    assert 0 < fired.sum() < len(targets)  # the gate fires for some descriptions, not all
+    kw = dict(rounds=1, features=CaptionWordFeatures(small_datastore), progress=False)
+    on = evaluate_chat(effnet_minilm, V, ids, targets, create_questioner("split"), image_prior=prior,
+                       image_prior_gate=gate, **kw)
+    off = evaluate_chat(effnet_minilm, V, ids, targets, create_questioner("split"), **kw)
+    assert on["image_prior"] and not off["image_prior"]
+    R = rerank_rows(S, prior, gate)
+
+    def round0(M):  # Hits@1/5/10 and mean rank at round 0, recomputed from the scores
+        r = np.array([int((M[i] > M[i, t.row]).sum()) + 1 for i, t in enumerate(targets)])
+        return [round(100 * float((r <= k).mean()), 2) for k in (1, 5, 10)] + [round(float(r.mean()), 1)]
+
+    def got(res):
+        return [res[f"hits@{k}"][0] for k in (1, 5, 10)] + [res["mean_rank"][0]]
+
+    assert round0(R) != round0(S)
+    assert got(on) == pytest.approx(round0(R), abs=0.051)
+    assert got(off) == pytest.approx(round0(S), abs=0.051)
+    with pytest.raises(ChatEvalError, match="priors for"):
+        evaluate_chat(effnet_minilm, V, ids, targets, create_questioner("split"), image_prior=prior[:3], **kw)
