@@ -158,14 +158,7 @@ class LitBench:
             model.proj.requires_grad_(True)
             groups.append({"params": [model.proj], "lr": lr_p})
         opt = torch.optim.AdamW(groups, weight_decay=0.0)
-        Ym, C, owner = self.z.Y["train"]
-        Tw = torch.from_numpy(self.b.center_text(C).astype(np.float32))
-        Yw = np.zeros((len(Ym), Tw.shape[1]), np.float32)
-        np.add.at(Yw, owner, Tw.numpy())
-        Yw = torch.from_numpy(l2_normalize(Yw).astype(np.float32))
-        order = torch.from_numpy(np.argsort(owner, kind="stable"))
-        counts = torch.from_numpy(np.bincount(owner))
-        starts = torch.cumsum(counts, 0) - counts
+        Tw, Yw, order, starts, counts = self.z.caption_batches(self.b)
         maps, m14 = self.inputs(blocks)["train"]["map"], self.inputs(blocks)["train"]["mid14"]
         n, side = min(len(maps), self.train_limit or len(maps)), maps.shape[-1]
         steps = n // bs

@@ -283,6 +283,22 @@ class Levers:
             return owner, C
         raise ValueError(kind)
 
+    def caption_batches(self, b: Bridge):
+        """Torch tensors for training in ``b``'s shared space: every train caption (``Tw``), each
+        image's target (unit mean of its captions there, ``Yw``), and ``order``/``starts``/``counts``
+        to sample one caption of an image: ``order[starts[i] + randint(counts[i])]``."""
+        import torch
+
+        Ym, C, owner = self.Y["train"]
+        Tw = torch.from_numpy(b.center_text(C).astype(np.float32))
+        Yw = np.zeros((len(Ym), Tw.shape[1]), np.float32)
+        np.add.at(Yw, owner, Tw.numpy())
+        Yw = torch.from_numpy(l2_normalize(Yw).astype(np.float32))
+        order = torch.from_numpy(np.argsort(owner, kind="stable"))
+        counts = torch.from_numpy(np.bincount(owner))
+        starts = torch.cumsum(counts, 0) - counts
+        return Tw, Yw, order, starts, counts
+
     def ridge(self, X: np.ndarray, lam: float, target: str = "mean") -> Bridge:
         rows, Y = self.targets("mean" if target == "white" else target)
         b = Bridge.fit(X[rows], Y, BridgeConfig(lam=lam))
@@ -445,14 +461,7 @@ class Levers:
         M = b.extras["text_whitening"]
         W0 = torch.from_numpy((b.W @ M).astype(np.float32))
         xm = torch.from_numpy(b.x_mean)
-        Ym, C, owner = self.Y["train"]
-        Tw = torch.from_numpy(b.center_text(C).astype(np.float32))
-        Yw = np.zeros((len(Ym), Tw.shape[1]), np.float32)
-        np.add.at(Yw, owner, Tw.numpy())
-        Yw = torch.from_numpy(l2_normalize(Yw).astype(np.float32))
-        order = torch.from_numpy(np.argsort(owner, kind="stable"))
-        counts = torch.from_numpy(np.bincount(owner))
-        starts = torch.cumsum(counts, 0) - counts
+        Tw, Yw, order, starts, counts = self.caption_batches(b)
         X = torch.from_numpy(self.design("train", parts_)) - xm
         net = torch.nn.Sequential(torch.nn.Linear(X.shape[1], hidden), torch.nn.GELU(), torch.nn.Dropout(dropout),
                                   torch.nn.Linear(hidden, W0.shape[1]))
