@@ -4,6 +4,7 @@ reaches into the index's stores."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,6 +34,9 @@ SPREAD_SAMPLE = 20000  # stored vectors sampled to estimate the spread of a chan
 # text->image candidates taken by cosine and re-ranked by cos - the image's hubness prior
 # (at least this many, or 10 k): the prior moves scores by a few hundredths, not more
 PRIOR_POOL = 100
+# priors computed for images stored without one (an index built before priors), kept per
+# Searcher: at most this many (16-byte keys, about 100 bytes an entry)
+PRIOR_CACHE = 200_000
 
 
 def check_query(text: str | None = None, image: Any = None, weight: float = 0.5, k: int = 10) -> None:
@@ -177,9 +181,19 @@ class Searcher:
             return None
         if not len(ids):
             return np.zeros(0, np.float64)
-        p = self.encoder.image_prior(self.collection.images.vectors(list(ids)))
-        # the committer's rounding (round(float, 6) into JSON), so the metadata is a rebuild's too
-        return np.asarray([round(float(v), 6) for v in p], np.float64)
+        x = self.collection.images.vectors(list(ids))
+        # cached by the vector's bytes, not the id: a pure function of the vector, so a replaced
+        # image can never get a stale prior; repeat candidates (hubs above all) skip the product
+        cache = self.__dict__.setdefault("_prior_cache", {})
+        keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in x]
+        todo = [j for j, key in enumerate(keys) if key not in cache]
+        if todo:
+            if len(cache) + len(todo) > PRIOR_CACHE:
+                cache.clear()
+            # the committer's rounding (round(float, 6) into JSON), so the metadata is a rebuild's too
+            for j, v in zip(todo, self.encoder.image_prior(x[todo])):
+                cache[keys[j]] = round(float(v), 6)
+        return np.asarray([cache[key] for key in keys], np.float64)
 
     def fill_image_priors(self, hits: list[Hit]) -> bool:
         """Give each text->image hit without a stored ``metadata["prior"]`` the one indexing

@@ -150,3 +150,24 @@ def test_an_encoder_without_a_prior_ranks_by_cosine(old_index, mixed_index, new_
                 assert [h.metadata.get("prior") for h in hits] == [stored[ids.index(h.id)] for h in hits]
         finally:
             s.close()
+
+
+def test_a_replaced_image_never_keeps_a_computed_prior(old_index, new_index, effnet_minilm, tmp_path):
+    """Computed priors are cached by vector, not id: an image re-written without a prior (e.g. from
+    an older Ray shard) while a Searcher is open gets its new vector's prior."""
+    root = tmp_path / "idx"
+    shutil.copytree(old_index, root)
+    s = Searcher(root, encoder=effnet_minilm)
+    try:
+        ids = s.ids()
+        first = s.image_priors(ids)
+        a, b = ids[0], ids[1]
+        s.collection.images.add([a], s.vectors([b]), [s.get(a)])  # a now holds b's vector, no prior
+        again = s.image_priors([a, b])
+        assert first[0] != first[1]  # so the check below can tell
+        assert again[0] == pytest.approx(first[1], abs=1e-6) and again[1] == pytest.approx(first[1], abs=1e-6)
+        hits = s.search_vectors(s.vectors([b]), k=2)[0]
+        assert len(hits) == 2 and s.fill_image_priors(hits)
+        assert [h.metadata["prior"] for h in hits] == pytest.approx([first[1]] * 2, abs=1e-6)
+    finally:
+        s.close()
