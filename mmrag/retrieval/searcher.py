@@ -186,14 +186,25 @@ class Searcher:
         # image can never get a stale prior; repeat candidates (hubs above all) skip the product
         cache = self.__dict__.setdefault("_prior_cache", {})
         keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in x]
-        todo = [j for j, key in enumerate(keys) if key not in cache]
+        out = np.empty(len(keys), np.float64)
+        todo = []
+        for j, key in enumerate(keys):  # get(), not [], so another thread's clear() cannot fail us
+            v = cache.get(key)
+            if v is None:
+                todo.append(j)
+            else:
+                out[j] = v
         if todo:
-            if len(cache) + len(todo) > PRIOR_CACHE:
+            p = self.encoder.image_prior(x[todo])
+            keep = len(todo) <= PRIOR_CACHE
+            if keep and len(cache) + len(todo) > PRIOR_CACHE:
                 cache.clear()
-            # the committer's rounding (round(float, 6) into JSON), so the metadata is a rebuild's too
-            for j, v in zip(todo, self.encoder.image_prior(x[todo])):
-                cache[keys[j]] = round(float(v), 6)
-        return np.asarray([cache[key] for key in keys], np.float64)
+            for j, v in zip(todo, p):
+                # the committer's rounding (round(float, 6) into JSON), so the metadata is a rebuild's too
+                out[j] = round(float(v), 6)
+                if keep:
+                    cache[keys[j]] = out[j]
+        return out
 
     def fill_image_priors(self, hits: list[Hit]) -> bool:
         """Give each text->image hit without a stored ``metadata["prior"]`` the one indexing
