@@ -176,7 +176,8 @@ class Searcher:
         """The encoder's prior of the stored images ``ids`` (one matrix product on their stored
         vectors), rounded as indexing stores it; None for an encoder without a prior. The prior
         is a pure function of the vector and the encoder's caption bank, so an index built
-        before priors (or one to which priors came later) gets what a rebuild would store."""
+        before priors (or one where only the images added since have one) gets what a rebuild
+        would store."""
         if not self.has_image_prior():
             return None
         if not len(ids):
