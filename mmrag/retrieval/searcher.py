@@ -4,6 +4,7 @@ reaches into the index's stores."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,6 +34,9 @@ SPREAD_SAMPLE = 20000  # stored vectors sampled to estimate the spread of a chan
 # text->image candidates taken by cosine and re-ranked by cos - the image's hubness prior
 # (at least this many, or 10 k): the prior moves scores by a few hundredths, not more
 PRIOR_POOL = 100
+# priors computed for images stored without one (an index built before priors), kept per
+# Searcher: at most this many (16-byte keys, about 100 bytes an entry)
+PRIOR_CACHE = 200_000
 
 
 def check_query(text: str | None = None, image: Any = None, weight: float = 0.5, k: int = 10) -> None:
@@ -152,12 +156,70 @@ class Searcher:
 
     def image_prior_applies(self, hits: list[Hit]) -> bool:
         """Whether text->image ``hits`` (by cosine, best first) are to be ranked by ``cos - prior``:
-        every hit has a stored prior (an index built before priors, or by an encoder without one,
-        has none: plain cosine) and the best hit's prior passes the encoder's gate."""
-        if not hits or any("prior" not in h.metadata for h in hits):
+        every hit has a prior (:meth:`fill_image_priors`: stored, or computed for the hits that
+        lack one; an encoder without a prior has none: plain cosine) and the best hit's prior
+        passes the encoder's gate. Search, hybrid fusion, the service's batched path and the
+        chat all come through here (or :meth:`image_priors`), so they rank alike."""
+        if not hits or not self.fill_image_priors(hits):
             return False
         gate = self.encoder.image_prior_gate()
         return gate is None or float(hits[0].metadata["prior"]) > gate
+
+    def has_image_prior(self) -> bool:
+        """Whether the encoder has a text->image prior (asked once, with no vectors: the base
+        encoder answers None without looking at them)."""
+        if "_has_image_prior" not in self.__dict__:
+            self._has_image_prior = self.encoder.image_prior(np.zeros((0, self.dim), np.float32)) is not None
+        return self._has_image_prior
+
+    def missing_image_priors(self, ids: Sequence[str]) -> np.ndarray | None:
+        """The encoder's prior of the stored images ``ids`` (one matrix product on their stored
+        vectors), rounded as indexing stores it; None for an encoder without a prior. The prior
+        is a pure function of the vector and the encoder's caption bank, so an index built
+        before priors (or one where only the images added since have one) gets what a rebuild
+        would store."""
+        if not self.has_image_prior():
+            return None
+        if not len(ids):
+            return np.zeros(0, np.float64)
+        x = self.collection.images.vectors(list(ids))
+        # cached by the vector's bytes, not the id: a pure function of the vector, so a replaced
+        # image can never get a stale prior; repeat candidates (hubs above all) skip the product
+        cache = self.__dict__.setdefault("_prior_cache", {})
+        keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in x]
+        out = np.empty(len(keys), np.float64)
+        todo = []
+        for j, key in enumerate(keys):  # get(), not [], so another thread's clear() cannot fail us
+            v = cache.get(key)
+            if v is None:
+                todo.append(j)
+            else:
+                out[j] = v
+        if todo:
+            p = self.encoder.image_prior(x[todo])
+            keep = len(todo) <= PRIOR_CACHE
+            if keep and len(cache) + len(todo) > PRIOR_CACHE:
+                cache.clear()
+            for j, v in zip(todo, p):
+                # the committer's rounding (round(float, 6) into JSON), so the metadata is a rebuild's too
+                out[j] = round(float(v), 6)
+                if keep:
+                    cache[keys[j]] = out[j]
+        return out
+
+    def fill_image_priors(self, hits: list[Hit]) -> bool:
+        """Give each text->image hit without a stored ``metadata["prior"]`` the one indexing
+        would have stored (:meth:`missing_image_priors`). Returns whether every hit has a prior
+        (False, nothing changed, when some lack one and the encoder has no prior)."""
+        missing = [h for h in hits if "prior" not in h.metadata]
+        if not missing:
+            return True
+        p = self.missing_image_priors([h.id for h in missing])
+        if p is None:
+            return False
+        for h, v in zip(missing, p):
+            h.metadata["prior"] = float(v)
+        return True
 
     def images_for_text_vector(self, q: np.ndarray, k: int = 10, filter: dict[str, Any] | None = None) -> list[Hit]:
         """text->image with the images' hubness prior (score = cos - prior, see
@@ -167,12 +229,20 @@ class Searcher:
         return self.rerank_by_image_prior(hits, k)
 
     def image_priors(self, ids: Sequence[str]) -> np.ndarray | None:
-        """The stored text->image prior of each image in ``ids``, or None when any lacks one (the
-        index then ranks by cosine, :meth:`image_prior_applies`)."""
+        """The text->image prior of each image in ``ids``: stored, or computed for those that
+        lack one (:meth:`missing_image_priors`); None when some lack one and the encoder has no
+        prior (the index then ranks by cosine, :meth:`image_prior_applies`)."""
         metas = self.metadata(ids)
-        if not metas or any(m is None or "prior" not in m for m in metas):
+        if not metas or any(m is None for m in metas):
             return None
-        return np.asarray([float(m["prior"]) for m in metas], np.float32)
+        out = np.asarray([float(m.get("prior", np.nan)) for m in metas], np.float32)
+        gap = [j for j, m in enumerate(metas) if "prior" not in m]
+        if gap:
+            p = self.missing_image_priors([ids[j] for j in gap])
+            if p is None:
+                return None
+            out[gap] = p
+        return out
 
     def rerank_by_image_prior(self, hits: list[Hit], k: int) -> list[Hit]:
         """The ``k`` best of text->image ``hits`` (by cosine, best first; :func:`prior_pool` of

@@ -1,7 +1,7 @@
 """The images' hubness prior on the text->image path (mmrag.encoders.image_prior): the default
 encoder has one, the index stores it per image, search ranks by ``cos - prior`` when the best
-image by cosine is a hub (its prior above the encoder's gate), and an index without priors
-ranks by cosine as before."""
+image by cosine is a hub (its prior above the encoder's gate), and an index without stored
+priors gets them from its vectors."""
 
 from __future__ import annotations
 
@@ -82,14 +82,20 @@ def test_the_gate_leaves_a_query_whose_top_image_is_no_hub(query, effnet_minilm,
         s.close()
 
 
-def test_an_index_without_priors_ranks_by_cosine(query, effnet_minilm, tmp_path):
+def test_an_index_without_priors_gets_them_from_its_vectors(query, effnet_minilm, tmp_path):
+    """An index built before the prior: each candidate's prior is the encoder's of its stored
+    vector, computed at search time (tests/retrieval/test_legacy_prior.py: real old and mixed
+    indexes on every path)."""
     _hand_made_index(tmp_path / "idx", query, _specs(effnet_minilm.image_prior_gate()), with_prior=False)
     s = Searcher(tmp_path / "idx", encoder=effnet_minilm)
     try:
-        hits = s.search(text=QUERY, k=2, mode="vector")
-        assert [h.id for h in hits] == ["hub", "target"]
-        assert [round(h.score, 4) for h in hits] == [0.6, 0.55]
-        assert "cosine" not in hits[0].metadata
+        ids = s.ids()
+        V = s.vectors(ids)
+        p = effnet_minilm.image_prior(V)
+        want = rerank_rows((s.query_vector(QUERY) @ V.T)[None], p, effnet_minilm.image_prior_gate())[0]
+        hits = s.search(text=QUERY, k=5, mode="vector")
+        assert [h.id for h in hits] == [ids[j] for j in np.argsort(-want, kind="stable")[:5]]
+        assert [h.metadata["prior"] for h in hits] == pytest.approx([p[ids.index(h.id)] for h in hits], abs=1e-6)
     finally:
         s.close()
 
