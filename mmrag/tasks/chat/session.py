@@ -150,8 +150,8 @@ class ChatSession:
 
         d = self.dialog
         q = query_vectors(self.searcher.encoder, [d], self.ranking, self._text_cache)
-        # as text->image search ranks: cos - the images' stored prior when its gate admits the
-        # query (plain cosine on an index without priors), before the pool and the answers. The
+        # as text->image search ranks: cos - the images' prior when its gate admits the query
+        # (plain cosine for an encoder without one), before the pool and the answers. The
         # candidates by cosine are search's for k (prior_pool) or the pool if more: the shown top
         # k is then search's, at the cost of fetching the pool as before (not 10 x the pool)
         n = max(self.k, self.ranking.pool)
