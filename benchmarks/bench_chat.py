@@ -2,7 +2,15 @@
 
     python benchmarks/bench_chat.py [--data-dir ../shared/data/flickr8k] [--rounds 10]
                                     [--dev-limit N] [--dev-rounds 5] [--llm-limit N] [--llm-rounds 5]
-                                    [--out benchmarks/results]
+                                    [--image-prior/--no-image-prior] [--grid all|weights]
+                                    [--no-references] [--skip-test] [--out benchmarks/results]
+
+Every ranking uses the images' gated hubness prior, as ``mmrag eval chat`` does by default
+(``--no-image-prior``: plain cosine, how the ranking was first chosen; then the files are
+``chat_dev.json``/``chat_test.json``, with the prior ``chat_dev_prior.json``/``chat_test_prior.json``).
+``--grid weights``: only the ``words`` + ``loglik`` rows (the re-scoring weight; ``--weights``: only
+those); ``--no-references``
+skips split's what-each-part-adds rows on dev; ``--skip-test`` stops after dev.
 
 Targets: every image of a split; description = its first caption; the simulated user answers
 from its other four captions only. Candidates' caption words come from the Flickr8k *train*
@@ -122,6 +130,14 @@ def main() -> None:
     ap.add_argument("--llm-rounds", type=int, default=5)
     ap.add_argument("--skip-dev", action="store_true", help="reuse chat_dev.json's choices")
     ap.add_argument("--no-oracle", action="store_true", help="skip the own-caption upper-bound diagnostic")
+    ap.add_argument("--image-prior", action=argparse.BooleanOptionalAction, default=True,
+                    help="rank by the images' gated hubness prior, as mmrag eval chat does (default on)")
+    ap.add_argument("--grid", choices=("all", "weights"), default="all",
+                    help="weights: only the words + loglik rows (the re-scoring weight)")
+    ap.add_argument("--weights", type=float, nargs="+", default=None,
+                    help="with --grid weights: only these re-scoring weights")
+    ap.add_argument("--no-references", action="store_true", help="skip split's what-each-part-adds rows on dev")
+    ap.add_argument("--skip-test", action="store_true", help="stop after dev")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     a = ap.parse_args()
     outdir = Path(a.out)
@@ -137,6 +153,12 @@ def main() -> None:
     feats.compute(ids, V, progress=True)
     print(f"caption words of {len(ids)} images from {len(feats.source)} train captions: "
           f"{time.perf_counter() - t:.1f} s", file=sys.stderr)
+    # the prior as the CLI computes it (the encoder's prior of the embedded images), per search space
+    prior_of = (lambda vecs: enc.image_prior(vecs)) if a.image_prior else (lambda vecs: None)
+    gate = enc.image_prior_gate() if a.image_prior else None
+    suffix = "_prior" if a.image_prior else ""
+    grid = GRID if a.grid == "all" else [g for g in GRID if g[0] == "words" and g[1] == "loglik"
+                                         and (a.weights is None or g[2] in a.weights)]
     split_items = {s: [it for it in full.items if it.split == s] for s in ("dev", "test")}
 
     @functools.cache
@@ -145,22 +167,26 @@ def main() -> None:
         raw.compute(ids, V)
         return raw
 
+    P = prior_of(V)
+
     # ---------------------------------------------------------------- dev: choose ranking per questioner
-    dev_path = outdir / "chat_dev.json"
+    dev_path = outdir / f"chat_dev{suffix}.json"
     if a.skip_dev and dev_path.exists():
         dev = json.loads(dev_path.read_text())
     else:
         dev_items = split_items["dev"][: a.dev_limit] if a.dev_limit else split_items["dev"]
         targets = targets_from_items(dev_items, row_of)
         dev = {"encoder": enc.fingerprint(), "n_queries": len(targets),
-               "corpus_size": len(ids), "rows": [], "chosen": {}}
+               "corpus_size": len(ids), "image_prior": a.image_prior,
+               "grid": [list(g) for g in grid], "rows": [], "chosen": {}}
         print(f"\nDev: {len(targets)} targets among {len(ids)} images, cumulative Hits@10 (%)\n{HEADER}")
         for qn in a.questioners:
             rows = []
-            for mode, rmode, beta in GRID:
+            for mode, rmode, beta in grid:
                 cfg = RankingConfig(query=mode, rescore_mode=rmode, rescore_weight=beta)
                 r = evaluate_chat(enc, V, ids, targets, create_questioner(qn), rounds=a.dev_rounds, ranking=cfg,
-                                  features=feats, progress=False, keep_dialogs=0)
+                                  features=feats, progress=False, keep_dialogs=0,
+                                  image_prior=P, image_prior_gate=gate)
                 r.pop("examples", None)
                 rows.append(r)
                 print(fmt_row(f"{qn} {mode} {rmode} beta={beta}", r), flush=True)
@@ -168,7 +194,7 @@ def main() -> None:
             dev["rows"] += rows
             dev["chosen"][qn] = best["ranking"]
             print(f"chosen for {qn}: {best['ranking']}")
-            if qn == "split":  # what each part adds, at split's chosen ranking
+            if qn == "split" and not a.no_references:  # what each part adds, at split's chosen ranking
                 chosen = RankingConfig(**best["ranking"])
                 raw = raw_feats()
                 refs = [("yes/no questions only", create_questioner("split", max_options=1), chosen, feats),
@@ -180,20 +206,23 @@ def main() -> None:
                 dev["references"] = {}
                 for label, qq, cfg, ff in refs:
                     r = evaluate_chat(enc, V, ids, targets, qq, rounds=a.dev_rounds, ranking=cfg, features=ff,
-                                      progress=False, keep_dialogs=0)
+                                      progress=False, keep_dialogs=0, image_prior=P, image_prior_gate=gate)
                     r.pop("examples", None)
                     dev["references"][f"split, {label}"] = r
                     print(fmt_row(f"split: {label}", r), flush=True)
         write_results(dev_path, dev)
+    if a.skip_test:
+        return
 
     # ---------------------------------------------------------------- test
     test_items = split_items["test"]
     spaces = {"test split (1,000 images)": [row_of[it.id] for it in test_items], "full corpus (8,091 images)": None}
-    test = {"encoder": enc.fingerprint(), "rounds": a.rounds, "runs": []}
+    test = {"encoder": enc.fingerprint(), "rounds": a.rounds, "image_prior": a.image_prior, "runs": []}
     plain = RankingConfig(query="chatir", rescore_weight=0.0)
     for space, rows_ in spaces.items():
         sids = ids if rows_ is None else [ids[r] for r in rows_]
         SV = V if rows_ is None else V[rows_]
+        SP = prior_of(SV)
         srow = {x: i for i, x in enumerate(sids)}
         targets = targets_from_items(test_items, srow)
         print(f"\nTest, {space}: {len(targets)} targets, cumulative Hits@10 (%)\n{HEADER}")
@@ -214,7 +243,7 @@ def main() -> None:
                                  OwnCaptionWords(full.items)))
             for label, cfg, qq, ff in cfgs:
                 r = evaluate_chat(enc, SV, sids, targets, qq, rounds=a.rounds, ranking=cfg,
-                                  features=ff, progress=False)
+                                  features=ff, progress=False, image_prior=SP, image_prior_gate=gate)
                 r.update({"space": space, "label": label})
                 test["runs"].append(r)
                 print(fmt_row(f"{qn} ({label})", r), flush=True)
@@ -231,13 +260,13 @@ def main() -> None:
                 q = llm if qn == "llm" else create_questioner(qn)
                 t0 = time.perf_counter()
                 r = evaluate_chat(enc, SV, sids, sub, q, rounds=a.llm_rounds, ranking=cfg, features=feats,
-                                  progress=qn == "llm")
+                                  progress=qn == "llm", image_prior=SP, image_prior_gate=gate)
                 r.update({"space": space, "label": f"first {len(sub)} targets, {a.llm_rounds} rounds",
                           "seconds_per_question": (time.perf_counter() - t0) / max(1, len(sub) * a.llm_rounds)})
                 test["runs"].append(r)
                 print(fmt_row(f"{qn} (first {len(sub)})", r), flush=True)
-    write_results(outdir / "chat_test.json", test)
-    plot(test, outdir / "chat_hits10.png")
+    write_results(outdir / f"chat_test{suffix}.json", test)
+    plot(test, outdir / f"chat_hits10{suffix}.png")
 
 
 def plot(test, path: Path) -> None:

@@ -18,8 +18,8 @@ from mmrag.errors import MmragError
 _CHOICES_HELP = ("split: may ask either-or questions ('is there a dog or a cat?') when they separate the "
                  "candidates better than a yes/no question.")
 _QUERY_HELP = "Query mode: chatir, mean, chatir-yes or words (default: chosen on dev)."
-_RESCORE_HELP = ("Weight of the answers in re-scoring (0: off; default 0.15, chosen on dev for split; bank's "
-                 "dev choice was 0.25).")
+_RESCORE_HELP = ("Weight of the answers in re-scoring (0: off; default 0.1, chosen on dev for split; bank's "
+                 "dev choice is 0.15).")
 _MODE_HELP = "Re-scoring: loglik (log-likelihood of the answers under each image, default) or linear."
 
 
