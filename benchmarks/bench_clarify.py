@@ -191,6 +191,8 @@ def main() -> None:
     ap.add_argument("--no-transfer", action="store_true", help="skip the transfer collection")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "clarify.json"))
     a = ap.parse_args()
+    if not a.no_transfer and not Path(a.transfer_dir).exists():
+        ap.error(f"--transfer-dir {a.transfer_dir} does not exist (or pass --no-transfer)")
 
     t0 = time.perf_counter()
     enc = create_encoder("effnet-minilm")
