@@ -1,11 +1,14 @@
 """Ask when unsure: when is a clarifying split question under a search worth offering?
 
     python benchmarks/bench_clarify.py [--data-dir ../shared/data/flickr8k] [--shown 20]
+                                       [--image-prior | --no-image-prior] [--compare-cosine]
+                                       [--transfer-dir ../shared/data/coco_dev | --no-transfer]
                                        [--out benchmarks/results/clarify.json]
 
 Per split (dev, then test): the split's 1,000 Flickr8k images are the collection; each image's
-first caption is a text query (vector search, the cosine ranking), the ``--shown`` best hits are
-what the user sees. For every query the split question over the shown hits is built
+first caption is a text query (vector search ranked as ``mmrag search`` ranks text->image: by the
+gated ``cos - prior`` of the images' hubness prior, ``--no-image-prior``: plain cosine), the
+``--shown`` best hits are what the user sees; the rule reads their cosines, as search's does. For every query the split question over the shown hits is built
 (:func:`mmrag.tasks.chat.clarify.clarify` with ``force``) and answered by the simulated user of
 ``mmrag eval chat`` (:class:`~mmrag.tasks.chat.answerers.SimulatedUser`, from the target's other
 four captions). Candidates' caption words (the evidence, one run each):
@@ -28,6 +31,13 @@ dev distribution, and chosen on **dev**: the highest Hits@1 over all queries aft
 dev choice, with "always ask" and "never ask" beside it. Reported per rule: how often a question
 is offered; for offered queries Hits@1 / Hits@10 before and after one answer; for the others
 how often the target already was at rank 1. Each evidence gets its own dev choice.
+
+Transfer check (``--transfer-dir``, default ../shared/data/coco_dev, never used for a choice):
+the same protocol on another collection (every item with >= 2 captions: caption 1 the query, the
+simulated user answering from captions 2-5, the datastore still Flickr8k train), at the shipped
+rule (:class:`ClarifyConfig` defaults) and at each evidence's Flickr8k dev choice, with "always
+ask" and "never ask" beside them. ``--compare-cosine``: the datastore evidence also ranked by plain
+cosine in the same run (its own dev choice), for the side-by-side.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ from common import write_results  # noqa: E402
 
 from mmrag.corpus.readers import read_corpus  # noqa: E402
 from mmrag.encoders import create_encoder  # noqa: E402
+from mmrag.encoders.image_prior import rerank_rows  # noqa: E402
 from mmrag.retrieval import CaptionDatastore, corpus_image_vectors, default_datastore  # noqa: E402
 from mmrag.retrieval.relevance import load_relevance  # noqa: E402
 from mmrag.tasks.chat.answerers import SimulatedUser  # noqa: E402
@@ -62,34 +73,40 @@ VARIANTS = {"partition": ClarifyConfig(rerank="partition"),
 OFFER_RATES = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]  # % of dev queries: where thresholds sit
 
 
-def run_split(enc, items, V, feats, shown: int, relevance):
+def run_split(enc, items, V, feats, shown: int, relevance, prior=None, gate=None):
     # feats: the candidates' caption-word evidence (train-caption datastore, or the diagnostic
-    # OwnCaptionWords)
+    # OwnCaptionWords); prior, gate: the images' hubness prior (None: rank by cosine)
     """Per query: the signals, the question, the answer and the target's rank before/after."""
     ids = [it.id for it in items]
     texts = [it.captions[0] for it in items]
     Q = enc.embed_texts(texts)
     S = Q @ V.T
-    ranker = _Ranker(enc, V, ids, RankingConfig(), feats)
+    # what search ranks by; the rule and the question still read the cosines (clarifying_question)
+    R = S if prior is None else rerank_rows(S, prior, gate)
+    ranker = _Ranker(enc, V, ids, RankingConfig(), feats, image_prior=prior, image_prior_gate=gate)
     cfg = ClarifyConfig()
     rows, dialogs = [], []
     for t, it in enumerate(items):
-        s = S[t]
+        s = R[t]
         order = np.argsort(-s, kind="stable")
         top = order[:shown]
         rank0 = int(np.flatnonzero(order == t)[0]) + 1
         top_ids = [ids[j] for j in top]
-        cos = s[top].astype(np.float64)
+        cos = S[t, top].astype(np.float64)
+        sc = s[top].astype(np.float64)
+        # as clarifying_question: the shown scores are passed only when they are not the cosines
+        scores = None if np.allclose(sc, cos, atol=1e-5) else sc
         words = feats.matrix(top_ids, V[top])
         sig = {n: closeness(cos, n, cfg.top, cfg.temperature, relevance) for n in SIGNALS}
-        c = clarify(texts[t], top_ids, cos, words, feats, cfg, relevance, force=True)
-        row = {"rank_before": rank0, "signals": sig, "question": None}
+        c = clarify(texts[t], top_ids, cos, words, feats, cfg, relevance, force=True, scores=scores)
+        row = {"rank_before": rank0, "signals": sig, "question": None, "prior_on": scores is not None}
         if c is not None:
             ans = SimulatedUser(it.captions[1:]).answer(c.question)
             evidence = answer_evidence(words, feats.vocab, c.asked, ans)
             after = {}
             for name, vc in VARIANTS.items():
-                new, _ = rerank(top_ids, cos, evidence, vc)
+                new, _ = rerank(top_ids, cos if scores is None else scores, evidence, vc,
+                                None if scores is None else cos)
                 after[name] = new.index(it.id) + 1 if it.id in new else rank0
             row.update(question=c.question, answer=ans, options=[o.answer for o in c.options], after=after)
             dialogs.append((t, Dialog(texts[t], [Round(c.question, ans, c.topic)])))
@@ -147,23 +164,49 @@ def fmt(r) -> str:
             f"{f(r['all_hits@1_after'])} {f(r['all_hits@10_after'])} | {r['to_rank1']:3d}/{r['from_rank1']:<3d}")
 
 
+def shipped_variant() -> str:
+    """The VARIANTS name of ClarifyConfig()'s re-ordering (added when the grid lacks it)."""
+    cfg = ClarifyConfig()
+    name = "partition" if cfg.rerank == "partition" else f"loglik-{cfg.rescore_weight:g}"
+    VARIANTS.setdefault(name, ClarifyConfig(rerank=cfg.rerank, rescore_weight=cfg.rescore_weight))
+    return name
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/flickr8k"))
+    shared = Path(__file__).resolve().parents[2] / "shared/data"
+    ap.add_argument("--data-dir", default=str(shared / "flickr8k"))
     ap.add_argument("--shown", type=int, default=20, help="hits shown under the search (the question sees them)")
     ap.add_argument("--limit", type=int, default=None, help="first N images per split only (a smoke run)")
     ap.add_argument("--no-diagnostic", action="store_true", help="skip the own-caption evidence diagnostic")
     ap.add_argument("--signals", nargs="+", default=list(SIGNALS), choices=SIGNALS,
                     help="closeness signals to choose among (default all)")
+    ap.add_argument("--image-prior", action=argparse.BooleanOptionalAction, default=True,
+                    help="rank text->image by the gated cos - prior as mmrag search does (default on)")
+    ap.add_argument("--compare-cosine", action="store_true",
+                    help="also run the datastore evidence ranked by plain cosine, side by side")
+    ap.add_argument("--transfer-dir", default=str(shared / "coco_dev"),
+                    help="another collection to check the rules on (never chosen on)")
+    ap.add_argument("--transfer-kind", default="auto", help="its corpus kind (read_corpus)")
+    ap.add_argument("--no-transfer", action="store_true", help="skip the transfer collection")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "clarify.json"))
     a = ap.parse_args()
+    if not a.no_transfer and not Path(a.transfer_dir).exists():
+        ap.error(f"--transfer-dir {a.transfer_dir} does not exist (or pass --no-transfer)")
 
     t0 = time.perf_counter()
     enc = create_encoder("effnet-minilm")
     relevance = load_relevance(enc.fingerprint())
     full = read_corpus("flickr8k", a.data_dir)
     V = corpus_image_vectors(enc, full)
+    if a.image_prior and enc.image_prior(V[:1]) is None:
+        sys.exit("error: --image-prior: the encoder has no image prior (pass --no-image-prior)")
     row_of = {it.id: i for i, it in enumerate(full.items)}
+    transfer = None
+    if not a.no_transfer:
+        tc = read_corpus(a.transfer_kind, a.transfer_dir)
+        transfer = (tc, corpus_image_vectors(enc, tc))
+
     def collection_captions(items):  # a captioned index: its images' captions 2-5 (never the query)
         texts = [c for it in items for c in it.captions[1:]]
         owners = [it.id for it in items for _ in it.captions[1:]]
@@ -172,24 +215,55 @@ def main() -> None:
     evidence = {"datastore": lambda items: CaptionWordFeatures(default_datastore(enc, a.data_dir)),
                 "collection captions": collection_captions,
                 "own captions (diagnostic)": lambda items: OwnCaptionWords(items)}
-    out = {"encoder": enc.fingerprint(), "shown": a.shown, "library_defaults_when_run": ClarifyConfig().to_dict(),
+    shipped = shipped_variant()
+    out = {"encoder": enc.fingerprint(), "shown": a.shown, "image_prior": bool(a.image_prior),
+           "image_prior_gate": enc.image_prior_gate() if a.image_prior else None,
+           "library_defaults_when_run": ClarifyConfig().to_dict(),
            "variants": {k: v.to_dict() for k, v in VARIANTS.items()}, "runs": {}}
     for ev, make in evidence.items():
         if ev.endswith("(diagnostic)") and a.no_diagnostic:
             continue
-        out["runs"][ev] = evaluate_evidence(enc, full, V, row_of, make, a, relevance, ev)
+        out["runs"][ev] = evaluate_evidence(enc, full, V, row_of, make, a, relevance, ev, a.image_prior,
+                                            transfer, shipped)
+    if a.compare_cosine and a.image_prior:
+        out["cosine_runs"] = {"datastore": evaluate_evidence(enc, full, V, row_of, evidence["datastore"], a,
+                                                             relevance, "datastore, cosine ranking", False,
+                                                             transfer, shipped)}
+        side_by_side(out)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     write_results(a.out, out)
 
 
-def evaluate_evidence(enc, full, V, row_of, make_features, a, relevance, label: str) -> dict:
-    """Dev grid, the dev choice and the test rows for one source of caption-word evidence."""
+def side_by_side(out) -> None:
+    """The datastore evidence's rows, search's prior ranking beside plain cosine."""
+    pr, co = out["runs"]["datastore"], out["cosine_runs"]["datastore"]
+    print("\n[datastore] prior ranking vs plain cosine (same run)")
+    for name, a, b in [("dev choice", pr["chosen"], co["chosen"])] + \
+            [(f"test: {x['label']}", x, y) for x, y in zip(pr["test"], co["test"])] + \
+            [(f"{pr['transfer']['name']}: {x['label']}", x, y)
+             for x, y in zip(pr.get("transfer", {}).get("rows", []), co.get("transfer", {}).get("rows", []))]:
+        print(f"  {name:52s} prior: {a['signal']} {a['threshold']} {a['rerank']:12s} asked {a['offered_pct']:5.1f} % "
+              f"H@1 {a['all_hits@1_before']:.1f} -> {a['all_hits@1_after']:.1f} | cosine: {b['threshold']} "
+              f"{b['rerank']:12s} asked {b['offered_pct']:5.1f} % H@1 {b['all_hits@1_before']:.1f} -> "
+              f"{b['all_hits@1_after']:.1f}")
+
+
+def evaluate_evidence(enc, full, V, row_of, make_features, a, relevance, label: str, use_prior: bool,
+                      transfer=None, shipped: str = "loglik-0.01") -> dict:
+    """Dev grid, the dev choice and the test rows for one source of caption-word evidence; the
+    transfer collection's rows at the shipped rule and at this dev choice."""
     t0 = time.perf_counter()
+
+    def run(items, SV):
+        prior = enc.image_prior(SV) if use_prior else None
+        gate = enc.image_prior_gate() if use_prior else None
+        return run_split(enc, items, SV, make_features(items), a.shown, relevance, prior, gate)
+
     per = {}
     for split in ("dev", "test"):
         items = [it for it in full.items if it.split == split and len(it.captions) >= 2][: a.limit]
         SV = V[[row_of[it.id] for it in items]]
-        per[split] = run_split(enc, items, SV, make_features(items), a.shown, relevance)
+        per[split] = run(items, SV)
         print(f"{label}, {split}: {len(items)} queries, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
     dev_rules = []
@@ -205,10 +279,14 @@ def evaluate_evidence(enc, full, V, row_of, make_features, a, relevance, label: 
     print(f"\n[{label}] chosen on dev: signal {chosen['signal']}, threshold {chosen['threshold']}, "
           f"rerank {chosen['rerank']}")
     search_dev = evaluate_rule(per["dev"], chosen["signal"], chosen["threshold"], "search")
+    cfg = ClarifyConfig()
+    shipped_dev = evaluate_rule(per["dev"], cfg.signal, cfg.threshold, shipped)
+    print(f"[{label}] the shipped rule on dev: {fmt(shipped_dev)}")
 
     tests = []
     print(f"\n[{label}] Test: Flickr8k test, {len(per['test'])} queries, at the dev choice\n{HEAD}")
     for name, sig, thr, how in [("chosen on dev", chosen["signal"], chosen["threshold"], chosen["rerank"]),
+                                ("shipped rule (ClarifyConfig)", cfg.signal, cfg.threshold, shipped),
                                 ("always ask", chosen["signal"], -np.inf, chosen["rerank"]),
                                 ("never ask", chosen["signal"], np.inf, chosen["rerank"]),
                                 ("always ask, kept hits first", chosen["signal"], -np.inf, "partition"),
@@ -220,18 +298,42 @@ def evaluate_evidence(enc, full, V, row_of, make_features, a, relevance, label: 
         tests.append(r)
         print(fmt(r) + f"   ({name})")
 
+    moved = []
+    if transfer is not None:  # a check on other photos: nothing here is chosen
+        tc, TV = transfer
+        titems = [it for it in tc.items if len(it.captions) >= 2][: a.limit]
+        trows = run(titems, TV[[i for i, it in enumerate(tc.items) if len(it.captions) >= 2][: a.limit]])
+        name = f"{Path(tc.root).name} ({len(titems)} queries)"
+        print(f"\n[{label}] Transfer: {name}, nothing chosen here\n{HEAD}")
+        for lab, sig, thr, how in [("shipped rule (ClarifyConfig)", cfg.signal, cfg.threshold, shipped),
+                                   ("chosen on Flickr8k dev", chosen["signal"], chosen["threshold"], chosen["rerank"]),
+                                   ("always ask", chosen["signal"], -np.inf, chosen["rerank"]),
+                                   ("never ask", chosen["signal"], np.inf, chosen["rerank"])]:
+            r = evaluate_rule(trows, sig, thr, how)
+            r["label"] = lab
+            moved.append(r)
+            print(fmt(r) + f"   ({lab})")
+        prior_on = round(100.0 * float(np.mean([r["prior_on"] for r in trows])), 2)
+        transfer_out = {"name": name, "n_queries": len(trows), "prior_applied_pct": prior_on, "rows": moved}
+
     def finite(x):
         return x if np.isfinite(x) else ("always" if x < 0 else "never")
 
-    for r in dev_rules + tests + [search_dev]:
+    for r in dev_rules + tests + [search_dev, shipped_dev] + moved:
         r["threshold"] = finite(r["threshold"])
     examples = [{k: r[k] for k in ("question", "answer", "options", "rank_before", "after")}
                 for r in per["test"][:8] if r["question"]]
     splits = {s: {"n_queries": len(per[s]),
-                  "questions_built_pct": round(100.0 * np.mean([r["question"] is not None for r in per[s]]), 2)}
+                  "questions_built_pct": round(100.0 * np.mean([r["question"] is not None for r in per[s]]), 2),
+                  "prior_applied_pct": round(100.0 * np.mean([r["prior_on"] for r in per[s]]), 2)}
               for s in per}
-    return {"splits": splits, "dev": dev_rules, "chosen": chosen, "dev_chosen_as_chat_search": search_dev,
-            "test": tests, "test_examples": examples, "seconds": round(time.perf_counter() - t0, 1)}
+    res = {"splits": splits, "image_prior": bool(use_prior), "dev": dev_rules, "chosen": chosen,
+           "dev_chosen_as_chat_search": search_dev, "dev_shipped_rule": shipped_dev, "test": tests,
+           "test_examples": examples}
+    if transfer is not None:
+        res["transfer"] = transfer_out
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    return res
 
 
 if __name__ == "__main__":
