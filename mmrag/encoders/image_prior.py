@@ -151,6 +151,14 @@ def load_for_bridge(bridge_path: str | Path | None, bridge, shipped: bool) -> Im
     return prior if prior.for_bridge == bridge_id(bridge) else None
 
 
+def gate_admits(top_prior, gate: float | None):
+    """Whether a query whose raw top-1 image has prior ``top_prior`` (a float, or an array of
+    them) is ranked by ``cos - prior``: above ``gate``; every query when ``gate`` is None."""
+    if gate is None:
+        return np.ones(np.shape(top_prior), bool) if np.ndim(top_prior) else True
+    return np.asarray(top_prior) > gate if np.ndim(top_prior) else float(top_prior) > gate
+
+
 def rerank_rows(S: np.ndarray, prior: np.ndarray, gate: float | None) -> np.ndarray:
     """Text->image scores [queries, images] with the prior: ``S - prior`` for the queries whose
     raw top-1 image has a prior above ``gate`` (None: every query), ``S`` for the others."""
@@ -160,5 +168,5 @@ def rerank_rows(S: np.ndarray, prior: np.ndarray, gate: float | None) -> np.ndar
         return S
     if gate is None:
         return S - prior[None]
-    on = prior[S.argmax(1)] > gate
+    on = gate_admits(prior[S.argmax(1)], gate)
     return np.where(on[:, None], S - prior[None], S)

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mmrag.encoders.base import Encoder, ImageInput, create_encoder, l2_normalize
+from mmrag.encoders.image_prior import gate_admits
 from mmrag.errors import InvalidInputError
 from mmrag.index.base import Hit, VectorStore
 from mmrag.index.collection import Collection, IndexManifest, caption_image_id
@@ -31,8 +32,8 @@ FUSION = "score"
 # sign photos made from coco_dev with other phrases, Flickr8k dev), never on the test sets
 KEYWORD_WEIGHT = 0.8
 SPREAD_SAMPLE = 20000  # stored vectors sampled to estimate the spread of a channel's scores
-# text->image candidates taken by cosine and re-ranked by cos - the image's hubness prior
-# (at least this many, or 10 k): the prior moves scores by a few hundredths, not more
+# candidates taken by cosine and re-ranked by cos - a hubness prior (images for a text, captions
+# for an image; at least this many, or 10 k): a prior moves scores by a few hundredths, not more
 PRIOR_POOL = 100
 # priors computed for images stored without one (an index built before priors), kept per
 # Searcher: at most this many (16-byte keys, about 100 bytes an entry)
@@ -162,8 +163,7 @@ class Searcher:
         chat all come through here (or :meth:`image_priors`), so they rank alike."""
         if not hits or not self.fill_image_priors(hits):
             return False
-        gate = self.encoder.image_prior_gate()
-        return gate is None or float(hits[0].metadata["prior"]) > gate
+        return gate_admits(hits[0].metadata["prior"], self.encoder.image_prior_gate())
 
     def has_image_prior(self) -> bool:
         """Whether the encoder has a text->image prior (asked once, with no vectors: the base
@@ -406,7 +406,7 @@ class Searcher:
     def captions_for_image_vector(self, q: np.ndarray, k: int = 10, filter: dict[str, Any] | None = None) -> list[Hit]:
         """image->caption with the captions' hubness prior (score = cos - prior), when the index
         has one: fetch a generous candidate set by cosine, then re-rank."""
-        hits = self.collection.captions.search(np.asarray(q, np.float32)[None], k=max(10 * k, 100), filter=filter)[0]
+        hits = self.collection.captions.search(np.asarray(q, np.float32)[None], k=prior_pool(k), filter=filter)[0]
         if not hits or "prior" not in hits[0].metadata:
             return hits[:k]
         return _minus_prior(hits, k)
@@ -481,7 +481,8 @@ class Searcher:
 
 
 def prior_pool(k: int) -> int:
-    """How many text->image candidates by cosine to re-rank by ``cos - prior`` for ``k`` hits."""
+    """How many candidates by cosine to re-rank by ``cos - prior`` for ``k`` hits (images for a
+    text, captions for an image)."""
     return max(10 * k, PRIOR_POOL)
 
 
