@@ -9,12 +9,16 @@ caption embeddings, which gives the same least-squares solution as one row per c
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mmrag.encoders.base import l2_normalize
+
+# what reading a corrupt, truncated or foreign .npz raises (numpy, zipfile, json)
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 FORMAT_VERSION = 1
 

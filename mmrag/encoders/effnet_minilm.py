@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from mmrag.encoders.base import ENCODERS, Encoder, ImageInput, l2_normalize
-from mmrag.encoders.bridge import Bridge
+from mmrag.encoders.bridge import UNREADABLE, Bridge
 from mmrag.errors import ImageError, ModelUnavailableError
 
 # flickr8k-train-v2 (the default): EfficientNet-Lite2 + the zero-shot channel, better out of
@@ -242,7 +242,11 @@ class EffnetMinilmEncoder(Encoder):
             self.bridge = bridge
         else:
             path = resolve_bridge(bridge)
-            self.bridge = Bridge.load(path)
+            try:
+                self.bridge = Bridge.load(path)
+            except UNREADABLE as e:
+                raise ModelUnavailableError(f"bridge {str(path)!r} is unreadable ({type(e).__name__}: {e}); "
+                                            "refit it with `mmrag bridge fit`") from None
             from mmrag.encoders.image_prior import load_for_bridge
 
             self.prior_model = load_for_bridge(path, self.bridge, shipped=str(bridge) in SHIPPED_BRIDGES)

@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mmrag.encoders.bridge import UNREADABLE
+from mmrag.errors import ModelUnavailableError
+
 FORMAT_VERSION = 1
 
 
@@ -147,7 +150,12 @@ def load_for_bridge(bridge_path: str | Path | None, bridge, shipped: bool) -> Im
     p = sidecar_path(bridge_path, shipped)
     if not p.exists():
         return None
-    prior = ImagePrior.load(p)
+    try:
+        prior = ImagePrior.load(p)
+    except UNREADABLE as e:
+        raise ModelUnavailableError(f"image prior {str(p)!r} (beside its bridge) is unreadable "
+                                    f"({type(e).__name__}: {e}); re-make it with `mmrag bridge image-prior` "
+                                    "or remove it") from None
     return prior if prior.for_bridge == bridge_id(bridge) else None
 
 

@@ -92,6 +92,24 @@ def test_bad_values_are_one_line_errors(idx, tmp_path, flickr8k_dir, argv, word)
     assert word in errors[0], errors[0]
 
 
+@pytest.mark.parametrize("broken", ["bridge", "image prior"])
+def test_an_unreadable_bridge_or_image_prior_is_a_one_line_error(tmp_path, flickr8k_dir, broken):
+    """A corrupt bridge file, or a corrupt image-prior sidecar beside a good one, names the file."""
+    import shutil
+
+    from mmrag.encoders.effnet_minilm import resolve_bridge
+
+    bridge = tmp_path / "mine.npz"
+    shutil.copy(resolve_bridge(None), bridge)
+    bad = bridge if broken == "bridge" else tmp_path / "mine.image_prior.npz"
+    bad.write_bytes(b"not an npz file")
+    p = run_cli("index", str(flickr8k_dir), "--out", str(tmp_path / "o"), "--limit", "2", "--bridge", str(bridge))
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert p.returncode == 2, (p.returncode, p.stderr[-1500:])
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and f"{broken} '{bad}'" in errors[0] and "unreadable" in errors[0], p.stderr
+
+
 HELP_SCRIPT = r"""
 import contextlib, io, json, sys
 import typer
