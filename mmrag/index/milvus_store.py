@@ -173,7 +173,7 @@ class _SideKeywords:
             c.execute("INSERT OR REPLACE INTO state VALUES ('dirty', '0')")
 
     def clear(self) -> None:
-        self.conn.execute(f"DELETE FROM {KeywordTable.NAME}")
+        self.table.clear()
         self.conn.execute("DELETE FROM keyed")
 
     def close(self) -> None:
