@@ -1,7 +1,8 @@
 """Load test of ``mmrag serve`` on loopback: closed-loop clients, mixed text and image search.
 
     python benchmarks/bench_load.py [--size 100000] [--clients 32] [--duration 30] [--image-share 0.1]
-                                    [--modes batched unbatched] [--rates 20 40 60]
+                                    [--modes batched unbatched] [--text-modes auto vector]
+                                    [--keyword-cache on off] [--rates 20 40 60]
                                     [--json benchmarks/results/load.json]
 
 The index: a 100k-image index cannot be embedded from real images on this machine, so it holds
@@ -184,11 +185,13 @@ class Workload:
     """What the clients send: distinct text queries (never repeated) and, with probability
     ``image_share``, an image search."""
 
-    def __init__(self, texts: list[str], images: list[str], image_share: float, seed: int = 0):
+    def __init__(self, texts: list[str], images: list[str], image_share: float, seed: int = 0,
+                 text_mode: str = "auto"):
         self.rng = random.Random(seed)
         self.texts = iter(texts)
         self.images = images
         self.image_share = image_share
+        self.text_mode = text_mode
 
     def next(self) -> tuple[str, bytes]:
         if self.rng.random() < self.image_share:
@@ -197,7 +200,7 @@ class Workload:
             q = next(self.texts)
         except StopIteration:
             raise RuntimeError("ran out of distinct text queries: lower --duration") from None
-        return "text", json.dumps({"text": q, "k": K}).encode()
+        return "text", json.dumps({"text": q, "k": K, "mode": self.text_mode}).encode()
 
 
 class Recorder:
@@ -302,10 +305,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(index: Path, port: int, batching: bool, extra: list[str]) -> subprocess.Popen:
+def start_server(index: Path, port: int, batching: bool, extra: list[str],
+                 env_extra: dict[str, str] | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mmrag.cli", "serve", "--index", str(index), "--host", "127.0.0.1",
            "--port", str(port), "--log-level", "warning", "--batching" if batching else "--no-batching", *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     deadline = time.time() + 600
@@ -373,6 +377,12 @@ def main() -> None:
                     help="Closed-loop runs: with and/or without micro-batching.")
     ap.add_argument("--rates", nargs="*", type=float, default=[],
                     help="Also open-loop runs (batched) at these arrival rates (requests/s).")
+    ap.add_argument("--text-modes", nargs="*", default=["auto"], choices=["auto", "vector", "hybrid", "keyword"],
+                    help="The search mode text queries ask for, one closed-loop run each (auto: hybrid on a "
+                         "captioned index).")
+    ap.add_argument("--keyword-cache", nargs="*", default=["on"], choices=["on", "off"],
+                    help="The server's per-word keyword cache (off: MMRAG_KEYWORD_CACHE_ROWS=0, FTS5's own "
+                         "ranking per query), one run each.")
     ap.add_argument("--server-opt", action="append", default=[], help="Extra `mmrag serve` option (repeatable).")
     ap.add_argument("--json", default="benchmarks/results/load.json")
     a = ap.parse_args()
@@ -390,10 +400,10 @@ def main() -> None:
     images = [base64.b64encode(Path(it.path).read_bytes()).decode() for it in held[:200]]
     results: dict = {}
 
-    def measure(label: str, batching: bool, run) -> None:
+    def measure(label: str, batching: bool, run, env_extra: dict[str, str]) -> None:
         port = free_port()
         t = time.perf_counter()
-        proc = start_server(index, port, batching, a.server_opt)
+        proc = start_server(index, port, batching, a.server_opt, env_extra)
         startup = time.perf_counter() - t
         try:
             warm(port, texts[-20:], images[-3:])
@@ -414,31 +424,35 @@ def main() -> None:
 
     texts_left = texts[:-20]
     for mode in a.modes:
-        work = Workload(texts_left, images, a.image_share)
-        measure(mode, mode == "batched", lambda port, w=work: run_closed("127.0.0.1", port, a.clients, a.duration,
-                                                                         a.warmup, w))
+        for text_mode in a.text_modes:
+            for cache in a.keyword_cache:
+                work = Workload(texts_left, images, a.image_share, text_mode=text_mode)
+                label = mode + ("" if text_mode == "auto" else f"/{text_mode}") + ("" if cache == "on" else "/nocache")
+                measure(label, mode == "batched",
+                        lambda port, w=work: run_closed("127.0.0.1", port, a.clients, a.duration, a.warmup, w),
+                        {} if cache == "on" else {"MMRAG_KEYWORD_CACHE_ROWS": "0"})
     for rate in a.rates:
         work = Workload(texts_left, images, a.image_share, seed=int(rate))
         measure(f"open@{rate:g}", True, lambda port, w=work, r=rate: run_open("127.0.0.1", port, r, a.duration,
-                                                                              a.warmup, w))
+                                                                              a.warmup, w), {})
 
     res = {
         "index": {"size": a.size, "source": "Flickr8k effnet-minilm embeddings resampled with noise",
                   "noise_std": NOISE},
-        "clients": a.clients, "duration_s": a.duration, "warmup_s": a.warmup, "image_share": a.image_share,
+        "clients": a.clients, "text_modes": a.text_modes, "keyword_cache": a.keyword_cache, "duration_s": a.duration, "warmup_s": a.warmup, "image_share": a.image_share,
         "k": K, "results": results,
     }
     print(f"\n{a.clients} closed-loop clients, {a.duration:g} s, {a.size} images, "
           f"{100 * a.image_share:g}% image searches, k={K}")
-    head = f"{'mode':<12}{'kind':<7}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}{'cpu':>6}"
+    head = f"{'mode':<18}{'kind':<7}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}{'cpu':>6}"
     print(head)
     for mode, s in results.items():
         for kind in ("all", "text", "image"):
             if kind in s:
                 d = s[kind]
-                print(f"{mode:<12}{kind:<7}{d['rps']:>8}{d['p50_ms']:>9}{d['p95_ms']:>9}{d['p99_ms']:>9}"
+                print(f"{mode:<18}{kind:<7}{d['rps']:>8}{d['p50_ms']:>9}{d['p95_ms']:>9}{d['p99_ms']:>9}"
                       f"{s['errors'] if kind == 'all' else '':>8}{s['server_cpu_cores'] if kind == 'all' else '':>6}")
-        print(f"{'':<12}mean batch sizes: {s['mean_batch_size']}")
+        print(f"{'':<18}mean batch sizes: {s['mean_batch_size']}")
     write_results(a.json, res)
 
 

@@ -24,6 +24,7 @@ FTS5 does, which gives the same scores to the last bit. Any write, on this conne
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 from collections import OrderedDict
@@ -31,6 +32,8 @@ from pathlib import PurePath
 from typing import Any
 
 import numpy as np
+
+from mmrag.errors import InvalidInputError
 
 NOT_TEXT = frozenset({"path", "sha256", "split", "image_id", "source", "ocr_lines", "nsfw", "prior", "cosine"})
 
@@ -82,20 +85,39 @@ def fts_query(query: str) -> str | None:
 BM25_WEIGHTS = "1.0, 0.5"  # bm25() column weights: body, name (the file name counts half)
 
 
+CACHE_ENV = "MMRAG_KEYWORD_CACHE_ROWS"
+
+
+def cache_budget() -> int:
+    """The keyword cache's budget in (word, row) entries: ``$MMRAG_KEYWORD_CACHE_ROWS`` if set
+    (0: no cache), else :attr:`KeywordTable.CACHE_ROWS`."""
+    raw = os.environ.get(CACHE_ENV, "").strip()
+    if not raw:
+        return KeywordTable.CACHE_ROWS
+    try:
+        n = int(raw)
+    except ValueError:
+        raise InvalidInputError(f"{CACHE_ENV} must be a whole number of entries (0: no cache), got {raw!r}") from None
+    if n < 0:
+        raise InvalidInputError(f"{CACHE_ENV} must be >= 0, got {n}")
+    return n
+
+
 class KeywordTable:
     """The FTS5 table ``items_fts(body, name)`` (trigram tokenizer; rowid = the caller's int64
     row key) on ``conn``. Writes run in the caller's transaction.
 
     Unfiltered searches read each query word's BM25 terms from a cache (module docstring) of at
     most ``cache_rows`` (word, row) entries in all, least recently used words dropped first
-    (12 bytes an entry); 0 turns it off. Callers serialise access, as for the connection."""
+    (12 bytes an entry; default: :func:`cache_budget`); 0 turns it off. Callers serialise access,
+    as for the connection."""
 
     NAME = "items_fts"
     CACHE_ROWS = 8_000_000  # a 100k-image captioned index's whole query vocabulary, ~100 MB
 
     def __init__(self, conn: sqlite3.Connection, cache_rows: int | None = None):
         self.conn = conn
-        self.cache_rows = self.CACHE_ROWS if cache_rows is None else int(cache_rows)
+        self.cache_rows = cache_budget() if cache_rows is None else int(cache_rows)
         self._terms: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # word -> (positions, terms)
         self._cached = 0  # entries in _terms
         self._rowids: np.ndarray | None = None  # position -> rowid, ascending
@@ -193,4 +215,4 @@ class KeywordTable:
         return self.conn.execute(f"SELECT 1 FROM {self.NAME} WHERE body != '' LIMIT 1").fetchone() is not None
 
 
-__all__ = ["KeywordTable", "keyword_text", "query_words", "fts_query", "STOPWORDS", "MIN_WORD"]
+__all__ = ["KeywordTable", "cache_budget", "CACHE_ENV", "keyword_text", "query_words", "fts_query", "STOPWORDS", "MIN_WORD"]

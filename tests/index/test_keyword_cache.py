@@ -93,3 +93,20 @@ def test_cache_follows_writes_from_this_and_another_connection(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_cache_budget_from_the_environment(monkeypatch):
+    from mmrag.errors import InvalidInputError
+    from mmrag.index.keyword import CACHE_ENV, cache_budget
+
+    conn = _fts_conn()
+    monkeypatch.setenv(CACHE_ENV, "0")
+    assert KeywordTable(conn).cache_rows == 0
+    monkeypatch.setenv(CACHE_ENV, "1234")
+    assert cache_budget() == 1234
+    for bad in ("lots", "-5", "1e6"):
+        monkeypatch.setenv(CACHE_ENV, bad)
+        with pytest.raises(InvalidInputError, match=CACHE_ENV):
+            KeywordTable(conn)
+    monkeypatch.delenv(CACHE_ENV)
+    assert KeywordTable(conn).cache_rows == KeywordTable.CACHE_ROWS
