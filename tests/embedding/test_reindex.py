@@ -117,6 +117,30 @@ def test_reindex_prunes_only_what_is_gone(effnet_minilm, photos, coco_images, tm
     assert (r.removed, r.total_images) == (0, 6)
 
 
+def test_reindex_follows_an_edited_caption(effnet_minilm, photos, tmp_path):
+    """Only the sidecar .txt changed (the image's size and mtime did not): the stored captions,
+    the caption vectors and the keyword text follow the new file, and nothing of the old stays."""
+    from mmrag.retrieval import Searcher
+
+    idx = tmp_path / "idx"
+    build_index(read_corpus("folder", photos), idx, effnet_minilm, _cfg())
+    (photos / "a.txt").write_text("a giraffe beside a fence\n")
+    rep = build_index(read_corpus("folder", photos), idx, effnet_minilm, _cfg())
+    assert (rep.added, rep.updated, rep.already_indexed) == (0, 1, 4), rep.as_dict()
+    after, caps = _stored(idx)
+    assert after["meta"]["a.jpg"]["captions"] == ["a giraffe beside a fence"]
+    assert [c for c in caps if c.startswith("a.jpg#")] == ["a.jpg#0"]
+    assert caps["a.jpg#0"]["text"] == "a giraffe beside a fence"
+    s = Searcher(idx, encoder=effnet_minilm)
+    try:
+        assert [h.id for h in s.search(text="giraffe", k=3, mode="keyword")] == ["a.jpg"]
+        assert "a.jpg" not in [h.id for h in s.search(text="second caption", k=5, mode="keyword")]
+    finally:
+        s.collection.close()
+    again = build_index(read_corpus("folder", photos), idx, effnet_minilm, _cfg())
+    assert (again.updated, again.already_indexed) == (0, 5)
+
+
 def _hold_lock(idx: Path, seconds: float) -> subprocess.Popen:
     """Another process holding the index's write lock for ``seconds`` (says 'held' once it has it)."""
     code = ("import sys, time\nfrom mmrag.index.collection import write_lock\n"
