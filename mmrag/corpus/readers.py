@@ -192,7 +192,7 @@ def _finish(
         seen.add(it.id)
         problem = file_problem(it.path)
         if problem:
-            skipped.append(Skipped(str(it.path), problem))
+            skipped.append(Skipped(str(it.path), problem, id=it.id))
             continue
         kept.append(it)
     if not kept:

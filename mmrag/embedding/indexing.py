@@ -15,7 +15,7 @@ Re-indexing the same corpus brings the index up to date with the files:
 * an indexed image whose file size or mtime changed is hashed again; new bytes are re-embedded
   (its old vector stays until the new one replaces it), same bytes only refresh size/mtime;
   new captions (an edited sidecar ``.txt``) or a new split re-commit the image with them;
-* an indexed image whose file is gone is removed (``IndexConfig.prune``, on by default) -- only
+* an indexed image whose file is gone, or is now empty, is removed (``IndexConfig.prune``, on by default) -- only
   when its path lies under the corpus root being indexed and no longer exists on disk, so a
   ``--limit`` run, another split, or another source of the same index never deletes anything;
   pruning runs first, so a file moved (deleted + added under another name) is indexed anew
@@ -143,8 +143,12 @@ def _prune(col: Collection, corpus: Corpus, metas: dict[str, dict], known: dict[
     """Remove indexed images of this corpus root whose file no longer exists (see the module doc)."""
     root = Path(corpus.root).resolve()
     present = {it.id for it in corpus.items}
+    # a file still there but now unusable (emptied, turned into a folder): the reader left it
+    # out, and its old vector must not keep answering for it
+    unusable = {s.id for s in corpus.skipped if s.id is not None}
     gone = [i for i, m in metas.items()
-            if i not in present and m.get("path") and _under(m["path"], root) and not os.path.lexists(m["path"])]
+            if i not in present and m.get("path") and _under(m["path"], root)
+            and (i in unusable or not os.path.lexists(m["path"]))]
     if not gone:
         return
     col.remove(gone)

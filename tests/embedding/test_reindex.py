@@ -141,6 +141,19 @@ def test_reindex_follows_an_edited_caption(effnet_minilm, photos, tmp_path):
     assert (again.updated, again.already_indexed) == (0, 5)
 
 
+def test_reindex_drops_an_image_whose_file_became_empty(effnet_minilm, photos, tmp_path):
+    """A file emptied in place is skipped by the reader; its old vector must go with it rather
+    than keep answering searches for bytes that are no longer there."""
+    idx = tmp_path / "idx"
+    build_index(read_corpus("folder", photos), idx, effnet_minilm, _cfg())
+    (photos / "b.jpg").write_bytes(b"")
+    rep = build_index(read_corpus("folder", photos), idx, effnet_minilm, _cfg())
+    assert (rep.removed, rep.total_images) == (1, 4), rep.as_dict()
+    assert any("b.jpg" in s["source"] and "empty" in s["reason"] for s in rep.as_dict()["skipped_reasons"])
+    after, caps = _stored(idx)
+    assert "b.jpg" not in after["meta"] and not any(c.startswith("b.jpg#") for c in caps)
+
+
 def _hold_lock(idx: Path, seconds: float) -> subprocess.Popen:
     """Another process holding the index's write lock for ``seconds`` (says 'held' once it has it)."""
     code = ("import sys, time\nfrom mmrag.index.collection import write_lock\n"
