@@ -197,6 +197,42 @@ def test_second_writer_refuses_or_waits(effnet_minilm, photos, tmp_path):
     assert holder.wait() == 0 and time.monotonic() - t0 > 1 and rep.added == 3
 
 
+def _waiting_on_lock(pid: int) -> bool:
+    """Whether process ``pid`` is blocked waiting for a flock (Linux: a '->' line in /proc/locks)."""
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        pytest.skip("no /proc/locks to see a process waiting for the index lock")
+    return any("->" in ln and "FLOCK" in ln and ln.split()[-4] == str(pid) for ln in lines)
+
+
+def test_ctrl_c_says_how_to_resume(effnet_minilm, photos, tmp_path):
+    """Ctrl-C (SIGINT) during `mmrag index`: exit 130 with one line saying the committed work is
+    kept and how to resume (typer's own handling exits 130 silently), and the rerun completes."""
+    import signal
+
+    idx = tmp_path / "idx"
+    holder = _hold_lock(idx, 120)  # the run waits inside build_index: a deterministic point to interrupt
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "mmrag.cli", "index", str(photos), "--out", str(idx), "--wait"],
+                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "400"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.monotonic() + 120
+        while not _waiting_on_lock(p.pid):
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.1)
+        p.send_signal(signal.SIGINT)
+        _, stderr = p.communicate(timeout=60)
+    finally:
+        holder.kill()
+        holder.wait()
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert p.returncode == 130 and "Traceback" not in stderr, stderr
+    assert lines[-1].startswith("interrupted:") and "run the same command again to resume" in lines[-1], stderr
+    assert build_index(read_corpus("folder", photos), idx, effnet_minilm, _cfg()).total_images == 5
+
+
 def test_giant_caption_is_capped_with_a_warning(effnet_minilm, photos, tmp_path):
     (photos / "a.txt").write_text("word " * 400_000 + "\nshort one\n")  # one 2 MB line
     (photos / "b.txt").write_text("".join(f"caption {i}\n" for i in range(500)))
