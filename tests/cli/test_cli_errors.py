@@ -54,6 +54,9 @@ BAD = [
     (["index", "{flickr}", "--out", "{tmp}/o2", "--engine", "bogus"], "--engine"),
     (["index", "{flickr}", "--out", "{tmp}/o3", "--limit", "0"], "--limit"),
     (["index", "{flickr}", "--out", "{tmp}/o4", "--batch-size", "0"], "--batch-size"),
+    (["index", "{flickr}", "--kind", "flickr8k", "--split", "test", "--limit", "1", "--out", "{file}"],
+     "is a file, not an index directory"),
+    (["index", "{flickr}", "--out", "{tmp}/o5", "--encoder", "bogus"], "unknown encoder 'bogus'"),
     (["caption", "/no/such.jpg"], "no such image file: /no/such.jpg"),
     (["chat", "--index", "{idx}", "-d", "a dog", "-k", "0"], "-k"),
     (["chat", "--index", "{idx}", "-d", "a dog", "--rounds", "-1"], "--rounds"),
@@ -79,8 +82,9 @@ BAD = [
 @pytest.mark.parametrize("argv,word", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_values_are_one_line_errors(idx, tmp_path, flickr8k_dir, argv, word):
     index_dir, items = idx
+    (tmp_path / "file.txt").write_text("not an index\n")
     subst = {"{idx}": str(index_dir), "{img}": str(items[0].path), "{tmp}": str(tmp_path),
-             "{flickr}": str(flickr8k_dir)}
+             "{flickr}": str(flickr8k_dir), "{file}": str(tmp_path / "file.txt")}
     args = []
     for a in argv:
         for k, v in subst.items():

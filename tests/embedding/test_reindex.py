@@ -233,6 +233,19 @@ def test_ctrl_c_says_how_to_resume(effnet_minilm, photos, tmp_path):
     assert build_index(read_corpus("folder", photos), idx, effnet_minilm, _cfg()).total_images == 5
 
 
+def test_an_unknown_store_leaves_no_index_behind(effnet_minilm, photos, tmp_path):
+    """`--store bogus` is refused without writing a manifest that names it: the next run into
+    the same folder with a real store works (it used to fail with 'unknown vector store' forever)."""
+    from mmrag.errors import MmragError
+
+    idx = tmp_path / "idx"
+    corpus = read_corpus("folder", photos, limit=2)
+    with pytest.raises(MmragError, match="unknown vector store 'bogus'"):
+        build_index(corpus, idx, effnet_minilm, _cfg(backend="bogus"))
+    assert not (idx / "manifest.json").exists()
+    assert build_index(corpus, idx, effnet_minilm, _cfg()).added == 2
+
+
 def test_giant_caption_is_capped_with_a_warning(effnet_minilm, photos, tmp_path):
     (photos / "a.txt").write_text("word " * 400_000 + "\nshort one\n")  # one 2 MB line
     (photos / "b.txt").write_text("".join(f"caption {i}\n" for i in range(500)))
