@@ -63,10 +63,15 @@ BAD = [
     (["chat", "--index", "{idx}", "-d", "a dog", "--questioner", "bogus"], "questioner"),
     (["ask", "--index", "{idx}", "/no/such.jpg", "what is it?"], "no such image"),
     (["ask", "--index", "{idx}", "{img}", " "], "question"),
+    (["ask", "--index", "{idx}", "{img}", "what is it?", "--k", "0"], "k must be at least 1"),
     (["compose", "what is attention?"], "--docs"),
     (["compose", "--docs", "{tmp}", "q", "--render", "bogus"], "--render"),
     (["compose", "--docs", "{tmp}", "q", "--ocr"], "--ocr needs --ingest"),
     (["compose", "--docs", "{tmp}", "q", "--use-ocr"], "--use-ocr needs --index"),
+    (["compose", "--docs", "{tmp}", "q", "--threshold", "nan"], "--threshold must be a finite number"),
+    (["compose", "--docs", "{tmp}", "q", "--threshold", "inf"], "--threshold must be a finite number"),
+    (["compose", "--docs", "{tmp}", "q", "--top-chunks", "0"], "--top-chunks must be at least 1"),
+    (["compose", "--docs", "{tmp}", "q", "--max-images", "-1"], "--max-images must be 0 or more"),
     (["serve", "--index", "/no/such/index"], "/no/such/index"),
     (["eval", "retrieval", "/no/such/folder"], "/no/such/folder"),
     (["eval", "retrieval", "{idx}", "--kind", "bogus"], "bogus"),
@@ -75,6 +80,7 @@ BAD = [
     (["eval", "imageref", "{tmp}", "--capacity", "0"], "--capacity"),
     (["eval", "imageref", "{tmp}", "--capacity-rule", "bogus"], "--capacity-rule"),
     (["eval", "imageref", "{tmp}", "--slot-penalty", "-1"], "--slot-penalty"),
+    (["eval", "imageref", "{tmp}", "--threshold", "nan"], "--threshold must be a finite number"),
     (["bridge", "fit", "/no/such/folder", "--out", "{tmp}/b.npz"], "/no/such/folder"),
 ]
 
