@@ -61,6 +61,8 @@ BAD = [
     (["chat", "--index", "{idx}", "-d", "a dog", "-k", "0"], "-k"),
     (["chat", "--index", "{idx}", "-d", "a dog", "--rounds", "-1"], "--rounds"),
     (["chat", "--index", "{idx}", "-d", "a dog", "--questioner", "bogus"], "questioner"),
+    (["chat", "--index", "{idx}", "-d", "a dog", "--rescore-weight", "inf"], "rescore_weight must be a finite number"),
+    (["chat", "--index", "{idx}", "-d", "a dog", "--captions", "bogus"], "unknown caption source 'bogus'"),
     (["ask", "--index", "{idx}", "/no/such.jpg", "what is it?"], "no such image"),
     (["ask", "--index", "{idx}", "{img}", " "], "question"),
     (["ask", "--index", "{idx}", "{img}", "what is it?", "--k", "0"], "k must be at least 1"),
