@@ -289,6 +289,25 @@ def test_jsonl_manifest(tmp_path):
         read_jsonl(manifest, split="dev")
 
 
+def test_jsonl_nan_metadata_is_a_skipped_line(tmp_path, effnet_minilm):
+    """NaN/Infinity (Python's JSON extension) in a manifest row: that line is skipped with its
+    reason, the rest is indexed; before, the row was read and the run stopped with a traceback
+    when the store refused the metadata as JSON."""
+    from mmrag.embedding import IndexConfig, build_index
+
+    _write(tmp_path / "a.jpg", _jpeg_bytes())
+    _write(tmp_path / "b.jpg", _jpeg_bytes(seed=1))
+    manifest = _write(tmp_path / "m.jsonl", '{"image": "a.jpg", "score": NaN}\n'
+                                            '{"image": "b.jpg", "score": 0.5, "w": -Infinity}\n'
+                                            '{"image": "b.jpg", "id": "ok", "score": 0.5}\n')
+    c = read_corpus("jsonl", manifest)
+    assert [it.id for it in c.items] == ["ok"]
+    assert [s.reason for s in c.skipped] == ["line 1: not valid JSON (NaN is not a JSON value)",
+                                             "line 2: not valid JSON (-Infinity is not a JSON value)"]
+    rep = build_index(c, tmp_path / "idx", effnet_minilm, IndexConfig(progress=False))
+    assert (rep.added, len(rep.skipped)) == (1, 2)
+
+
 def test_jsonl_encoding(tmp_path):
     _write(tmp_path / "a.jpg", _jpeg_bytes())
     good = json.dumps({"image": "a.jpg", "captions": ["é"]}, ensure_ascii=False)
