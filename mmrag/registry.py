@@ -25,10 +25,12 @@ class Registry(Generic[T]):
         return sorted(self._factories)
 
     def create(self, name: str, **kwargs) -> T:
+        from mmrag.errors import UnknownNameError
+
         try:
             factory = self._factories[name]
         except KeyError:
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}"
             ) from None
         return factory(**kwargs)

@@ -37,9 +37,18 @@ def _captioner(enc, generator: str, k: Optional[int], similarity: Optional[str],
         opts["similarity"] = similarity
     extra = {"prompt_style": prompt_style} if prompt_style else {}
     try:
-        return MRagCaptioner(enc, ds, generator, k=k or DEFAULT_K, generator_options=opts, order=order, **extra)
+        return MRagCaptioner(enc, ds, generator, k=DEFAULT_K if k is None else k, generator_options=opts,
+                             order=order, **extra)
     except ValueError as e:  # the captioner's own option checks (order, prompt style, k)
         fail(str(e))
+
+
+def _check_k(k: Optional[int]) -> None:
+    """--k within the captioner's bounds, checked before the datastore is built or loaded."""
+    from mmrag.tasks.captioning import MAX_K
+
+    if k is not None and not 1 <= k <= MAX_K:
+        fail(f"--k must be within [1, {MAX_K}], got {k}")
 
 
 def caption(
@@ -66,6 +75,7 @@ def caption(
     missing = [p for p in images if not p.is_file()]
     if missing:
         fail(f"no such image file: {', '.join(map(str, missing))}")
+    _check_k(k)
     enc = resolve_encoder(index_dir, encoder, encoder_model, bridge)
     cap = _captioner(enc, generator, k, similarity, datastore, data_dir, gen_opt, order, prompt_style=prompt_style)
     results = cap.caption_batch([str(p) for p in images])
@@ -73,8 +83,9 @@ def caption(
         print(json.dumps([r.as_dict() for r in results], indent=2, ensure_ascii=False))
     else:
         for r in results:
-            if r.error:
-                err.print(f"[bold red]{r.image}[/]: {r.error}")
+            if r.error:  # one line; the reader's message already names the file
+                said = r.error if r.error.startswith(f"{r.image}:") else f"{r.image}: {r.error}"
+                err.print(f"[bold red]error:[/] {escape(said)}", highlight=False, soft_wrap=True)
                 continue
             out.print(f"[bold]{r.image}[/]: {r.caption}")
             used = set(r.prompt_evidence or [])
@@ -121,6 +132,7 @@ def caption_refine(
     from mmrag.tasks.captioning import refine_datastore
 
     path, kind = corpus_source(corpus, data_dir, kind, dataset)
+    _check_k(k)
     enc = resolve_encoder(None, encoder, encoder_model, bridge)
     cap = _captioner(enc, generator, k, similarity, datastore, path, gen_opt, dataset=kind)
     train = read_corpus(kind, path, split="train", limit=train_limit)
@@ -161,6 +173,7 @@ def eval_caption(
     from mmrag.tasks.captioning import evaluate_captioner
 
     path, kind = corpus_source(corpus, data_dir, kind, dataset)
+    _check_k(k)
     if kind == "auto":
         kind = detect_kind(path)
     if datastore is None and kind != "flickr8k":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -61,6 +62,12 @@ def compose(
             fail(str(e))
     if render_mode not in ("path", "data", "html", "none"):
         fail("--render must be path, data, html or none")
+    if top_chunks < 1:
+        fail(f"--top-chunks must be at least 1, got {top_chunks}")
+    if max_images < 0:
+        fail(f"--max-images must be 0 or more, got {max_images}")
+    if threshold is not None and not math.isfinite(threshold):
+        fail(f"--threshold must be a finite number, got {threshold}")
     cfg = ComposeConfig(generator=generator, generator_options=parse_gen_opts(gen_opt), top_chunks=top_chunks,
                         max_images=max_images, header_image=header_image, use_ocr=use_ocr)
     if threshold is not None:
@@ -145,6 +152,8 @@ def eval_imageref(
         fail(f"--capacity-rule must be one of {', '.join(CAPACITY_RULES)}, got {capacity_rule!r}")
     if slot_penalty is not None and not slot_penalty >= 0:
         fail(f"--slot-penalty must be 0 or more, got {slot_penalty}")
+    if threshold is not None and not math.isfinite(threshold):
+        fail(f"--threshold must be a finite number, got {threshold}")
     ds = read_documents(docs)
     chosen = [d for d in ds.documents if (pattern is None or d.id.startswith(pattern))
               and (split == "all" or dev_test_split(d.id) == split)]

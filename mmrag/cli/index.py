@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from mmrag.cli.common import (
     BridgeOpt, CorpusArg, DataDirAlias, DatasetAlias, EncoderModelOpt, EncoderOpt, KindOpt, SplitOpt,
-    corpus_source, encoder_from_options, fail, out,
+    corpus_source, encoder_from_options, err, fail, out,
 )
 
 
@@ -67,9 +67,14 @@ def index(
             check_available(enrichers)
         except ModelUnavailableError as e:
             fail(str(e))
-    rep = build_index(c, out_dir, enc, IndexConfig(batch_size=batch_size, backend=store, backend_options=opts,
-                                                   engine=engine, ray_address=ray_address, prune=prune, wait=wait,
-                                                   enrichers=enrichers))
+    try:
+        rep = build_index(c, out_dir, enc, IndexConfig(batch_size=batch_size, backend=store, backend_options=opts,
+                                                       engine=engine, ray_address=ray_address, prune=prune, wait=wait,
+                                                       enrichers=enrichers))
+    except KeyboardInterrupt:  # Ctrl-C: every committed batch is kept (see mmrag.embedding.indexing)
+        err.print(f"interrupted: what was committed is kept in {out_dir}; run the same command again to resume",
+                  markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(130) from None  # past typer, which would turn it into a silent exit 130
     d = rep.as_dict()
     if as_json:
         print(json.dumps(d, indent=2, ensure_ascii=False))

@@ -83,6 +83,12 @@ def search(
             fail(f"--where takes key=value, got {w!r}")
         key, val = w.split("=", 1)
         flt[key] = val  # metadata values compare as strings
+    from mmrag.index.filters import check_filter
+
+    try:
+        check_filter(flt)  # e.g. an empty key ("=x"): the store's own check, before the model loads
+    except ValueError as e:
+        fail(f"--where: {e}")
     from mmrag.retrieval.searcher import MODES
 
     if mode not in MODES:

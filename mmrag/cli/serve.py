@@ -55,6 +55,10 @@ def serve(
              "pip install fastapi uvicorn python-multipart prometheus-client")
     from mmrag.serve.config import MIB, ServeConfig
 
+    if not 0 <= port <= 65535:
+        fail(f"--port must be within [0, 65535], got {port}")
+    if not 0 < max_upload_mb < float("inf"):  # also False for NaN
+        fail(f"--max-upload-mb must be a finite number > 0, got {max_upload_mb}")
     try:
         config = ServeConfig(batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms,
                              text_workers=text_workers, model_threads=model_threads or None,

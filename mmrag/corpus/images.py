@@ -56,6 +56,8 @@ def open_image(
         raise ImageError(f"{name}: cannot open ({e.strerror or e})") from None
     with fp:
         head = fp.read(4096)
+        if not head:  # the reason the folder reader gives, not "not an image"
+            raise ImageError(f"{name}: empty file (0 bytes)")
         fp.seek(0)
         if _looks_like_svg(head, name):
             data = fp.read(MAX_SVG_BYTES + 1)

@@ -24,10 +24,13 @@ class CorpusItem:
 
 @dataclass
 class Skipped:
-    """Something a reader or the indexer left out, and why."""
+    """Something a reader or the indexer left out, and why. ``id``: the corpus item's id when
+    the item itself was left out (its file is empty or not a regular file), so an index that
+    holds an earlier version of it can drop it."""
 
     source: str
     reason: str
+    id: str | None = None
 
 
 @dataclass

@@ -192,7 +192,7 @@ def _finish(
         seen.add(it.id)
         problem = file_problem(it.path)
         if problem:
-            skipped.append(Skipped(str(it.path), problem))
+            skipped.append(Skipped(str(it.path), problem, id=it.id))
             continue
         kept.append(it)
     if not kept:
@@ -485,15 +485,24 @@ def parse_jsonl(
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            # NaN/Infinity are Python's extension, not JSON: the index stores metadata as strict
+            # JSON, so such a row would stop the whole run at its batch
+            row = json.loads(line, parse_constant=_no_constant)
         except json.JSONDecodeError as e:
             skipped.append(Skipped(f"{path}:{n}", f"line {n}: not valid JSON ({e.msg})"))
+            continue
+        except ValueError as e:
+            skipped.append(Skipped(f"{path}:{n}", f"line {n}: not valid JSON ({e})"))
             continue
         if not isinstance(row, dict):
             skipped.append(Skipped(f"{path}:{n}", f"line {n}: not a JSON object"))
             continue
         rows.append((n, row))
     return rows
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _norm_split(value: Any) -> str | None:

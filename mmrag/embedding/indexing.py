@@ -14,7 +14,8 @@ Re-indexing the same corpus brings the index up to date with the files:
 
 * an indexed image whose file size or mtime changed is hashed again; new bytes are re-embedded
   (its old vector stays until the new one replaces it), same bytes only refresh size/mtime;
-* an indexed image whose file is gone is removed (``IndexConfig.prune``, on by default) -- only
+  new captions (an edited sidecar ``.txt``) or a new split re-commit the image with them;
+* an indexed image whose file is gone, or is now empty, is removed (``IndexConfig.prune``, on by default) -- only
   when its path lies under the corpus root being indexed and no longer exists on disk, so a
   ``--limit`` run, another split, or another source of the same index never deletes anything;
   pruning runs first, so a file moved (deleted + added under another name) is indexed anew
@@ -142,8 +143,12 @@ def _prune(col: Collection, corpus: Corpus, metas: dict[str, dict], known: dict[
     """Remove indexed images of this corpus root whose file no longer exists (see the module doc)."""
     root = Path(corpus.root).resolve()
     present = {it.id for it in corpus.items}
+    # a file still there but now unusable (emptied, turned into a folder): the reader left it
+    # out, and its old vector must not keep answering for it
+    unusable = {s.id for s in corpus.skipped if s.id is not None}
     gone = [i for i, m in metas.items()
-            if i not in present and m.get("path") and _under(m["path"], root) and not os.path.lexists(m["path"])]
+            if i not in present and m.get("path") and _under(m["path"], root)
+            and (i in unusable or not os.path.lexists(m["path"]))]
     if not gone:
         return
     col.remove(gone)
@@ -166,14 +171,19 @@ def _changes(col: Collection, items: list[CorpusItem], metas: dict[str, dict],
         if old is None:
             todo.append(it)
             continue
+        # a sidecar caption edited (or a manifest's captions/split changed) while the image stayed
+        # the same: the stored captions and keyword text are stale, so the image is re-committed
+        texts_changed = (list(it.captions) != (old.get("captions") or [])
+                         or (it.split or None) != old.get("split"))
         st = file_stat(it.path)
-        if st and st.get(SIZE_KEY) == old.get(SIZE_KEY) and st.get(MTIME_KEY) == old.get(MTIME_KEY):
+        if (not texts_changed and st and st.get(SIZE_KEY) == old.get(SIZE_KEY)
+                and st.get(MTIME_KEY) == old.get(MTIME_KEY)):
             continue
         try:
             sha = file_sha256(Path(it.path))
         except OSError:
             sha = ""  # unreadable now: re-run it through the committer, which drops the old entry
-        if sha and sha == old.get("sha256"):
+        if sha and sha == old.get("sha256") and not texts_changed:
             touched.append((it.id, {**old, **st}))
             continue
         if known.get(old.get("sha256") or "") == it.id:

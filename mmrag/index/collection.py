@@ -41,6 +41,8 @@ def write_lock(root: str | Path, wait: bool = False) -> Iterator[None]:
     from mmrag.errors import IndexError_
 
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise IndexError_(f"{root} is a file, not an index directory; name a folder (new or an index) instead")
     root.mkdir(parents=True, exist_ok=True)
     fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -146,10 +148,13 @@ class Collection:
                     f"refusing to mix in {manifest.encoder} {manifest.encoder_options or ''} vectors. "
                     "Use another --out directory or the same encoder."
                 )
-            manifest = old
-        else:
-            manifest.save(root)
-        return cls(root, manifest)
+            return cls(root, old)
+        # the stores open before the manifest is written: a backend that cannot open (an unknown
+        # --store name, a missing package) leaves no manifest naming it, which every later run
+        # into this directory would trip over
+        col = cls(root, manifest)
+        manifest.save(root)
+        return col
 
     @classmethod
     def open(cls, root: str | Path) -> "Collection":

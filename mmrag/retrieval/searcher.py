@@ -38,6 +38,7 @@ PRIOR_POOL = 100
 # priors computed for images stored without one (an index built before priors), kept per
 # Searcher: at most this many (16-byte keys, about 100 bytes an entry)
 PRIOR_CACHE = 200_000
+MAX_K = 2**31 - 1  # the most results a query may ask for (far above any index's size)
 
 
 def check_query(text: str | None = None, image: Any = None, weight: float = 0.5, k: int = 10) -> None:
@@ -49,8 +50,9 @@ def check_query(text: str | None = None, image: Any = None, weight: float = 0.5,
         raise InvalidInputError("empty text query")
     if not 0.0 <= weight <= 1.0:  # also False for NaN
         raise InvalidInputError(f"weight must be within [0, 1], got {weight}")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise InvalidInputError(f"k must be a whole number >= 1, got {k}")
+    # the bound keeps k within what SQLite (keyword search) and FAISS take as an integer
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+        raise InvalidInputError(f"k must be a whole number in [1, {MAX_K}], got {k}")
 
 
 class Searcher:

@@ -125,6 +125,16 @@ def _json_safe(x: Any) -> Any:
     return str(x)
 
 
+def image_error_message(e: ImageError) -> str:
+    """What a client reads for an image it sent that cannot be decoded. The reader names
+    in-memory images "<bytes>"/"<image>": to the client it is the file it sent."""
+    msg = str(e)
+    for placeholder in ("<bytes>: ", "<image>: "):
+        if msg.startswith(placeholder):
+            msg = "the uploaded file: " + msg[len(placeholder):]
+    return f"unreadable image: {msg}"
+
+
 def validation_message(errors: list[dict[str, Any]]) -> str:
     """One readable line for a list of pydantic errors: ``k: Input should be a finite number``."""
     parts = []
@@ -157,12 +167,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ImageError)
     async def _bad_image(_: Request, e: ImageError):
-        # the reader names in-memory images "<bytes>": to the client it is the file it sent
-        msg = str(e)
-        for placeholder in ("<bytes>: ", "<image>: "):
-            if msg.startswith(placeholder):
-                msg = "the uploaded file " + msg[len(placeholder):]
-        return _error(400, f"unreadable image: {msg}")
+        return _error(400, image_error_message(e))
 
     @app.exception_handler(BadRequestError)
     async def _bad_request(_: Request, e: BadRequestError):

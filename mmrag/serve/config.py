@@ -64,8 +64,14 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        if not 0 <= self.max_wait_ms < float("inf"):  # also False for NaN
+            raise ValueError(f"max_wait_ms must be a finite number >= 0, got {self.max_wait_ms}")
+        if self.text_workers < 1:
+            raise ValueError(f"text_workers must be >= 1, got {self.text_workers}")
         if self.max_upload_bytes < 1024:
             raise ValueError("max_upload_bytes must be at least 1 KiB")
+        if self.max_k < 1:
+            raise ValueError(f"max_k must be >= 1, got {self.max_k}")
         if not 1 <= self.default_k <= self.max_k:
             raise ValueError("default_k must be within [1, max_k]")
         for name in ("model_threads", "image_threads"):

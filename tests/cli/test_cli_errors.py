@@ -41,6 +41,9 @@ BAD = [
     (["search", "--index", "{idx}", "--text", "dog", "-k", "-1"], "k must"),
     (["search", "--index", "{idx}", "--text", "dog", "-k", "many"], "-k"),
     (["search", "--index", "{idx}", "--text", "dog", "--where", "split"], "--where"),
+    (["search", "--index", "{idx}", "--text", "dog", "--where", "=x"], "--where: filter keys must be non-empty"),
+    (["search", "--index", "{idx}", "--text", "dog", "-k", "99999999999999999999"], "k must be a whole number in [1,"),
+    (["search", "--index", "{idx}", "--text", "dog", "--mode", "keyword", "-k", "9223372036854775808"], "k must"),
     (["search", "--index", "{idx}", "--image", "/no/such.jpg"], "no such image"),
     (["search", "--index", "/no/such/index", "--text", "dog"], "not an mmrag index"),
     (["search", "--text", "dog"], "--index"),
@@ -51,17 +54,34 @@ BAD = [
     (["index", "{flickr}", "--out", "{tmp}/o2", "--engine", "bogus"], "--engine"),
     (["index", "{flickr}", "--out", "{tmp}/o3", "--limit", "0"], "--limit"),
     (["index", "{flickr}", "--out", "{tmp}/o4", "--batch-size", "0"], "--batch-size"),
+    (["index", "{flickr}", "--kind", "flickr8k", "--split", "test", "--limit", "1", "--out", "{file}"],
+     "is a file, not an index directory"),
+    (["index", "{flickr}", "--out", "{tmp}/o5", "--encoder", "bogus"], "unknown encoder 'bogus'"),
     (["caption", "/no/such.jpg"], "no such image file: /no/such.jpg"),
     (["chat", "--index", "{idx}", "-d", "a dog", "-k", "0"], "-k"),
     (["chat", "--index", "{idx}", "-d", "a dog", "--rounds", "-1"], "--rounds"),
     (["chat", "--index", "{idx}", "-d", "a dog", "--questioner", "bogus"], "questioner"),
+    (["chat", "--index", "{idx}", "-d", "a dog", "--rescore-weight", "inf"], "rescore_weight must be a finite number"),
+    (["chat", "--index", "{idx}", "-d", "a dog", "--captions", "bogus"], "unknown caption source 'bogus'"),
     (["ask", "--index", "{idx}", "/no/such.jpg", "what is it?"], "no such image"),
     (["ask", "--index", "{idx}", "{img}", " "], "question"),
+    (["ask", "--index", "{idx}", "{img}", "what is it?", "--k", "0"], "k must be at least 1"),
     (["compose", "what is attention?"], "--docs"),
     (["compose", "--docs", "{tmp}", "q", "--render", "bogus"], "--render"),
     (["compose", "--docs", "{tmp}", "q", "--ocr"], "--ocr needs --ingest"),
     (["compose", "--docs", "{tmp}", "q", "--use-ocr"], "--use-ocr needs --index"),
+    (["compose", "--docs", "{tmp}", "q", "--threshold", "nan"], "--threshold must be a finite number"),
+    (["compose", "--docs", "{tmp}", "q", "--threshold", "inf"], "--threshold must be a finite number"),
+    (["compose", "--docs", "{tmp}", "q", "--top-chunks", "0"], "--top-chunks must be at least 1"),
+    (["compose", "--docs", "{tmp}", "q", "--max-images", "-1"], "--max-images must be 0 or more"),
     (["serve", "--index", "/no/such/index"], "/no/such/index"),
+    (["serve", "--index", "{idx}", "--max-wait-ms", "nan"], "max_wait_ms must be a finite number"),
+    (["serve", "--index", "{idx}", "--max-wait-ms", "-1"], "max_wait_ms must be a finite number"),
+    (["serve", "--index", "{idx}", "--text-workers", "0"], "text_workers must be >= 1"),
+    (["serve", "--index", "{idx}", "--max-upload-mb", "inf"], "--max-upload-mb must be a finite number"),
+    (["serve", "--index", "{idx}", "--max-upload-mb", "nan"], "--max-upload-mb must be a finite number"),
+    (["serve", "--index", "{idx}", "--max-k", "0"], "max_k must be >= 1"),
+    (["serve", "--index", "{idx}", "--port", "99999"], "--port must be within"),
     (["eval", "retrieval", "/no/such/folder"], "/no/such/folder"),
     (["eval", "retrieval", "{idx}", "--kind", "bogus"], "bogus"),
     (["eval", "chat", "{flickr}", "--search-space", "bogus"], "--search-space"),
@@ -69,6 +89,7 @@ BAD = [
     (["eval", "imageref", "{tmp}", "--capacity", "0"], "--capacity"),
     (["eval", "imageref", "{tmp}", "--capacity-rule", "bogus"], "--capacity-rule"),
     (["eval", "imageref", "{tmp}", "--slot-penalty", "-1"], "--slot-penalty"),
+    (["eval", "imageref", "{tmp}", "--threshold", "nan"], "--threshold must be a finite number"),
     (["bridge", "fit", "/no/such/folder", "--out", "{tmp}/b.npz"], "/no/such/folder"),
 ]
 
@@ -76,8 +97,9 @@ BAD = [
 @pytest.mark.parametrize("argv,word", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_values_are_one_line_errors(idx, tmp_path, flickr8k_dir, argv, word):
     index_dir, items = idx
+    (tmp_path / "file.txt").write_text("not an index\n")
     subst = {"{idx}": str(index_dir), "{img}": str(items[0].path), "{tmp}": str(tmp_path),
-             "{flickr}": str(flickr8k_dir)}
+             "{flickr}": str(flickr8k_dir), "{file}": str(tmp_path / "file.txt")}
     args = []
     for a in argv:
         for k, v in subst.items():

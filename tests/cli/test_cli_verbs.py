@@ -112,6 +112,26 @@ def test_caption_refine_writes_a_datastore_and_a_log(flickr8k_dir, effnet_minilm
         "--out", tmp_path / "x.npz", code=2)
 
 
+def test_caption_reports_an_unreadable_image_on_one_line(flickr8k_dir, effnet_minilm, index, tmp_path):
+    """One `error: PATH: reason` line per unreadable image (exit 1, the others captioned), the path
+    said once; --k out of the captioner's bounds (0 no longer means 'the default') is exit 2."""
+    from mmrag.corpus.readers import read_corpus
+    from mmrag.tasks.captioning import CaptionDatastore
+
+    CaptionDatastore.from_corpus(read_corpus("flickr8k", flickr8k_dir, split="train", limit=30),
+                                 effnet_minilm, cache=False, split="train").save(tmp_path / "ds.npz")
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("a text file with an image's name\n")
+    good = index[1][0].path
+    p = cli("caption", good, bad, "--datastore", tmp_path / "ds.npz", code=1)
+    assert f"{good}:" in p.stdout
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert lines == [f"error: {bad}: not an image or unsupported format"], p.stderr
+    for k in ("0", "1001"):
+        assert "--k must be within [1, 1000]" in cli("caption", good, "--datastore", tmp_path / "ds.npz",
+                                                      "--k", k, code=2).stderr
+
+
 def test_serve_starts_answers_and_stops(index):
     pytest.importorskip("uvicorn", reason="the service needs uvicorn")
     idx, items = index

@@ -227,7 +227,7 @@ def test_bad_images_are_kept_by_readers_and_refused_by_open_image(messy_folder):
                      ("text.jpg", "not an image")]:
         with pytest.raises(ImageError, match=why):
             open_image(by_id[bad].path)
-    with pytest.raises(ImageError, match="not an image"):
+    with pytest.raises(ImageError, match=r"empty\.jpg: empty file \(0 bytes\)"):  # as the folder reader says it
         open_image(messy_folder / "empty.jpg")
     with pytest.raises(ImageError, match="file not found"):
         open_image(messy_folder / "nope.jpg")
@@ -287,6 +287,25 @@ def test_jsonl_manifest(tmp_path):
     assert [it.id for it in read_jsonl(manifest, split="train").items] == ["A"]
     with pytest.raises(CorpusError, match="splits present: test, train"):
         read_jsonl(manifest, split="dev")
+
+
+def test_jsonl_nan_metadata_is_a_skipped_line(tmp_path, effnet_minilm):
+    """NaN/Infinity (Python's JSON extension) in a manifest row: that line is skipped with its
+    reason, the rest is indexed; before, the row was read and the run stopped with a traceback
+    when the store refused the metadata as JSON."""
+    from mmrag.embedding import IndexConfig, build_index
+
+    _write(tmp_path / "a.jpg", _jpeg_bytes())
+    _write(tmp_path / "b.jpg", _jpeg_bytes(seed=1))
+    manifest = _write(tmp_path / "m.jsonl", '{"image": "a.jpg", "score": NaN}\n'
+                                            '{"image": "b.jpg", "score": 0.5, "w": -Infinity}\n'
+                                            '{"image": "b.jpg", "id": "ok", "score": 0.5}\n')
+    c = read_corpus("jsonl", manifest)
+    assert [it.id for it in c.items] == ["ok"]
+    assert [s.reason for s in c.skipped] == ["line 1: not valid JSON (NaN is not a JSON value)",
+                                             "line 2: not valid JSON (-Infinity is not a JSON value)"]
+    rep = build_index(c, tmp_path / "idx", effnet_minilm, IndexConfig(progress=False))
+    assert (rep.added, len(rep.skipped)) == (1, 2)
 
 
 def test_jsonl_encoding(tmp_path):

@@ -117,6 +117,43 @@ def test_reindex_prunes_only_what_is_gone(effnet_minilm, photos, coco_images, tm
     assert (r.removed, r.total_images) == (0, 6)
 
 
+def test_reindex_follows_an_edited_caption(effnet_minilm, photos, tmp_path):
+    """Only the sidecar .txt changed (the image's size and mtime did not): the stored captions,
+    the caption vectors and the keyword text follow the new file, and nothing of the old stays."""
+    from mmrag.retrieval import Searcher
+
+    idx = tmp_path / "idx"
+    build_index(read_corpus("folder", photos), idx, effnet_minilm, _cfg())
+    (photos / "a.txt").write_text("a giraffe beside a fence\n")
+    rep = build_index(read_corpus("folder", photos), idx, effnet_minilm, _cfg())
+    assert (rep.added, rep.updated, rep.already_indexed) == (0, 1, 4), rep.as_dict()
+    after, caps = _stored(idx)
+    assert after["meta"]["a.jpg"]["captions"] == ["a giraffe beside a fence"]
+    assert [c for c in caps if c.startswith("a.jpg#")] == ["a.jpg#0"]
+    assert caps["a.jpg#0"]["text"] == "a giraffe beside a fence"
+    s = Searcher(idx, encoder=effnet_minilm)
+    try:
+        assert [h.id for h in s.search(text="giraffe", k=3, mode="keyword")] == ["a.jpg"]
+        assert "a.jpg" not in [h.id for h in s.search(text="second caption", k=5, mode="keyword")]
+    finally:
+        s.collection.close()
+    again = build_index(read_corpus("folder", photos), idx, effnet_minilm, _cfg())
+    assert (again.updated, again.already_indexed) == (0, 5)
+
+
+def test_reindex_drops_an_image_whose_file_became_empty(effnet_minilm, photos, tmp_path):
+    """A file emptied in place is skipped by the reader; its old vector must go with it rather
+    than keep answering searches for bytes that are no longer there."""
+    idx = tmp_path / "idx"
+    build_index(read_corpus("folder", photos), idx, effnet_minilm, _cfg())
+    (photos / "b.jpg").write_bytes(b"")
+    rep = build_index(read_corpus("folder", photos), idx, effnet_minilm, _cfg())
+    assert (rep.removed, rep.total_images) == (1, 4), rep.as_dict()
+    assert any("b.jpg" in s["source"] and "empty" in s["reason"] for s in rep.as_dict()["skipped_reasons"])
+    after, caps = _stored(idx)
+    assert "b.jpg" not in after["meta"] and not any(c.startswith("b.jpg#") for c in caps)
+
+
 def _hold_lock(idx: Path, seconds: float) -> subprocess.Popen:
     """Another process holding the index's write lock for ``seconds`` (says 'held' once it has it)."""
     code = ("import sys, time\nfrom mmrag.index.collection import write_lock\n"
@@ -158,6 +195,55 @@ def test_second_writer_refuses_or_waits(effnet_minilm, photos, tmp_path):
     rep = build_index(read_corpus("folder", photos), idx, effnet_minilm, _cfg(wait=True))  # queues behind it
     assert holder.poll() is not None, "build_index(wait=True) ran while the lock was held"
     assert holder.wait() == 0 and time.monotonic() - t0 > 1 and rep.added == 3
+
+
+def _waiting_on_lock(pid: int) -> bool:
+    """Whether process ``pid`` is blocked waiting for a flock (Linux: a '->' line in /proc/locks)."""
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        pytest.skip("no /proc/locks to see a process waiting for the index lock")
+    return any("->" in ln and "FLOCK" in ln and ln.split()[-4] == str(pid) for ln in lines)
+
+
+def test_ctrl_c_says_how_to_resume(effnet_minilm, photos, tmp_path):
+    """Ctrl-C (SIGINT) during `mmrag index`: exit 130 with one line saying the committed work is
+    kept and how to resume (typer's own handling exits 130 silently), and the rerun completes."""
+    import signal
+
+    idx = tmp_path / "idx"
+    holder = _hold_lock(idx, 120)  # the run waits inside build_index: a deterministic point to interrupt
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "mmrag.cli", "index", str(photos), "--out", str(idx), "--wait"],
+                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "400"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.monotonic() + 120
+        while not _waiting_on_lock(p.pid):
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.1)
+        p.send_signal(signal.SIGINT)
+        _, stderr = p.communicate(timeout=60)
+    finally:
+        holder.kill()
+        holder.wait()
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert p.returncode == 130 and "Traceback" not in stderr, stderr
+    assert lines[-1].startswith("interrupted:") and "run the same command again to resume" in lines[-1], stderr
+    assert build_index(read_corpus("folder", photos), idx, effnet_minilm, _cfg()).total_images == 5
+
+
+def test_an_unknown_store_leaves_no_index_behind(effnet_minilm, photos, tmp_path):
+    """`--store bogus` is refused without writing a manifest that names it: the next run into
+    the same folder with a real store works (it used to fail with 'unknown vector store' forever)."""
+    from mmrag.errors import MmragError
+
+    idx = tmp_path / "idx"
+    corpus = read_corpus("folder", photos, limit=2)
+    with pytest.raises(MmragError, match="unknown vector store 'bogus'"):
+        build_index(corpus, idx, effnet_minilm, _cfg(backend="bogus"))
+    assert not (idx / "manifest.json").exists()
+    assert build_index(corpus, idx, effnet_minilm, _cfg()).added == 2
 
 
 def test_giant_caption_is_capped_with_a_warning(effnet_minilm, photos, tmp_path):

@@ -200,6 +200,7 @@ def test_hardening_uploads_and_json(served, tmp_path):
     assert streamed.status_code == 413
     r = upload(b"just some text, not a picture", "notes.txt", "text/plain")
     assert r.status_code == 400 and "not an image" in r.json()["detail"]
+    assert r.json()["detail"] == "unreadable image: the uploaded file: not an image or unsupported format"
     assert upload(b"").status_code == 400
     trunc = upload(_jpeg(items[0])[:2000])
     assert trunc.status_code == 400 and "unreadable image" in trunc.json()["detail"]
@@ -323,6 +324,12 @@ def test_openai_facade(served):
     assert e.status_code == 503 and "base_url" in e.json()["error"]["message"]  # never calls itself
     assert c.post("/v1/chat/completions", json={"messages": []}).status_code == 422
     assert {m["id"] for m in c.get("/v1/models").json()["data"]} >= {"mmrag", "mmrag-consensus", "mmrag-local"}
+    # an image that is not one: the message names the client's upload, never the reader's "<bytes>"
+    not_image = "data:image/jpeg;base64," + base64.b64encode(b"hello, not a picture").decode()
+    e = c.post("/v1/chat/completions", json={"model": "mmrag", "messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": not_image}}]}]})
+    assert e.status_code == 400, e.text
+    assert e.json()["error"]["message"] == "unreadable image: the uploaded file: not an image or unsupported format"
 
 
 def test_openai_generator_talks_to_the_real_server(served):

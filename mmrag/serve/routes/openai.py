@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmrag.errors import ImageError, MmragError, ModelUnavailableError
-from mmrag.serve.app import ServeState, get_state
+from mmrag.serve.app import ServeState, get_state, image_error_message
 from mmrag.serve.rag import RagPipeline, split_content
 from mmrag.serve.service import BadRequestError, NotFoundError, UnavailableError
 
@@ -91,7 +91,9 @@ async def chat_completions(body: ChatCompletionRequest, state: ServeState = Depe
                                               temperature=body.temperature, stop=stop)
     except NotFoundError as e:
         return _openai_error(404, str(e), "invalid_request_error", "model_not_found")
-    except (BadRequestError, ImageError) as e:
+    except ImageError as e:
+        return _openai_error(400, image_error_message(e), "invalid_request_error")
+    except BadRequestError as e:
         return _openai_error(400, str(e), "invalid_request_error")
     except (UnavailableError, ModelUnavailableError) as e:
         return _openai_error(503, str(e), "server_error", "model_unavailable")

@@ -3,6 +3,7 @@
 from mmrag.tasks.captioning.captioner import (
     DEFAULT_K,
     DEFAULT_SIMILARITY,
+    MAX_K,
     CaptionResult,
     MRagCaptioner,
     build_prompt,
@@ -19,6 +20,7 @@ from mmrag.tasks.captioning.refine import RefineReport, refine_datastore
 __all__ = [
     "DEFAULT_K",
     "DEFAULT_SIMILARITY",
+    "MAX_K",
     "CaptionDatastore",
     "CaptionHit",
     "CaptionResult",

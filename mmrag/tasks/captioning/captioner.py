@@ -34,11 +34,14 @@ from mmrag.generators.base import GenerationRequest, Generator, GeneratorError, 
 from mmrag.generators.consensus import ConsensusGenerator
 from mmrag.retrieval.datastore import CaptionDatastore, CaptionHit, DatastoreError
 
-__all__ = ["CaptionResult", "MRagCaptioner", "build_prompt", "evaluate_captioner", "DEFAULT_K",
+__all__ = ["CaptionResult", "MRagCaptioner", "build_prompt", "evaluate_captioner", "DEFAULT_K", "MAX_K",
            "DEFAULT_SIMILARITY"]
 
 # Chosen on Flickr8k dev (benchmarks/bench_caption.py, docs/benchmarks.md).
 DEFAULT_K = 100
+# The most captions one image may retrieve: the consensus generator scores the k captions
+# against each other on a dense k x vocabulary matrix, about 1.3 GB at 1,000 and 6 GB at 3,000
+MAX_K = 1000
 DEFAULT_SIMILARITY = "cider"
 # For language-model generators (benchmarks/bench_caption_local.py, chosen on dev).
 DEFAULT_PROMPT_CAPTIONS = 5
@@ -118,8 +121,8 @@ class MRagCaptioner:
         if datastore is None or len(datastore) == 0:
             raise DatastoreError("the caption datastore is empty: captioning retrieves captions, so build "
                                  "the datastore from a captioned corpus (e.g. Flickr8k train) first")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        if not 1 <= k <= MAX_K:
+            raise ValueError(f"k must be within [1, {MAX_K}], got {k}")
         if order not in ("first", "last"):
             raise ValueError(f"order must be 'first' or 'last', got {order!r}")
         if prompt_style not in PROMPT_STYLES:

@@ -71,8 +71,8 @@ class RankingConfig:
             raise ValueError("pool must be >= 1")
         if not 0 < self.rescore_floor < 0.5:
             raise ValueError(f"rescore_floor must be in (0, 0.5), got {self.rescore_floor}")
-        if not self.rescore_weight >= 0:  # also NaN
-            raise ValueError(f"rescore_weight must be >= 0, got {self.rescore_weight}")
+        if not 0 <= self.rescore_weight < float("inf"):  # also NaN; inf turns every score into NaN
+            raise ValueError(f"rescore_weight must be a finite number >= 0, got {self.rescore_weight}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from mmrag.errors import InvalidInputError
 from mmrag.tasks.chat.dialog import Dialog, DialogError, Round
 from mmrag.tasks.chat.features import DEFAULT_N_CAPTIONS, CaptionWordFeatures
 from mmrag.tasks.chat.questioners import Candidates, Question, Questioner, create_questioner
@@ -70,7 +71,8 @@ def caption_features(searcher, captions: Any = "auto", n_captions: int = DEFAULT
             raise
     if hasattr(captions, "rows_by_image"):
         return CaptionWordFeatures(captions, n_captions)
-    raise ValueError(f"unknown caption source {captions!r}")
+    # InvalidInputError: a ValueError that the CLI and the service report as bad input
+    raise InvalidInputError(f"unknown caption source {captions!r}; use auto, index or datastore")
 
 
 class ChatSession:

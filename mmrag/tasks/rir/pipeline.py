@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mmrag.errors import InvalidInputError
 from mmrag.tasks.rir.answerers import ANSWERERS, AnswerRequest, Answerer
 from mmrag.tasks.rir.cues import CueBlock, Evidence, build_cue_block
 from mmrag.tasks.rir.knowledge import QABank
@@ -76,8 +77,8 @@ class RIRPipeline:
 
     def __init__(self, provider: ReverseSearchProvider, answerer: str | Answerer = "auto", k: int | None = None,
                  qa_per_image: int = 3, bank: QABank | None = None, **answerer_options: Any):
-        if k is not None and k < 1:
-            raise ValueError("k must be at least 1")
+        if k is not None and k < 1:  # InvalidInputError: a ValueError the CLI and service report as bad input
+            raise InvalidInputError(f"k must be at least 1, got {k}")
         self.provider = provider
         self.qa_per_image = int(qa_per_image)
         encoder = provider.encoder
