@@ -86,6 +86,7 @@ BM25_WEIGHTS = "1.0, 0.5"  # bm25() column weights: body, name (the file name co
 
 
 CACHE_ENV = "MMRAG_KEYWORD_CACHE_ROWS"
+MAX_ROWS = 2**62  # more rows than any table holds: a larger k means "all of them"
 
 
 def cache_budget() -> int:
@@ -157,6 +158,7 @@ class KeywordTable:
         words = query_words(query)
         if not words or k <= 0:
             return []
+        k = min(int(k), MAX_ROWS)  # SQLite's LIMIT takes a signed 64-bit integer
         if where == "1" and not join and self.cache_rows > 0 and not self.conn.in_transaction:
             return self._search_cached(words, int(k))
         # bm25() is smaller for better matches; the file name counts half as much as the text

@@ -56,6 +56,8 @@ def test_cached_ranking_equals_fts5_bm25_ordering(flickr8k_dir):
     assert tied > 0  # the ties were exercised
     assert table._cached > 0 and plain._cached == 0
     assert table.search("", 5) == [] and table.search("dog", 0) == []
+    # a k beyond any row count means all matches, on both paths (SQLite's LIMIT is 64-bit)
+    assert table.search("dog", 2**70) == plain.search("dog", 2**70) == plain.search("dog", 10**6)
 
 
 def test_cache_budget_is_kept(flickr8k_dir):
