@@ -26,7 +26,10 @@ pointing at a complete file. On open the cache is loaded and, when it is missing
 stale (its generation is not the database's, e.g. killed after a commit but before a save), it
 is reconciled with SQLite by set difference of row ids: rows the index lacks are added, rows
 SQLite no longer has are removed. Re-adding an id gives it a fresh row id (AUTOINCREMENT), so
-replacements reconcile the same way. Nothing in the index is ever trusted over SQLite.
+replacements reconcile the same way. Nothing in the index is ever trusted over SQLite. A store
+kept open while another process writes (a server over an index that ``mmrag index`` is adding
+to) reconciles the same way at its next search or count: SQLite's ``PRAGMA data_version`` says
+when another connection committed.
 
 Index types (``index_type``: ``auto`` (default: flat below ``flat_threshold`` = 50,000 vectors,
 ivf_sq8 above), ``flat``, ``ivf``, ``ivf_sq8``, ``hnsw``): see :mod:`mmrag.index.faiss_ann`.
@@ -178,6 +181,13 @@ class FaissStore:
         self._stale = False
         return bool(len(stale) or len(missing))
 
+    def _follow_other_writers(self) -> None:
+        """Another process committed rows since this store last looked (e.g. ``mmrag index``
+        adding photos to the index a server is serving): bring the in-memory index in line with
+        SQLite, as on open. One ``PRAGMA`` read when nothing changed."""
+        if self._db.refresh():
+            self._reconcile()
+
     # ---------------------------------------------------------------- cache files
     def _read_marker(self) -> dict[str, Any] | None:
         return read_marker(self.path, self._db.uuid, self.dim, self.metric)
@@ -290,6 +300,7 @@ class FaissStore:
         k = int(k)
         with self._lock:
             self._check_open()
+            self._follow_other_writers()
             count = self._db.count
             if k <= 0 or count == 0 or len(q) == 0:
                 return [[] for _ in range(len(q))]
@@ -418,6 +429,7 @@ class FaissStore:
     def count(self) -> int:
         with self._lock:
             self._check_open()
+            self._follow_other_writers()
             return self._db.count
 
     def __len__(self) -> int:

@@ -125,6 +125,7 @@ class SqliteMeta:
         self.uuid = meta["uuid"]
         self.generation = int(meta["generation"])
         self.count = c.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        self._data_version = c.execute("PRAGMA data_version").fetchone()[0]
         self.has_fts = self._init_fts()
 
     def _init_fts(self) -> bool:
@@ -150,6 +151,20 @@ class SqliteMeta:
     # ---------------------------------------------------------------- transactions
     def transaction(self):
         return transaction(self.conn)
+
+    def refresh(self) -> bool:
+        """Whether another connection (another process writing this store) committed since this
+        one last looked (``PRAGMA data_version``, which this connection's own commits leave
+        alone) and changed the rows; the generation and count are then re-read."""
+        v = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        if v == self._data_version:
+            return False
+        self._data_version = v
+        gen = int(self.conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+        count = self.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        changed = gen != self.generation or count != self.count
+        self.generation, self.count = gen, count
+        return changed
 
     def _bump_generation(self) -> None:
         self.generation += 1

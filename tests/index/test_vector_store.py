@@ -492,3 +492,40 @@ def test_faiss_crash_safety_kill9(tmp_path):
     final = _check_consistent(path)
     assert final > counts[-1] and all(c > 0 for c in counts)
     assert time.monotonic() - t0 < 40
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivf"])
+def test_faiss_reader_follows_another_process_writing(tmp_path, index_type):
+    """A store kept open (a server) while another process adds and deletes rows (``mmrag
+    index`` into the same index): its searches and count follow SQLite, without a reopen."""
+    import subprocess
+    import sys
+
+    from mmrag.index.faiss_store import FaissStore
+
+    dim, n = 16, 3000
+    x = clustered(n + 2, dim, seed=21)
+    path = tmp_path / index_type
+    w = FaissStore(path, dim, index_type=index_type)
+    w.add([f"v{i}" for i in range(n)], x[:n])
+    w.save()
+    w.close()
+    reader = FaissStore(path, dim, index_type=index_type)
+    assert reader.count() == n
+    np.save(tmp_path / "new.npy", x[n:])
+    code = (
+        "import sys, numpy as np\n"
+        "from mmrag.index.faiss_store import FaissStore\n"
+        f"s = FaissStore(sys.argv[1], {dim}, index_type={index_type!r})\n"
+        "s.add(['new0', 'new1'], np.load(sys.argv[2]))\n"
+        "s.delete(['v0'])\n"
+        "s.close()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "new.npy")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert reader.count() == n + 1
+    hits = reader.search(x[n:], k=1)
+    assert [h[0].id for h in hits] == ["new0", "new1"]
+    assert "v0" not in {h.id for h in reader.search(x[:1], k=5)[0]}
+    reader.close()
