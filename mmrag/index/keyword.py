@@ -17,8 +17,9 @@ captioned index, so one lookup on 100k rows costs 60-200 ms. FTS5's BM25 is a su
 query's phrases of a term that depends only on the phrase and the row (IDF, the phrase's
 weighted frequency in the row, the row's length against the average), so each word's terms are
 fetched once (a one-phrase query) and kept; a query adds its words' terms in phrase order, as
-FTS5 does, which gives the same scores to the last bit. Any write, on this connection or another
-(``PRAGMA data_version``), empties the cache: the terms depend on the row count and lengths.
+FTS5 does, which gives the same scores to the last bit. Any write, on this connection
+(``total_changes``) or another (``PRAGMA data_version``), empties the cache: the terms depend on
+the row count and lengths.
 """
 
 from __future__ import annotations
@@ -75,13 +76,6 @@ def phrases(words: list[str]) -> str:
     return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
 
 
-def fts_query(query: str) -> str | None:
-    """An FTS5 MATCH expression (words OR-ed, each a quoted phrase), or None when the query has
-    no usable word."""
-    words = query_words(query)
-    return phrases(words) if words else None
-
-
 BM25_WEIGHTS = "1.0, 0.5"  # bm25() column weights: body, name (the file name counts half)
 
 
@@ -122,8 +116,7 @@ class KeywordTable:
         self._terms: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # word -> (positions, terms)
         self._cached = 0  # entries in _terms
         self._rowids: np.ndarray | None = None  # position -> rowid, ascending
-        self._state: tuple | None = None  # (own write count, data_version) the cache reflects
-        self._writes = 0
+        self._state: tuple | None = None  # (total_changes, data_version) the cache reflects
 
     def exists(self) -> bool:
         return self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (self.NAME,)).fetchone() is not None
@@ -131,23 +124,19 @@ class KeywordTable:
     def create(self) -> None:
         """Create the table (sqlite3.Error where SQLite lacks FTS5)."""
         self.conn.execute(f"CREATE VIRTUAL TABLE {self.NAME} USING fts5(body, name, tokenize='trigram')")
-        self._writes += 1
 
     def insert(self, rowids, metas) -> None:
         """One row per item with text; ``metas``: metadata dicts or their JSON text."""
         texts = [keyword_text(json.loads(m) if isinstance(m, str) else m) for m in metas]
-        self._writes += 1
         self.conn.executemany(f"INSERT INTO {self.NAME}(rowid, body, name) VALUES (?, ?, ?)",
                               [(int(r), b, n) for r, (b, n) in zip(rowids, texts) if b or n])
 
     def delete(self, rowids) -> None:
-        self._writes += 1
         self.conn.execute(f"DELETE FROM {self.NAME} WHERE rowid IN (SELECT value FROM json_each(?))",
                           (json.dumps([int(r) for r in rowids]),))
 
     def clear(self) -> None:
         """Delete every row."""
-        self._writes += 1
         self.conn.execute(f"DELETE FROM {self.NAME}")
 
     def search(self, query: str, k: int, join: str = "", where: str = "1",
@@ -160,11 +149,11 @@ class KeywordTable:
             return []
         k = min(int(k), MAX_ROWS)  # SQLite's LIMIT takes a signed 64-bit integer
         if where == "1" and not join and self.cache_rows > 0 and not self.conn.in_transaction:
-            return self._search_cached(words, int(k))
+            return self._search_cached(words, k)
         # bm25() is smaller for better matches; the file name counts half as much as the text
         sql = (f"SELECT {self.NAME}.rowid, -bm25({self.NAME}, {BM25_WEIGHTS}) AS s FROM {self.NAME}" + join
                + f" WHERE {self.NAME} MATCH ? AND {where} ORDER BY s DESC, {self.NAME}.rowid LIMIT ?")
-        return [(r, float(s)) for r, s in self.conn.execute(sql, [phrases(words), *params, int(k)])]
+        return [(r, float(s)) for r, s in self.conn.execute(sql, [phrases(words), *params, k])]
 
     def _search_cached(self, words: list[str], k: int) -> list[tuple[int, float]]:
         self._check_fresh()
@@ -173,7 +162,7 @@ class KeywordTable:
                                        np.int64)
         n = len(self._rowids)
         parts = [self._word_terms(w) for w in words]
-        pos = np.concatenate([p for p, _ in parts]) if parts else np.zeros(0, np.int64)
+        pos = np.concatenate([p for p, _ in parts])
         if not len(pos):
             return []
         # bincount adds in input order, so each row's sum runs over the words in query order
@@ -187,7 +176,9 @@ class KeywordTable:
         return [(int(self._rowids[i]), float(v)) for i, v in zip(hit[order], s[order])]
 
     def _check_fresh(self) -> None:
-        state = (self._writes, self.conn.execute("PRAGMA data_version").fetchone()[0])
+        # this connection's own writes (any table: every store write touches this one too) and
+        # other connections' commits, which data_version counts and total_changes does not
+        state = (self.conn.total_changes, self.conn.execute("PRAGMA data_version").fetchone()[0])
         if state != self._state:
             self._terms.clear()
             self._cached = 0
@@ -217,4 +208,4 @@ class KeywordTable:
         return self.conn.execute(f"SELECT 1 FROM {self.NAME} WHERE body != '' LIMIT 1").fetchone() is not None
 
 
-__all__ = ["KeywordTable", "cache_budget", "CACHE_ENV", "keyword_text", "query_words", "fts_query", "STOPWORDS", "MIN_WORD"]
+__all__ = ["KeywordTable", "cache_budget", "CACHE_ENV", "keyword_text", "query_words", "phrases", "STOPWORDS", "MIN_WORD"]
