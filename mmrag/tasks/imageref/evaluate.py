@@ -51,7 +51,11 @@ def figure_tasks(docs: Sequence[Document], excluded: dict[str, int] | None = Non
     A figure whose caption was taken from its own surrounding text (``caption_source ==
     "context"``: no alt text, no figure caption) is left out: the system must not see the text
     around a figure, and that caption is a sentence of it. ``excluded`` (if given) counts them
-    under ``"context_caption"``."""
+    under ``"context_caption"``.
+
+    The candidates are numbered (``IMAGE_k``) in an order fixed by a hash of the document's and
+    the image's ids, not in document order: IMAGE_1 being the first figure would tell a system
+    where the figures go (the first one near the top), which the benchmark does not give it."""
     out = []
     for d in docs:
         leaked = [im for im in d.images if im.section is not None and im.caption_source == "context"]
@@ -59,6 +63,7 @@ def figure_tasks(docs: Sequence[Document], excluded: dict[str, int] | None = Non
             excluded["context_caption"] = excluded.get("context_caption", 0) + len(leaked)
         placed = [im for im in d.images if im.section is not None and im.caption.strip()
                   and im.caption_source != "context"]
+        placed.sort(key=lambda im: _candidate_order(d.id, im.id))
         if not placed:
             if leaked:  # nothing to score, but the exclusion is reported
                 out.append(FigureTask(d.id, d.title, [], [], {}, len(leaked)))
@@ -71,6 +76,10 @@ def figure_tasks(docs: Sequence[Document], excluded: dict[str, int] | None = Non
                   for p in range(len(sections))}
         out.append(FigureTask(d.id, d.title, sections, images, labels, len(leaked)))
     return out
+
+
+def _candidate_order(doc_id: str, image_id: str) -> str:
+    return hashlib.sha256(f"{doc_id}\0{image_id}".encode("utf-8")).hexdigest()
 
 
 def dev_test_split(doc_id: str) -> str:
