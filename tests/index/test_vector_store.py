@@ -2,7 +2,8 @@
 
 A new backend adds its name to ``BACKENDS`` and must pass the contract section. ``milvus`` runs
 on Milvus Lite (a local file, the real Milvus engine) and is skipped with the reason when pymilvus
-or milvus-lite cannot be imported.
+or milvus-lite cannot be imported; where a test needs two processes on one store it runs against
+Milvus Lite's engine serving on a loopback port (a Lite file admits one process).
 """
 
 from __future__ import annotations
