@@ -3,6 +3,17 @@
 Callers only ever use this protocol, so a backend is one registry entry, not a fork.
 Ids are strings chosen by the caller; metadata is a JSON-serialisable dict per id.
 Vectors are float32 and compared by inner product (unit vectors: cosine).
+
+Other processes' writes: a store kept open (``mmrag serve``) while another process writes the
+same store (``mmrag index``) sees that process's committed adds and deletes at its next
+``search``, ``count``, ``keyword_search``, ``get`` or ``ids``, without a reopen (FAISS: SQLite's
+``PRAGMA data_version``, then the in-memory index is reconciled; Milvus server: Strong
+consistency, and the keyword side file's cache follows ``data_version`` as FAISS's does). The one
+exception is the engine's, not mmrag's: a Milvus Lite *file* admits one process at a time (its
+engine holds a lock for the life of the process that opened it, even after ``close``), so the
+second process's open raises IndexError_ naming the file, the holder's pid and what to do (stop
+it, or use a Milvus server), and changes nothing. ``tests/index/test_vector_store.py`` checks
+both with a real second process.
 """
 
 from __future__ import annotations

@@ -39,6 +39,17 @@ an over-fetched page, as in vector search. The side file is per store directory:
 one server collection from other directories do not update it (their rows are found after a
 rebuild, when the count differs).
 
+One process per Milvus Lite file: Milvus Lite's engine locks ``.<file>.lock`` beside the file
+while it runs; this store stops the engine when the last store of the process on that file
+closes (pymilvus never does: the file stayed locked until the process exited). A second process
+opening the file (``mmrag index`` while ``mmrag serve`` has the index open) gets a one-line error
+naming the file and the holder's pid, checked here before Milvus Lite is started: Milvus Lite's
+own failed start deletes the lock file it lost to, and a third process then ran a second engine
+on the file, whose writes were lost when the engines exited.
+A Milvus server (``uri="http://..."``) has no such limit: a store kept open sees other
+processes' adds and deletes at its next search, count or keyword search (Strong consistency,
+and the side file's keyword cache follows SQLite's ``data_version``).
+
 Index types (``index_type``): ``FLAT`` (exact; the default for Milvus Lite), ``IVF_FLAT``
 (``nlist``/``nprobe``), ``HNSW`` (``hnsw_m``/``ef_search``; servers only), ``AUTOINDEX``, or
 any other type the server knows with ``index_params``/``search_params``. Milvus Lite 2.5
@@ -47,7 +58,9 @@ supports FLAT, IVF_FLAT and AUTOINDEX. Milvus answers at most 16,384 hits per qu
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -94,6 +107,124 @@ def _collection_name(path: Path) -> str:
     stem = re.sub(r"[^0-9A-Za-z_]+", "_", f"{path.parent.name}_{path.name}").strip("_")[:120] or "store"
     digest = hashlib.sha1(str(path.resolve()).encode("utf-8")).hexdigest()[:10]
     return f"mmrag_{stem}_{digest}"
+
+
+_LITE_CLAIMS: dict[str, list[int]] = {}  # Milvus Lite file -> [fd of its lock file, open stores]
+_LITE_CLAIMS_LOCK = threading.Lock()
+
+
+def _lite_lock_path(db: str) -> Path:
+    return Path(db).parent / f".{Path(db).name}.lock"  # milvus_lite.server.Server's lock path
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st, ft = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (ft.st_dev, ft.st_ino)
+
+
+def _lock_holder(fd: int) -> str:
+    """The pid holding a POSIX lock on ``fd``'s file, or "unknown" (F_GETLK's struct is Linux's)."""
+    import fcntl
+    import struct
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return "unknown"
+    try:
+        fmt = "hhxxxxqqixxxx"  # struct flock: l_type, l_whence, l_start, l_len, l_pid
+        got = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack(fmt, fcntl.F_WRLCK, 0, 0, 0, 0))
+        kind, _, _, _, pid = struct.unpack(fmt, got)
+        return str(pid) if kind != fcntl.F_UNLCK and pid > 0 else "unknown"
+    except (OSError, struct.error):
+        return "unknown"
+
+
+def _claim_lite_file(db: str) -> None:
+    """Take Milvus Lite's lock on ``db`` for this process, or raise IndexError_ when another
+    process holds it (module docstring). POSIX locks belong to the process, so Milvus Lite's own
+    lock on the file still succeeds, and no process can start an engine on the file between this
+    check and Milvus Lite's. Held until the last store of this process on the file closes."""
+    import fcntl
+
+    lock = _lite_lock_path(db)
+    with _LITE_CLAIMS_LOCK:
+        claim = _LITE_CLAIMS.get(db)
+        if claim is not None:
+            if _same_file(claim[0], lock):
+                claim[1] += 1
+                return
+            os.close(claim[0])  # the engine stopped and deleted the file: claim anew
+            del _LITE_CLAIMS[db]
+        for _ in range(100):
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise IndexError_(f"cannot open Milvus Lite file {db}: {e.strerror} ({lock})") from None
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = _lock_holder(fd)
+                os.close(fd)  # this process held no lock on the file, so closing releases nothing
+                raise IndexError_(
+                    f"Milvus Lite file {db} is open in another process (pid {holder}), and Milvus Lite lets one "
+                    "process use a file at a time: stop that process (e.g. a running `mmrag serve`) and retry, "
+                    "or keep the index on a Milvus server (--store-uri http://host:19530) to search and write at once"
+                ) from None
+            if _same_file(fd, lock):
+                break
+            os.close(fd)  # its holder deleted it as it let go: lock the file that is there now
+        else:
+            raise IndexError_(f"cannot lock Milvus Lite file {db}: {lock} keeps being replaced")
+        _LITE_CLAIMS[db] = [fd, 1]
+
+
+def _release_lite_file(db: str) -> None:
+    """The last store of this process on ``db`` closed: stop its Milvus Lite engine (pymilvus
+    never does, so the file stayed locked until the process exited) and let the file go. The lock
+    file is deleted while still locked, so a process that opened it meanwhile sees a stale file
+    and locks a new one, never a second engine on the database."""
+    with _LITE_CLAIMS_LOCK:
+        claim = _LITE_CLAIMS.get(db)
+        if claim is None:
+            return
+        claim[1] -= 1
+        if claim[1] > 0:
+            return
+        del _LITE_CLAIMS[db]
+        if _same_file(claim[0], _lite_lock_path(db)):
+            try:
+                os.unlink(_lite_lock_path(db))
+            except OSError:
+                pass
+        try:
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(db)
+        except Exception:
+            pass  # no engine started here (e.g. a failed open), or it is gone already
+        os.close(claim[0])
+
+
+@atexit.register
+def _release_all_lite_files() -> None:
+    # before Milvus Lite's own teardown, which unlocks before it deletes the lock file
+    for db in list(_LITE_CLAIMS):
+        _LITE_CLAIMS[db][1] = 1
+        _release_lite_file(db)
+
+
+def _client_class():
+    try:
+        from pymilvus import MilvusClient
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise IndexError_(
+            f"the milvus store needs pymilvus (and milvus-lite for local files): {e}. "
+            "Install with: pip install 'pymilvus==2.6.17' 'milvus-lite==2.5.1'"
+        ) from None
+    return MilvusClient
 
 
 def _check_id_bytes(i: str) -> None:
@@ -202,13 +333,8 @@ class MilvusStore:
         db_name: str | None = None,
         timeout: float | None = None,
     ):
-        try:
-            from pymilvus import MilvusClient
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise IndexError_(
-                f"the milvus store needs pymilvus (and milvus-lite for local files): {e}. "
-                "Install with: pip install 'pymilvus==2.6.17' 'milvus-lite==2.5.1'"
-            ) from None
+        if importlib.util.find_spec("pymilvus") is None:  # pragma: no cover - depends on the environment
+            _client_class()  # its one-line error; importing pymilvus waits until the file is ours (~1 s)
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {tuple(METRICS)}, got {metric!r}")
         if int(dim) <= 0:
@@ -241,9 +367,18 @@ class MilvusStore:
         kwargs: dict[str, Any] = {"uri": self.uri, "token": token}
         if db_name:
             kwargs["db_name"] = db_name
+        self._lite = not _is_remote(self.uri)
+        if self._lite:
+            _claim_lite_file(self.uri)
         try:
-            self._client = MilvusClient(**kwargs)
+            self._client = _client_class()(**kwargs)
+        except IndexError_:
+            if self._lite:
+                _release_lite_file(self.uri)
+            raise
         except Exception as e:
+            if self._lite:
+                _release_lite_file(self.uri)
             raise IndexError_(f"cannot connect to Milvus at {self.uri}: {e}") from None
         self._kw: _SideKeywords | None = None
         try:
@@ -253,6 +388,8 @@ class MilvusStore:
             if self._kw is not None:
                 self._kw.close()
             self._client.close()
+            if self._lite:
+                _release_lite_file(self.uri)
             raise
         if marker is None or marker.get("uri") != self.uri or marker.get("collection") != self.collection:
             self._write_marker()
@@ -590,6 +727,8 @@ class MilvusStore:
                 self._client.close()
                 if self._kw is not None:
                     self._kw.close()
+                if self._lite:
+                    _release_lite_file(self.uri)
 
     def __enter__(self) -> "MilvusStore":
         return self

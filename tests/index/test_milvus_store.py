@@ -91,6 +91,52 @@ def test_clear_errors(tmp_path):
         s.count()
 
 
+def test_lite_file_is_refused_to_a_second_process(tmp_path):
+    """Milvus Lite admits one process per file. While this process has a store open (``mmrag
+    serve``), another process opening it (``mmrag index``) gets one line naming the file, the
+    holder's pid and what to do, and so does the next one: Milvus Lite's own failed start used
+    to delete the lock file it lost to, so a third process started a second engine on the file
+    and its writes were lost. This process's rows, vector and keyword, are untouched; once it
+    closes the store, another process opens the file and writes."""
+    import os
+    import subprocess
+    import sys
+
+    a = MilvusStore(tmp_path / "s", 8)
+    x = unit(3, 8, 6)
+    a.add(["x", "y"], x[:2], [{"caption": "a zebra"}, {"caption": "a zebra"}])
+    np.save(tmp_path / "new.npy", x[2:])
+    code = (
+        "import sys, numpy as np\n"
+        "from mmrag.errors import IndexError_\n"
+        "from mmrag.index import open_store\n"
+        "try:\n"
+        "    s = open_store('milvus', sys.argv[1], 8)\n"
+        "except IndexError_ as e:\n"
+        "    print(e)\n"
+        "    sys.exit(2)\n"
+        "s.add(['new'], np.load(sys.argv[2]), [{'caption': 'a giraffe'}])\n"
+        "s.close()\n"
+    )
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s"), str(tmp_path / "new.npy")],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, r.stdout + r.stderr
+        line = r.stdout.strip()
+        pid = os.getpid() if sys.platform.startswith("linux") else "unknown"  # F_GETLK's struct is Linux's
+        assert "\n" not in line and f"Milvus Lite file {a.uri} is open in another process (pid {pid})" in line
+        assert "mmrag serve" in line and "--store-uri http" in line
+    assert a.ids() == ["x", "y"] and a.count() == 2 and "new" not in a
+    assert sorted(h.id for h in a.keyword_search("zebra")) == ["x", "y"] and a.keyword_search("giraffe") == []
+    a.close()  # lets the file go (pymilvus alone kept it locked until this process exited)
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s"), str(tmp_path / "new.npy")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    b = MilvusStore(tmp_path / "s", 8)
+    assert b.ids() == ["x", "y", "new"] and [h.id for h in b.keyword_search("giraffe")] == ["new"]
+    b.close()
+
+
 def test_cli_index_and_search_on_milvus(flickr8k_dir, effnet_minilm, tmp_path):
     """`mmrag index --store milvus --store-uri FILE` then `mmrag search` (vector and hybrid):
     the FAISS index's hits."""

@@ -2,7 +2,8 @@
 
 A new backend adds its name to ``BACKENDS`` and must pass the contract section. ``milvus`` runs
 on Milvus Lite (a local file, the real Milvus engine) and is skipped with the reason when pymilvus
-or milvus-lite cannot be imported.
+or milvus-lite cannot be imported; where a test needs two processes on one store it runs against
+Milvus Lite's engine serving on a loopback port (a Lite file admits one process).
 """
 
 from __future__ import annotations
@@ -494,30 +495,53 @@ def test_faiss_crash_safety_kill9(tmp_path):
     assert time.monotonic() - t0 < 40
 
 
+@pytest.fixture
+def milvus_server(tmp_path):
+    """A Milvus server for the processes of one test: Milvus Lite's engine serving gRPC on a
+    loopback port (what a Milvus standalone speaks), since a Lite *file* admits one process."""
+    import socket
+
+    from milvus_lite.server import Server
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = Server(str(tmp_path / "server.db"), f"127.0.0.1:{port}")
+    if not (server.init() and server.start()):
+        pytest.skip("Milvus Lite's engine did not start as a server")
+    yield f"http://127.0.0.1:{port}"
+    if server._p is not None:  # a TCP server does not watch a lock file: stop() would wait 2 s, then kill
+        server._p.terminate()
+    server.stop()
+
+
 @pytest.mark.parametrize("index_type", ["flat", "ivf"])
-def test_faiss_reader_follows_another_process_writing(tmp_path, index_type):
+def test_reader_follows_another_process_writing(backend, request, tmp_path, index_type):
     """A store kept open (a server) while another process adds and deletes rows (``mmrag
-    index`` into the same index): its searches and count follow SQLite, without a reopen."""
-    import subprocess
-    import sys
-
-    from mmrag.index.faiss_store import FaissStore
-
+    index`` into the same index): its searches, count and keyword searches follow, without a
+    reopen. Milvus: against a server (a Milvus Lite file refuses the second process, see
+    test_milvus_store.py)."""
     dim, n = 16, 3000
     x = clustered(n + 2, dim, seed=21)
     path = tmp_path / index_type
-    w = FaissStore(path, dim, index_type=index_type)
-    w.add([f"v{i}" for i in range(n)], x[:n])
+    options: dict = {"index_type": index_type}
+    if backend == "milvus":
+        options = {"index_type": {"flat": "FLAT", "ivf": "IVF_FLAT"}[index_type],
+                   "uri": request.getfixturevalue("milvus_server"), "timeout": 30}
+    w = open_store(backend, path, dim, **options)
+    w.add([f"v{i}" for i in range(n)], x[:n], [{"caption": f"a zebra number {i}"} for i in range(n)])
     w.save()
     w.close()
-    reader = FaissStore(path, dim, index_type=index_type)
+    reader = open_store(backend, path, dim, **options)
     assert reader.count() == n
+    assert reader.keyword_search("giraffe", k=5) == []  # cached: the write below must empty the cache
+    zebra = {h.id: h.score for h in reader.keyword_search("zebra", k=n)}
     np.save(tmp_path / "new.npy", x[n:])
     code = (
         "import sys, numpy as np\n"
-        "from mmrag.index.faiss_store import FaissStore\n"
-        f"s = FaissStore(sys.argv[1], {dim}, index_type={index_type!r})\n"
-        "s.add(['new0', 'new1'], np.load(sys.argv[2]))\n"
+        "from mmrag.index import open_store\n"
+        f"s = open_store({backend!r}, sys.argv[1], {dim})\n"  # the rest (uri, index) from the store's files
+        "s.add(['new0', 'new1'], np.load(sys.argv[2]), [{'caption': 'a giraffe'}, {'caption': 'a giraffe'}])\n"
         "s.delete(['v0'])\n"
         "s.close()\n"
     )
@@ -528,4 +552,12 @@ def test_faiss_reader_follows_another_process_writing(tmp_path, index_type):
     hits = reader.search(x[n:], k=1)
     assert [h[0].id for h in hits] == ["new0", "new1"]
     assert "v0" not in {h.id for h in reader.search(x[:1], k=5)[0]}
+    assert "v0" not in reader and "new0" in reader and reader.get(["v0"]) == [None]
+    assert reader.ids()[-2:] == ["new0", "new1"] and len(reader.ids()) == n + 1
+    np.testing.assert_allclose(reader.vectors(["new1"]), x[n + 1 :], atol=1e-6)
+    assert [h[0].id for h in reader.search(x[n:], k=1, filter={"caption": "a giraffe"})] == ["new0", "new1"]
+    assert sorted(h.id for h in reader.keyword_search("giraffe", k=5)) == ["new0", "new1"]
+    after = {h.id: h.score for h in reader.keyword_search("zebra", k=n)}
+    assert set(after) == set(zebra) - {"v0"}
+    assert after["v1"] != zebra["v1"]  # BM25 depends on the row count: not the cached terms
     reader.close()
