@@ -254,7 +254,7 @@ def main() -> None:
     if a.final:
         todo = [v for v in todo if v[3] == 0 or v[0] == a.final]
         if len(todo) < 2:
-            sys.exit(f"error: --final {a.final!r} is no row of this run ({', '.join(v[0] for v in variants(a.weights, a.backgrounds, a.captions)[1:])})")
+            sys.exit(f"error: --final {a.final!r} is no row of this run ({'; '.join(v[0] for v in variants(a.weights, a.backgrounds, a.captions)[1:])})")
     evals = ("dev", "coco_dev", "test") if a.final else ("dev", "coco_dev")
     z = Levers("lite2", evals)
     for bg in {v[1] for v in todo if v[1]}:
