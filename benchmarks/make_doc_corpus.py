@@ -86,6 +86,23 @@ def _shrink(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
+def fetch_deb(package: str, version: str, dest: Path) -> Path:
+    """Download the pinned ``package=version`` with ``apt-get download`` and unpack it with
+    ``dpkg -x`` into ``dest`` (returned); exits with a one-line error when it cannot."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        sys.exit("error: apt-get and dpkg are needed to fetch the Debian package")
+    with tempfile.TemporaryDirectory() as tmp:
+        r = subprocess.run(["apt-get", "download", f"{package}={version}"], cwd=tmp, capture_output=True, text=True)
+        debs = list(Path(tmp).glob(f"{package}_*.deb"))
+        if r.returncode != 0 or not debs:
+            sys.exit(f"error: could not download {package}={version} with apt-get "
+                     f"({(r.stderr or r.stdout).strip().splitlines()[-1:] or 'no output'}); "
+                     f"is the Debian bookworm archive configured (apt-get update)?")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["dpkg", "-x", str(debs[0]), str(dest)], check=True)
+    return dest
+
+
 def build(name: str = DEFAULT, version: str | None = None, force: bool = False) -> Path:
     if name not in CORPORA:
         sys.exit(f"error: unknown corpus {name!r} (one of {', '.join(CORPORA)})")
@@ -95,17 +112,8 @@ def build(name: str = DEFAULT, version: str | None = None, force: bool = False) 
     html = out / "html"
     if (out / "split.json").is_file() and not force:
         return html
-    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
-        sys.exit("error: apt-get and dpkg are needed to fetch the Debian package")
     with tempfile.TemporaryDirectory() as tmp:
-        r = subprocess.run(["apt-get", "download", f"{c.package}={version}"], cwd=tmp, capture_output=True, text=True)
-        debs = list(Path(tmp).glob(f"{c.package}_*.deb"))
-        if r.returncode != 0 or not debs:
-            sys.exit(f"error: could not download {c.package}={version} with apt-get "
-                     f"({(r.stderr or r.stdout).strip().splitlines()[-1:] or 'no output'}); "
-                     f"is the Debian bookworm archive configured (apt-get update)?")
-        subprocess.run(["dpkg", "-x", str(debs[0]), str(Path(tmp) / "x")], check=True)
-        src = Path(tmp) / "x" / c.html_dir
+        src = fetch_deb(c.package, version, Path(tmp) / "x") / c.html_dir
         if not src.is_dir():
             sys.exit(f"error: {c.package}={version} has no folder {c.html_dir}")
         if html.exists():
