@@ -1,15 +1,33 @@
-"""A tiny name -> factory registry, shared by encoders, vector stores and generators."""
+"""A tiny name -> factory registry, shared by encoders, vector stores and generators.
+
+Besides the names registered in the package, a registry resolves two kinds of user names, so a
+user's own part plugs in wherever a built-in one is named (``--encoder``, ``--store``,
+``--generator``, an index's manifest):
+
+* ``module:attr`` (``my_encoders:MyEncoder``, ``pkg.mod:make``): imported on first use, found on
+  ``sys.path`` (the working directory when run as ``python -m``, or ``$PYTHONPATH``);
+* an entry point of the registry's group (``mmrag.encoders``, ``mmrag.stores``,
+  ``mmrag.generators``) declared by an installed package.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T")
 
 
+def is_import_path(name: str) -> bool:
+    """``module:attr`` -- a name that imports its factory instead of naming a registered one."""
+    module, sep, attr = name.partition(":")
+    return bool(sep and module and attr)
+
+
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, entry_points: str | None = None):
         self.kind = kind
+        self.entry_points = entry_points  # the group installed packages register their parts in
         self._factories: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -21,16 +39,60 @@ class Registry(Generic[T]):
 
         return deco
 
-    def names(self) -> list[str]:
-        return sorted(self._factories)
+    def _entry_points(self) -> dict:
+        if not self.entry_points:
+            return {}
+        from importlib.metadata import entry_points
 
-    def create(self, name: str, **kwargs) -> T:
+        return {ep.name: ep for ep in entry_points(group=self.entry_points)}
+
+    def names(self) -> list[str]:
+        """Registered names and installed entry points (``module:attr`` names are not listed)."""
+        return sorted(set(self._factories) | set(self._entry_points()))
+
+    def __contains__(self, name: object) -> bool:
+        """Whether :meth:`create` can build ``name`` (imports a ``module:attr`` one to tell)."""
         from mmrag.errors import UnknownNameError
 
+        if not isinstance(name, str):
+            return False
         try:
-            factory = self._factories[name]
-        except KeyError:
+            self.factory(name)
+        except UnknownNameError:
+            return False
+        return True
+
+    def factory(self, name: str) -> Callable[..., T]:
+        """The factory ``name`` resolves to (see the module docstring), or UnknownNameError."""
+        from mmrag.errors import UnknownNameError
+
+        if name in self._factories:
+            return self._factories[name]
+        ep = self._entry_points().get(name)
+        if ep is not None:
+            try:
+                return ep.load()
+            except Exception as e:  # a broken plugin: say which, not a traceback from its import
+                raise UnknownNameError(f"{self.kind} {name!r} (entry point {ep.value}) failed to load: {e}") from None
+        if not is_import_path(name):
             raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}"
+                f"unknown {self.kind} {name!r}; available: {', '.join(self.names())} "
+                "(or MODULE:NAME of your own)"
             ) from None
-        return factory(**kwargs)
+        module, _, attr = name.partition(":")
+        try:
+            obj = importlib.import_module(module)
+        except ImportError as e:
+            raise UnknownNameError(f"{self.kind} {name!r}: cannot import {module!r} ({e}; "
+                                   "is its folder on PYTHONPATH?)") from None
+        try:
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            raise UnknownNameError(f"{self.kind} {name!r}: module {module!r} has no {attr!r}") from None
+        if not callable(obj):
+            raise UnknownNameError(f"{self.kind} {name!r} is not a class or function") from None
+        return obj
+
+    def create(self, name: str, **kwargs) -> T:
+        return self.factory(name)(**kwargs)

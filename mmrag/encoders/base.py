@@ -123,7 +123,7 @@ class Encoder(ABC):
         """Intra-op threads of the image model (None: the runtime's default). No-op by default."""
 
 
-ENCODERS: Registry[Encoder] = Registry("encoder")
+ENCODERS: Registry[Encoder] = Registry("encoder", entry_points="mmrag.encoders")
 
 # Options an index manifest left out because they were the default when it was written; the
 # default has changed since, so reading the old manifest must name the old one.
@@ -137,10 +137,18 @@ def manifest_encoder_options(name: str, options: dict) -> dict:
 
 
 def create_encoder(name: str = "effnet-minilm", **kwargs) -> Encoder:
-    """Build an encoder by registry name (see ``ENCODERS.names()``)."""
+    """Build an encoder by registry name (see ``ENCODERS.names()``), by an installed package's
+    ``mmrag.encoders`` entry point, or by ``module:Class`` of the user's own."""
     import mmrag.encoders  # noqa: F401  (registers the built-in encoders)
+    from mmrag.registry import is_import_path
 
-    return ENCODERS.create(name, **kwargs)
+    enc = ENCODERS.create(name, **kwargs)
+    if is_import_path(name) and getattr(enc, "name", None) != name:
+        # spec() (the manifest) names the encoder the way it was built, so a later search or
+        # serve rebuilds it without the flag; a class-level or decorator name lives only in
+        # the process that imported its module
+        enc.name = name
+    return enc
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:

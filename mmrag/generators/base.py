@@ -106,7 +106,7 @@ class Generator(ABC):
     def generate(self, request: GenerationRequest) -> GenerationResult: ...
 
 
-GENERATORS: Registry[Generator] = Registry("generator")
+GENERATORS: Registry[Generator] = Registry("generator", entry_points="mmrag.generators")
 
 
 def create_generator(name: str = "consensus", **kwargs) -> Generator:
