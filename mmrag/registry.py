@@ -1,8 +1,9 @@
 """A tiny name -> factory registry, shared by encoders, vector stores and generators.
 
-Besides the names registered in the package, a registry resolves two kinds of user names, so a
-user's own part plugs in wherever a built-in one is named (``--encoder``, ``--store``,
-``--generator``, an index's manifest):
+Besides the names registered in the package, a registry given an entry-point group resolves two
+kinds of user names, so a user's own part plugs in wherever a built-in one is named
+(``--encoder``, ``--store``, ``--generator``, an index's manifest). A name from a network request
+must never reach one unchecked (``mmrag.serve.rag.check_generator``): it would import any module.
 
 * ``module:attr`` (``my_encoders:MyEncoder``, ``pkg.mod:make``): imported on first use, found on
   ``sys.path`` (the working directory when run as ``python -m``, or ``$PYTHONPATH``);
@@ -26,8 +27,10 @@ def is_import_path(name: str) -> bool:
 
 class Registry(Generic[T]):
     def __init__(self, kind: str, entry_points: str | None = None):
+        """``entry_points``: the group installed packages register their parts in; only a
+        registry that has one (the user-facing parts) resolves ``module:attr`` names too."""
         self.kind = kind
-        self.entry_points = entry_points  # the group installed packages register their parts in
+        self.entry_points = entry_points
         self._factories: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -74,11 +77,9 @@ class Registry(Generic[T]):
                 return ep.load()
             except Exception as e:  # a broken plugin: say which, not a traceback from its import
                 raise UnknownNameError(f"{self.kind} {name!r} (entry point {ep.value}) failed to load: {e}") from None
-        if not is_import_path(name):
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; available: {', '.join(self.names())} "
-                "(or MODULE:NAME of your own)"
-            ) from None
+        if not (self.entry_points and is_import_path(name)):
+            own = " (or MODULE:NAME of your own)" if self.entry_points else ""
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}{own}") from None
         module, _, attr = name.partition(":")
         try:
             obj = importlib.import_module(module)

@@ -45,6 +45,36 @@ class HistEncoder(Encoder):
             for w in t.lower().split():
                 out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % DIM] += 1
         return _unit(out)
+
+
+from mmrag.generators.base import GenerationResult, Generator
+
+class Shout(Generator):
+    reads_messages = True
+    reads_evidence = True
+    name = "shout"
+
+    def generate(self, request):
+        said = request.evidence[0] if request.evidence else request.messages[-1]["content"]
+        return GenerationResult(text=said.upper())
+
+
+from mmrag.index.faiss_store import FaissStore
+
+class CountingStore(FaissStore):
+    """The user's store: FAISS that counts the searches it answered."""
+    searches = 0
+
+    def search(self, *args, **kwargs):
+        type(self).searches += 1
+        return super().search(*args, **kwargs)
+'''
+
+EVIL_MODULE = '''
+import pathlib, os
+pathlib.Path(os.environ["MMRAG_TEST_MARKER"]).write_text("imported")
+def make(**kwargs):
+    raise AssertionError("built")
 '''
 
 
@@ -59,6 +89,7 @@ def user_dir(tmp_path, monkeypatch):
     d = tmp_path / "user"
     d.mkdir()
     (d / "my_parts.py").write_text(textwrap.dedent(USER_MODULE), encoding="utf-8")
+    (d / "evil_parts.py").write_text(textwrap.dedent(EVIL_MODULE), encoding="utf-8")
     monkeypatch.syspath_prepend(str(d))
     return d
 
@@ -120,3 +151,55 @@ def test_bad_user_names_are_one_line_errors(user_dir, coco, tmp_path, name, says
         main(["index", str(coco), "--kind", "coco", "--limit", "2", "--out", str(tmp_path / "i"), "--encoder", name])
     err = capsys.readouterr().err
     assert e.value.code == 2 and says in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_store_and_generator_by_import_path(user_dir, coco, tmp_path):
+    """`--store my_parts:CountingStore` is recorded and reopened by search; `--generator
+    my_parts:Shout` writes the caption and the RIR answer."""
+    import my_parts
+
+    idx = tmp_path / "idx"
+    run("index", coco, "--kind", "coco", "--limit", 6, "--out", idx, "--encoder", "my_parts:HistEncoder",
+        "--store", "my_parts:CountingStore")
+    assert json.loads((idx / "manifest.json").read_text())["backend"] == "my_parts:CountingStore"
+    before = my_parts.CountingStore.searches
+    assert len(json.loads(run("search", "--index", idx, "--text", "a dog", "-k", 2, "--mode", "vector", "--json"))) == 2
+    assert my_parts.CountingStore.searches > before  # the user's store answered
+    from mmrag.corpus.readers import read_corpus
+
+    img = read_corpus("coco", coco, limit=6).items[0].path
+    (r,) = json.loads(run("caption", img, "--index", idx, "--generator", "my_parts:Shout", "--json"))
+    assert r["caption"] and r["caption"] == r["caption"].upper() and r["caption"] != r["caption"].lower()
+    d = json.loads(run("ask", "--index", idx, img, "what is it?", "--generator", "my_parts:Shout", "--json"))
+    assert d["answer"] == d["answer"].upper() and d["answer"].strip()
+
+
+def test_serve_uses_the_operators_generator_but_never_imports_a_requested_path(user_dir, coco, tmp_path,
+                                                                                monkeypatch):
+    """The server's own --generator may be MODULE:NAME; a request naming one is refused before
+    anything is imported (it would import any module on the server)."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from mmrag.serve.app import create_app
+    from mmrag.serve.config import ServeConfig
+
+    idx = tmp_path / "idx"
+    run("index", coco, "--kind", "coco", "--limit", 6, "--out", idx, "--encoder", "my_parts:HistEncoder")
+    marker = tmp_path / "imported"
+    monkeypatch.setenv("MMRAG_TEST_MARKER", str(marker))
+    c = TestClient(create_app(idx, ServeConfig(generator="my_parts:Shout")))
+    r = c.post("/v1/chat/completions", json={"model": "mmrag", "messages": [{"role": "user", "content": "two dogs"}]})
+    assert r.status_code == 200, r.text
+    text = r.json()["choices"][0]["message"]["content"]
+    assert text.strip() and text == text.upper()
+    r = c.post("/v1/chat/completions", json={"model": "mmrag-evil_parts:make",
+                                             "messages": [{"role": "user", "content": "two dogs"}]})
+    assert r.status_code == 404, r.text
+    r = c.post("/api/caption", data={"image_id": "x", "generator": "evil_parts:make"})
+    assert r.status_code == 400 and "unknown generator" in r.text, r.text
+    r = c.post("/api/ask", data={"question": "what?", "image_id": "x", "answerer": "evil_parts:make"})
+    assert r.status_code in (400, 404), r.text
+    r = c.post("/api/compose", json={"query": "what?", "generator": "evil_parts:make"})
+    assert r.status_code == 400 and "unknown generator" in r.text, r.text  # before the documents load
+    assert not marker.exists()  # nothing a request named was imported
