@@ -203,3 +203,23 @@ def test_serve_uses_the_operators_generator_but_never_imports_a_requested_path(u
     r = c.post("/api/compose", json={"query": "what?", "generator": "evil_parts:make"})
     assert r.status_code == 400 and "unknown generator" in r.text, r.text  # before the documents load
     assert not marker.exists()  # nothing a request named was imported
+
+
+def test_searching_with_another_encoder_is_refused(user_dir, coco, tmp_path):
+    """An encoder passed to Searcher must be the index's kind: a 48-d encoder of another kind was
+    searched without a word (every score noise); the same class under its own name is accepted."""
+    import my_parts
+
+    from mmrag.errors import IndexError_
+    from mmrag.retrieval import Searcher
+
+    idx = tmp_path / "idx"
+    run("index", coco, "--kind", "coco", "--limit", 4, "--out", idx, "--encoder", "my_parts:HistEncoder")
+
+    class Reversed(my_parts.HistEncoder):  # another user encoder of the same size
+        def embed_texts(self, texts, batch_size=128, progress=False):
+            return super().embed_texts(texts)[:, ::-1].copy()
+
+    with pytest.raises(IndexError_, match="built with encoder my_parts:HistEncoder .* the encoder given is"):
+        Searcher(idx, encoder=Reversed())
+    assert Searcher(idx, encoder=my_parts.HistEncoder()).search(text="a dog", k=2)  # "hist", the same class

@@ -79,8 +79,9 @@ class Encoder(ABC):
         return out, errors
 
     def spec(self) -> tuple[str, dict]:
-        """Registry name and options that rebuild the same encoder (an index's manifest)."""
-        return self.name, {}
+        """Registry name and options that rebuild the same encoder (an index's manifest). A
+        class without a ``name`` is named by its import path, which rebuilds it too."""
+        return getattr(self, "name", None) or f"{type(self).__module__}:{type(self).__qualname__}", {}
 
     def fingerprint(self) -> str:
         """A short stable id of what this encoder's vectors (and priors) depend on: its spec,
@@ -149,6 +150,25 @@ def create_encoder(name: str = "effnet-minilm", **kwargs) -> Encoder:
         # the process that imported its module
         enc.name = name
     return enc
+
+
+def check_same_encoder(encoder: Encoder, name: str, dim: int, where) -> None:
+    """Raise :class:`~mmrag.errors.IndexError_` unless ``encoder`` is the kind that wrote
+    ``where`` (manifest ``name``, ``dim``): another encoder's vectors of the same size would be
+    searched without a word, and every score would be noise."""
+    from mmrag.errors import IndexError_, UnknownNameError
+
+    given = encoder.spec()[0]
+    same = given == name
+    if not same:
+        try:  # the same class under another of its names (a decorator name vs its import path)
+            same = type(encoder) is ENCODERS.factory(name)
+        except UnknownNameError:
+            pass
+    if not same or encoder.dim != dim:
+        raise IndexError_(f"{where} was built with encoder {name} (dim {dim}); the encoder given is {given} "
+                          f"(dim {encoder.dim}), whose vectors cannot be compared with it: pass the same "
+                          "encoder, or none (the index's own is built from its manifest)")
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
