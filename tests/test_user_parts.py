@@ -47,6 +47,24 @@ class HistEncoder(Encoder):
         return _unit(out)
 
 
+class ImageOnly(HistEncoder):
+    """An encoder without a text side (an image model alone)."""
+
+    def embed_texts(self, texts, batch_size=128, progress=False):
+        raise NotImplementedError("ImageOnly has no text side")
+
+
+class Plain:
+    """The two embedding methods, without the base class."""
+    dim = DIM
+
+    def embed_images(self, images, batch_size=32, progress=False):
+        return HistEncoder().embed_images(images)
+
+    def embed_texts(self, texts, batch_size=128, progress=False):
+        return HistEncoder().embed_texts(texts)
+
+
 from mmrag.generators.base import GenerationResult, Generator
 
 class Shout(Generator):
@@ -223,3 +241,49 @@ def test_searching_with_another_encoder_is_refused(user_dir, coco, tmp_path):
     with pytest.raises(IndexError_, match="built with encoder my_parts:HistEncoder .* the encoder given is"):
         Searcher(idx, encoder=Reversed())
     assert Searcher(idx, encoder=my_parts.HistEncoder()).search(text="a dog", k=2)  # "hist", the same class
+
+
+def _main_fails(capsys, *args) -> str:
+    from mmrag.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    return err
+
+
+def test_an_encoder_without_a_text_side(user_dir, coco, tmp_path, capsys):
+    """An image-only encoder indexes a folder without captions and answers image queries; a text
+    query is a one-line error on the command line and a 501 with the reason over HTTP."""
+    import shutil
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in sorted((coco.parent / "images").glob("*.jpg"))[:3]:
+        shutil.copy(p, folder / p.name)
+    idx = tmp_path / "idx"
+    run("index", folder, "--out", idx, "--encoder", "my_parts:ImageOnly")
+    img = sorted(folder.glob("*.jpg"))[0]
+    assert json.loads(run("search", "--index", idx, "--image", img, "-k", 1, "--json"))[0]["score"] > 0.999
+    err = _main_fails(capsys, "search", "--index", idx, "--text", "a dog")
+    assert "not supported" in err and "ImageOnly has no text side" in err
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from mmrag.serve.app import create_app
+
+    r = TestClient(create_app(idx)).post("/api/search", json={"text": "a dog", "k": 2, "mode": "vector"})
+    assert r.status_code == 501 and "ImageOnly has no text side" in r.json()["detail"], r.text
+
+
+def test_a_class_that_is_not_an_encoder(user_dir, coco, tmp_path, capsys):
+    err = _main_fails(capsys, "index", coco, "--kind", "coco", "--limit", 2, "--out", tmp_path / "i",
+                      "--encoder", "my_parts:Plain")
+    assert "built a Plain, not an mmrag.encoders.Encoder" in err
+    assert not (tmp_path / "i" / "manifest.json").exists()
+    from mmrag.errors import InvalidInputError
+    from mmrag.generators import create_generator
+
+    with pytest.raises(InvalidInputError, match="built a Plain, not an mmrag.generators.Generator"):
+        create_generator("my_parts:Plain")

@@ -144,6 +144,11 @@ def create_encoder(name: str = "effnet-minilm", **kwargs) -> Encoder:
     from mmrag.registry import is_import_path
 
     enc = ENCODERS.create(name, **kwargs)
+    if not isinstance(enc, Encoder):  # a duck-typed class fails later, deep in a task, on a missing default
+        from mmrag.errors import InvalidInputError
+
+        raise InvalidInputError(f"encoder {name!r} built a {type(enc).__name__}, not an mmrag.encoders.Encoder: "
+                                "subclass it (it supplies spec, fingerprint, the priors and safe embedding)")
     if is_import_path(name) and getattr(enc, "name", None) != name:
         # spec() (the manifest) names the encoder the way it was built, so a later search or
         # serve rebuilds it without the flag; a class-level or decorator name lives only in
