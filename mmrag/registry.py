@@ -14,6 +14,7 @@ must never reach one unchecked (``mmrag.serve.rag.check_generator``): it would i
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T")
@@ -96,4 +97,17 @@ class Registry(Generic[T]):
         return obj
 
     def create(self, name: str, **kwargs) -> T:
-        return self.factory(name)(**kwargs)
+        factory = self.factory(name)
+        try:
+            signature = inspect.signature(factory)
+        except (TypeError, ValueError):  # no signature to read (a builtin): let the call say
+            signature = None
+        if signature is not None:
+            try:
+                signature.bind(**kwargs)
+            except TypeError as e:  # an option it does not take (--gen-opt typo, --encoder-model for a class without it)
+                from mmrag.errors import InvalidInputError
+
+                raise InvalidInputError(f"{self.kind} {name!r} does not take these options "
+                                        f"({', '.join(sorted(kwargs)) or 'none'}): {e}") from None
+        return factory(**kwargs)

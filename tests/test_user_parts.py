@@ -47,6 +47,23 @@ class HistEncoder(Encoder):
         return _unit(out)
 
 
+class Projected(HistEncoder):
+    """An encoder with weights: a matrix from a file (model=) applied to both sides."""
+
+    def __init__(self, model):
+        self.model = str(model)
+        self.w = np.load(self.model)
+
+    def spec(self):  # the option that rebuilds it goes into the manifest
+        return super().spec()[0], {"model": self.model}
+
+    def embed_images(self, images, batch_size=32, progress=False):
+        return _unit(super().embed_images(images) @ self.w)
+
+    def embed_texts(self, texts, batch_size=128, progress=False):
+        return _unit(super().embed_texts(texts) @ self.w)
+
+
 class ImageOnly(HistEncoder):
     """An encoder without a text side (an image model alone)."""
 
@@ -287,3 +304,23 @@ def test_a_class_that_is_not_an_encoder(user_dir, coco, tmp_path, capsys):
 
     with pytest.raises(InvalidInputError, match="built a Plain, not an mmrag.generators.Generator"):
         create_generator("my_parts:Plain")
+
+
+def test_an_encoder_with_a_model_option(user_dir, coco, tmp_path, capsys):
+    """`--encoder-model` is a user encoder's model= option, kept in the manifest so search
+    rebuilds the same weights; a class that takes no such option is a one-line error."""
+    w = tmp_path / "w.npy"
+    np.save(w, np.random.default_rng(0).standard_normal((48, 48)).astype(np.float32))
+    idx = tmp_path / "idx"
+    run("index", coco, "--kind", "coco", "--limit", 4, "--out", idx, "--encoder", "my_parts:Projected",
+        "--encoder-model", w)
+    m = json.loads((idx / "manifest.json").read_text())
+    assert (m["encoder"], m["encoder_options"]) == ("my_parts:Projected", {"model": str(w)})
+    from mmrag.corpus.readers import read_corpus
+
+    img = read_corpus("coco", coco, limit=4).items[1]
+    hits = json.loads(run("search", "--index", idx, "--image", img.path, "-k", 1, "--json"))
+    assert hits[0]["id"] == img.id and hits[0]["score"] > 0.999
+    err = _main_fails(capsys, "index", coco, "--kind", "coco", "--limit", 2, "--out", tmp_path / "i2",
+                      "--encoder", "my_parts:HistEncoder", "--encoder-model", w)
+    assert "encoder 'my_parts:HistEncoder' does not take these options (model)" in err

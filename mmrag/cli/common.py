@@ -79,7 +79,7 @@ GenOpt = Annotated[list[str], typer.Option(
 EncoderOpt = Annotated[Optional[str], typer.Option(
     "--encoder", help="Encoder registry name (see `mmrag encoders`; default effnet-minilm). With --index: the index's.")]
 EncoderModelOpt = Annotated[Optional[str], typer.Option(
-    "--encoder-model", help="clip: local ONNX export directory or hub id.")]
+    "--encoder-model", help="clip: local ONNX export directory or hub id; your own encoder: its model= option.")]
 BridgeOpt = Annotated[Optional[str], typer.Option(
     "--bridge", help="effnet-minilm: bridge file or shipped name (default: flickr8k-train-v2; the Lite0 one: flickr8k-train).")]
 
@@ -89,12 +89,12 @@ def encoder_from_options(name: Optional[str], model: Optional[str] = None, bridg
     from mmrag.encoders import create_encoder
 
     name = name or "effnet-minilm"
-    if model and name != "clip":
-        fail(f"--encoder-model applies to --encoder clip, not {name}")
+    if model and name == "effnet-minilm":
+        fail("--encoder-model applies to --encoder clip or one of your own, not effnet-minilm (its image->text map: --bridge)")
     if bridge and name != "effnet-minilm":
         fail(f"--bridge applies to --encoder effnet-minilm, not {name}")
     kwargs: dict[str, Any] = {}
-    if name == "clip":
+    if name == "clip" or model:  # a user's encoder gets it as its model= option
         kwargs["model"] = model
     elif bridge:
         kwargs["bridge"] = bridge
