@@ -324,3 +324,22 @@ def test_an_encoder_with_a_model_option(user_dir, coco, tmp_path, capsys):
     err = _main_fails(capsys, "index", coco, "--kind", "coco", "--limit", 2, "--out", tmp_path / "i2",
                       "--encoder", "my_parts:HistEncoder", "--encoder-model", w)
     assert "encoder 'my_parts:HistEncoder' does not take these options (model)" in err
+
+
+def test_text_cache_of_a_user_embedder_keeps_its_width(user_dir, tmp_path):
+    """CachedTextEmbedder (compose's placement takes any embedder) around a 48-d user model:
+    no texts are 0 rows of 48, as the rows of some texts are."""
+    import my_parts
+
+    from mmrag.retrieval import CachedTextEmbedder
+
+    class Texts:  # the user's text model with the embed() the cache wraps
+        dim = 48
+
+        def embed(self, texts, batch_size=128, progress=False):
+            return my_parts.HistEncoder().embed_texts(texts)
+
+    c = CachedTextEmbedder(Texts(), model_key="hist", path=tmp_path / "t.npz")
+    assert c.embed(["a dog"]).shape == (1, 48) and c.embed([]).shape == (0, 48)
+    Texts.dim = None  # an embedder that does not say: its width is measured
+    assert c.embed([]).shape == (0, 48)
