@@ -343,3 +343,13 @@ def test_text_cache_of_a_user_embedder_keeps_its_width(user_dir, tmp_path):
     assert c.embed(["a dog"]).shape == (1, 48) and c.embed([]).shape == (0, 48)
     Texts.dim = None  # an embedder that does not say: its width is measured
     assert c.embed([]).shape == (0, 48)
+
+
+@pytest.mark.parametrize("name, says", [("bogus", "unknown generator 'bogus'"),
+                                        ("no_such_module:Gen", "cannot import 'no_such_module'")])
+def test_serve_refuses_an_unknown_generator_before_it_loads(user_dir, tmp_path, capsys, name, says):
+    """`mmrag serve --generator NAME` that no registry builds: one line before the index loads
+    (it served, and every caption and chat completion failed)."""
+    pytest.importorskip("fastapi")
+    err = _main_fails(capsys, "serve", "--index", tmp_path / "nothing", "--generator", name)
+    assert says in err
