@@ -353,3 +353,14 @@ def test_serve_refuses_an_unknown_generator_before_it_loads(user_dir, tmp_path, 
     pytest.importorskip("fastapi")
     err = _main_fails(capsys, "serve", "--index", tmp_path / "nothing", "--generator", name)
     assert says in err
+
+
+def test_rir_answerer_named_by_a_user_generator(user_dir, coco, tmp_path):
+    """`ask --answerer my_parts:Shout`: a generator name is an answerer, the user's too."""
+    idx = tmp_path / "idx"
+    run("index", coco, "--kind", "coco", "--limit", 4, "--out", idx, "--encoder", "my_parts:HistEncoder")
+    from mmrag.corpus.readers import read_corpus
+
+    img = read_corpus("coco", coco, limit=4).items[0].path
+    d = json.loads(run("ask", "--index", idx, img, "what is it?", "--answerer", "my_parts:Shout", "--json"))
+    assert d["answer"].strip() and d["answer"] == d["answer"].upper()
