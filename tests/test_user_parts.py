@@ -364,3 +364,11 @@ def test_rir_answerer_named_by_a_user_generator(user_dir, coco, tmp_path):
     img = read_corpus("coco", coco, limit=4).items[0].path
     d = json.loads(run("ask", "--index", idx, img, "what is it?", "--answerer", "my_parts:Shout", "--json"))
     assert d["answer"].strip() and d["answer"] == d["answer"].upper()
+
+
+def test_serve_generator_options_for_a_dotted_user_generator():
+    """`--generator-opt my.pkg:Gen.max_len=5` names the option of the generator `my.pkg:Gen`."""
+    from mmrag.cli.common import parse_generator_options
+
+    assert parse_generator_options(["my.pkg:Gen.max_len=5", "openai.base_url=http://h/v1"]) == {
+        "my.pkg:Gen": {"max_len": 5}, "openai": {"base_url": "http://h/v1"}}

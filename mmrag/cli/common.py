@@ -63,7 +63,7 @@ def parse_generator_options(items: list[str]) -> dict[str, dict]:
     by_generator: dict[str, dict] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        name, dot, opt = key.partition(".")
+        name, dot, opt = key.rpartition(".")  # the last dot: a MODULE:NAME generator may hold dots
         if not sep or not dot or not name or not opt:
             fail(f"--generator-opt takes GENERATOR.KEY=VALUE, got {item!r}")
         by_generator.setdefault(name, {})[opt] = _value(value)
