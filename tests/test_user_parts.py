@@ -64,6 +64,17 @@ class Projected(HistEncoder):
         return _unit(super().embed_texts(texts) @ self.w)
 
 
+class Nameless(Encoder):
+    """A user class that never says a name."""
+    dim = DIM
+
+    def embed_images(self, images, batch_size=32, progress=False):
+        return HistEncoder().embed_images(images)
+
+    def embed_texts(self, texts, batch_size=128, progress=False):
+        return HistEncoder().embed_texts(texts)
+
+
 class ImageOnly(HistEncoder):
     """An encoder without a text side (an image model alone)."""
 
@@ -372,3 +383,19 @@ def test_serve_generator_options_for_a_dotted_user_generator():
 
     assert parse_generator_options(["my.pkg:Gen.max_len=5", "openai.base_url=http://h/v1"]) == {
         "my.pkg:Gen": {"max_len": 5}, "openai": {"base_url": "http://h/v1"}}
+
+
+def test_python_api_with_a_nameless_user_class(user_dir, coco, tmp_path):
+    """build_index(corpus, idx, MyEncoder()) records a class without a name by its import path,
+    so Searcher(idx) alone (and `mmrag search`) rebuild it."""
+    import my_parts
+
+    from mmrag.corpus.readers import read_corpus
+    from mmrag.embedding import IndexConfig, build_index
+    from mmrag.retrieval import Searcher
+
+    idx = tmp_path / "idx"
+    build_index(read_corpus("coco", coco, limit=3), idx, my_parts.Nameless(), IndexConfig(progress=False))
+    assert json.loads((idx / "manifest.json").read_text())["encoder"] == "my_parts:Nameless"
+    assert isinstance(Searcher(idx).encoder, my_parts.Nameless)
+    assert len(json.loads(run("search", "--index", idx, "--text", "a dog", "-k", 2, "--json"))) == 2
