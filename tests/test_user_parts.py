@@ -399,3 +399,14 @@ def test_python_api_with_a_nameless_user_class(user_dir, coco, tmp_path):
     assert json.loads((idx / "manifest.json").read_text())["encoder"] == "my_parts:Nameless"
     assert isinstance(Searcher(idx).encoder, my_parts.Nameless)
     assert len(json.loads(run("search", "--index", idx, "--text", "a dog", "-k", 2, "--json"))) == 2
+
+
+def test_encoder_flag_on_an_index_names_the_user_encoder_cleanly(user_dir, coco, tmp_path, capsys):
+    """The one-line refusals that name the index's encoder read 'built with my_parts:HistEncoder,'
+    and '... HistEncoder (dim 48)' (a stray space stood where options without any were printed)."""
+    idx = tmp_path / "idx"
+    run("index", coco, "--kind", "coco", "--limit", 3, "--out", idx, "--encoder", "my_parts:HistEncoder")
+    err = _main_fails(capsys, "eval", "chat", "--index", idx, "--encoder", "effnet-minilm")
+    assert "it was built with my_parts:HistEncoder, which is used" in err
+    err = _main_fails(capsys, "index", coco, "--kind", "coco", "--limit", 3, "--out", idx, "--encoder", "my_parts:Nameless")
+    assert "built with encoder my_parts:HistEncoder (dim 48); refusing to mix in my_parts:Nameless vectors" in err
