@@ -46,9 +46,16 @@ class Registry(Generic[T]):
     def _entry_points(self) -> dict:
         if not self.entry_points:
             return {}
+        import sys
         from importlib.metadata import entry_points
 
-        return {ep.name: ep for ep in entry_points(group=self.entry_points)}
+        # reading the installed packages' metadata costs ~10 ms, and the server asks per request:
+        # read once per import path (a folder added to sys.path may bring packages)
+        key = tuple(sys.path)
+        cached = getattr(self, "_eps", None)
+        if cached is None or cached[0] != key:
+            cached = self._eps = (key, {ep.name: ep for ep in entry_points(group=self.entry_points)})
+        return cached[1]
 
     def names(self) -> list[str]:
         """Registered names and installed entry points (``module:attr`` names are not listed)."""

@@ -410,3 +410,24 @@ def test_encoder_flag_on_an_index_names_the_user_encoder_cleanly(user_dir, coco,
     assert "it was built with my_parts:HistEncoder, which is used" in err
     err = _main_fails(capsys, "index", coco, "--kind", "coco", "--limit", 3, "--out", idx, "--encoder", "my_parts:Nameless")
     assert "built with encoder my_parts:HistEncoder (dim 48); refusing to mix in my_parts:Nameless vectors" in err
+
+
+def test_installed_parts_are_read_once_per_import_path(user_dir, monkeypatch):
+    """The server checks a generator name per request: the installed packages' metadata (~10 ms
+    to read) is read once, and again only when sys.path changes."""
+    import importlib.metadata as md
+
+    from mmrag.generators import GENERATORS
+
+    reads = []
+    real = md.entry_points
+
+    def counting(**kw):
+        reads.append(kw)
+        return real(**kw)
+
+    monkeypatch.setattr(md, "entry_points", counting)
+    monkeypatch.syspath_prepend(str(user_dir / "empty"))  # a new import path: read again
+    for _ in range(5):
+        assert "consensus" in GENERATORS.names()
+    assert len(reads) == 1
