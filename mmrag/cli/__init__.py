@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     except MmragError as e:
         say(str(e))
         sys.exit(2)
+    except NotImplementedError as e:  # a part without this ability (a user's image-only encoder)
+        say(f"not supported by the encoder, store or generator in use: {e or 'NotImplementedError'}")
+        sys.exit(2)
     if rc == 130:  # typer turns Ctrl-C into a silent exit 130
         err.print("interrupted", highlight=False)
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -63,7 +63,7 @@ def parse_generator_options(items: list[str]) -> dict[str, dict]:
     by_generator: dict[str, dict] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        name, dot, opt = key.partition(".")
+        name, dot, opt = key.rpartition(".")  # the last dot: a MODULE:NAME generator may hold dots
         if not sep or not dot or not name or not opt:
             fail(f"--generator-opt takes GENERATOR.KEY=VALUE, got {item!r}")
         by_generator.setdefault(name, {})[opt] = _value(value)
@@ -79,7 +79,7 @@ GenOpt = Annotated[list[str], typer.Option(
 EncoderOpt = Annotated[Optional[str], typer.Option(
     "--encoder", help="Encoder registry name (see `mmrag encoders`; default effnet-minilm). With --index: the index's.")]
 EncoderModelOpt = Annotated[Optional[str], typer.Option(
-    "--encoder-model", help="clip: local ONNX export directory or hub id.")]
+    "--encoder-model", help="clip: local ONNX export directory or hub id; your own encoder: its model= option.")]
 BridgeOpt = Annotated[Optional[str], typer.Option(
     "--bridge", help="effnet-minilm: bridge file or shipped name (default: flickr8k-train-v2; the Lite0 one: flickr8k-train).")]
 
@@ -89,12 +89,12 @@ def encoder_from_options(name: Optional[str], model: Optional[str] = None, bridg
     from mmrag.encoders import create_encoder
 
     name = name or "effnet-minilm"
-    if model and name != "clip":
-        fail(f"--encoder-model applies to --encoder clip, not {name}")
+    if model and name == "effnet-minilm":
+        fail("--encoder-model applies to --encoder clip or one of your own, not effnet-minilm (its image->text map: --bridge)")
     if bridge and name != "effnet-minilm":
         fail(f"--bridge applies to --encoder effnet-minilm, not {name}")
     kwargs: dict[str, Any] = {}
-    if name == "clip":
+    if name == "clip" or model:  # a user's encoder gets it as its model= option
         kwargs["model"] = model
     elif bridge:
         kwargs["bridge"] = bridge
@@ -124,7 +124,7 @@ def resolve_encoder(index_dir: Optional[Path], name: Optional[str] = None, model
         col.close()
     if name or model or bridge:
         fail(f"--encoder/--encoder-model/--bridge do not apply to {index_dir}: it was built with "
-             f"{m.encoder} {m.encoder_options or ''}, which is used".rstrip())
+             f"{' '.join(filter(None, (m.encoder, str(m.encoder_options or ''))))}, which is used")
     return create_encoder(m.encoder, **m.encoder_options)
 
 

@@ -79,8 +79,9 @@ class Encoder(ABC):
         return out, errors
 
     def spec(self) -> tuple[str, dict]:
-        """Registry name and options that rebuild the same encoder (an index's manifest)."""
-        return self.name, {}
+        """Registry name and options that rebuild the same encoder (an index's manifest). A
+        class without a ``name`` is named by its import path, which rebuilds it too."""
+        return getattr(self, "name", None) or f"{type(self).__module__}:{type(self).__qualname__}", {}
 
     def fingerprint(self) -> str:
         """A short stable id of what this encoder's vectors (and priors) depend on: its spec,
@@ -123,7 +124,7 @@ class Encoder(ABC):
         """Intra-op threads of the image model (None: the runtime's default). No-op by default."""
 
 
-ENCODERS: Registry[Encoder] = Registry("encoder")
+ENCODERS: Registry[Encoder] = Registry("encoder", entry_points="mmrag.encoders")
 
 # Options an index manifest left out because they were the default when it was written; the
 # default has changed since, so reading the old manifest must name the old one.
@@ -137,10 +138,42 @@ def manifest_encoder_options(name: str, options: dict) -> dict:
 
 
 def create_encoder(name: str = "effnet-minilm", **kwargs) -> Encoder:
-    """Build an encoder by registry name (see ``ENCODERS.names()``)."""
+    """Build an encoder by registry name (see ``ENCODERS.names()``), by an installed package's
+    ``mmrag.encoders`` entry point, or by ``module:Class`` of the user's own."""
     import mmrag.encoders  # noqa: F401  (registers the built-in encoders)
+    from mmrag.registry import is_import_path
 
-    return ENCODERS.create(name, **kwargs)
+    enc = ENCODERS.create(name, **kwargs)
+    if not isinstance(enc, Encoder):  # a duck-typed class fails later, deep in a task, on a missing default
+        from mmrag.errors import InvalidInputError
+
+        raise InvalidInputError(f"encoder {name!r} built a {type(enc).__name__}, not an mmrag.encoders.Encoder: "
+                                "subclass it (it supplies spec, fingerprint, the priors and safe embedding)")
+    if is_import_path(name) and getattr(enc, "name", None) != name:
+        # spec() (the manifest) names the encoder the way it was built, so a later search or
+        # serve rebuilds it without the flag; a class-level or decorator name lives only in
+        # the process that imported its module
+        enc.name = name
+    return enc
+
+
+def check_same_encoder(encoder: Encoder, name: str, dim: int, where) -> None:
+    """Raise :class:`~mmrag.errors.IndexError_` unless ``encoder`` is the kind that wrote
+    ``where`` (manifest ``name``, ``dim``): another encoder's vectors of the same size would be
+    searched without a word, and every score would be noise."""
+    from mmrag.errors import IndexError_, UnknownNameError
+
+    given = encoder.spec()[0]
+    same = given == name
+    if not same:
+        try:  # the same class under another of its names (a decorator name vs its import path)
+            same = type(encoder) is ENCODERS.factory(name)
+        except UnknownNameError:
+            pass
+    if not same or encoder.dim != dim:
+        raise IndexError_(f"{where} was built with encoder {name} (dim {dim}); the encoder given is {given} "
+                          f"(dim {encoder.dim}), whose vectors cannot be compared with it: pass the same "
+                          "encoder, or none (the index's own is built from its manifest)")
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:

@@ -106,14 +106,20 @@ class Generator(ABC):
     def generate(self, request: GenerationRequest) -> GenerationResult: ...
 
 
-GENERATORS: Registry[Generator] = Registry("generator")
+GENERATORS: Registry[Generator] = Registry("generator", entry_points="mmrag.generators")
 
 
 def create_generator(name: str = "consensus", **kwargs) -> Generator:
     """Build a generator by registry name (see ``GENERATORS.names()``)."""
     import mmrag.generators  # noqa: F401  (registers the built-in generators)
 
-    return GENERATORS.create(name, **kwargs)
+    gen = GENERATORS.create(name, **kwargs)
+    if not isinstance(gen, Generator):  # every task reads the reads_* declarations
+        from mmrag.errors import InvalidInputError
+
+        raise InvalidInputError(f"generator {name!r} built a {type(gen).__name__}, not an "
+                                "mmrag.generators.Generator: subclass it")
+    return gen
 
 
 def check_messages(messages: Sequence[dict[str, Any]]) -> None:

@@ -79,7 +79,7 @@ class VectorStore(Protocol):
     def close(self) -> None: ...
 
 
-VECTOR_STORES: Registry[VectorStore] = Registry("vector store")
+VECTOR_STORES: Registry[VectorStore] = Registry("vector store", entry_points="mmrag.stores")
 
 
 def open_store(backend: str, path: str | Path, dim: int, **options) -> VectorStore:

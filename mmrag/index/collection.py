@@ -73,6 +73,11 @@ def caption_image_id(cid: str) -> str:
     return cid.rpartition("#")[0]
 
 
+def _named(encoder: str, options: dict) -> str:
+    """``clip {'model': ...}``, or the name alone when there are no options (no stray space)."""
+    return f"{encoder} {options}" if options else encoder
+
+
 @dataclass
 class IndexManifest:
     encoder: str
@@ -144,8 +149,8 @@ class Collection:
             old = IndexManifest.load(root)
             if (old.encoder, old.encoder_options, old.dim) != (manifest.encoder, manifest.encoder_options, manifest.dim):
                 raise IndexError_(
-                    f"{root} was built with encoder {old.encoder} {old.encoder_options or ''} (dim {old.dim}); "
-                    f"refusing to mix in {manifest.encoder} {manifest.encoder_options or ''} vectors. "
+                    f"{root} was built with encoder {_named(old.encoder, old.encoder_options)} (dim {old.dim}); "
+                    f"refusing to mix in {_named(manifest.encoder, manifest.encoder_options)} vectors. "
                     "Use another --out directory or the same encoder."
                 )
             return cls(root, old)

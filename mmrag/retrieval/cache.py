@@ -177,8 +177,9 @@ class CachedTextEmbedder:
             self._dirty = True
             if time.monotonic() - self._saved_at > 60:  # rewrite the file at most once a minute
                 self.save()
-        if not texts:
-            return np.zeros((0, 384), np.float32)
+        if not texts:  # no rows, the embedder's width (MiniLM's 384 was assumed for any embedder)
+            dim = getattr(self.embedder, "dim", None)
+            return np.zeros((0, dim if dim is not None else self.embedder.embed(["."]).shape[1]), np.float32)
         return np.stack([self._vectors[k] for k in keys]).astype(np.float32)
 
     def save(self) -> None:

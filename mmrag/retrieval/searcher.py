@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mmrag.encoders.base import Encoder, ImageInput, create_encoder, l2_normalize
+from mmrag.encoders.base import Encoder, ImageInput, check_same_encoder, create_encoder, l2_normalize
 from mmrag.encoders.image_prior import gate_admits
 from mmrag.errors import InvalidInputError
 from mmrag.index.base import Hit, VectorStore
@@ -65,8 +65,7 @@ class Searcher:
         self.collection = Collection.open(index_dir)
         m = self.collection.manifest
         self.encoder = encoder or create_encoder(m.encoder, **m.encoder_options)
-        if self.encoder.dim != m.dim:
-            raise ValueError(f"encoder dim {self.encoder.dim} != index dim {m.dim}")
+        check_same_encoder(self.encoder, m.encoder, m.dim, index_dir)
 
     # ------------------------------------------------------------------ queries
     def query_vector(self, text: str | None = None, image: ImageInput | None = None, weight: float = 0.5,

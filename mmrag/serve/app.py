@@ -193,6 +193,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _mmrag(_: Request, e: MmragError):
         return _error(400, str(e))
 
+    @app.exception_handler(NotImplementedError)
+    async def _unsupported(_: Request, e: NotImplementedError):  # e.g. an image-only encoder, asked a text
+        return _error(501, f"not supported by this server's encoder, store or generator: {e or 'NotImplementedError'}")
+
 
 def static_dir() -> Path:
     return Path(str(resources.files("mmrag.serve").joinpath("static")))

@@ -78,3 +78,10 @@ class ServeConfig:
             n = getattr(self, name)
             if n is not None and n < 1:
                 raise ValueError(f"{name} must be >= 1 (or None for the runtime's default), got {n}")
+        from mmrag.errors import UnknownNameError
+        from mmrag.generators import GENERATORS
+
+        try:  # (the operator's own MODULE:NAME is imported here, once, not by a request)
+            GENERATORS.factory(self.generator)
+        except UnknownNameError as e:  # it served, and failed every request that generates
+            raise ValueError(str(e)) from None

@@ -62,6 +62,24 @@ def split_content(content: Any) -> tuple[str, list[str]]:
     return "\n".join(t for t in texts if t), images
 
 
+def servable_generators(config) -> list[str]:
+    """The generators a request may name: the registered and installed ones, and the server's
+    own ``--generator`` (which the operator may have named by ``MODULE:NAME``). A request never
+    brings an import path of its own: resolving it would import any module on the server."""
+    from mmrag.generators import GENERATORS
+
+    names = GENERATORS.names()
+    return names if config.generator in names else names + [config.generator]
+
+
+def check_generator(config, name: str) -> str:
+    """``name`` if a request may use it (:func:`servable_generators`), else a 400."""
+    names = servable_generators(config)
+    if name not in names:
+        raise BadRequestError(f"unknown generator {name!r}; available: {', '.join(names)}")
+    return name
+
+
 class RagPipeline:
     """Retrieve from ``state``'s index, then generate. Generators are built once per name."""
 
@@ -69,10 +87,7 @@ class RagPipeline:
         self.state = state
 
     def generator(self, name: str):
-        from mmrag.generators import GENERATORS
-
-        if name not in GENERATORS.names():
-            raise BadRequestError(f"unknown generator {name!r}; available: {', '.join(GENERATORS.names())}")
+        check_generator(self.state.config, name)
         opts = dict(self.state.config.generator_options.get(name, {}))
         if name == "openai" and not opts.get("base_url"):
             # never default to 127.0.0.1:8000 -- that may be this very server, calling itself

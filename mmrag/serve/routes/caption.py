@@ -64,10 +64,9 @@ async def caption(
 ):
     t = time.perf_counter()
     gen = generator or state.config.generator
-    from mmrag.generators import GENERATORS
+    from mmrag.serve.rag import check_generator
 
-    if gen not in GENERATORS.names():
-        raise BadRequestError(f"unknown generator {gen!r}; available: {', '.join(GENERATORS.names())}")
+    check_generator(state.config, gen)
     svc = state.service
     raw, vec = await svc.upload_or_stored_vector(image, image_id)
     captioner = await asyncio.to_thread(get_captioner, state, gen)

@@ -97,7 +97,9 @@ def compose_router(state: ServeState) -> APIRouter:
 
     @router.post("/compose", summary="Answer a question from the indexed documents, with their images in place")
     async def compose_answer(body: ComposeRequest):
-        gen = body.generator or "extractive"
+        from mmrag.serve.rag import check_generator
+
+        gen = check_generator(state.config, body.generator or "extractive")
         opts = dict(state.config.generator_options.get(gen, {}))
         if gen == "openai" and not opts.get("base_url"):
             raise UnavailableError("the openai generator needs --generator-opt openai.base_url=http://HOST:PORT/v1")

@@ -49,12 +49,12 @@ class ChatCompletionRequest(BaseModel):
     k: Optional[int] = Field(None, ge=1, le=100, description="mmrag: images to retrieve.")
 
 
-def generator_for_model(model: str, default: str) -> str:
-    from mmrag.generators import GENERATORS
+def generator_for_model(model: str, config) -> str:
+    from mmrag.serve.rag import servable_generators
 
-    names = GENERATORS.names()
+    names = servable_generators(config)
     if model in (MODEL_PREFIX, ""):
-        return default
+        return config.generator
     name = model[len(MODEL_PREFIX) + 1:] if model.startswith(MODEL_PREFIX + "-") else model
     if name not in names:
         raise NotFoundError(f"unknown model {model!r}; available: "
@@ -85,7 +85,7 @@ async def chat_completions(body: ChatCompletionRequest, state: ServeState = Depe
     messages = [{"role": m.role, "content": m.content if m.content is not None else ""} for m in body.messages]
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
     try:
-        gen = generator_for_model(body.model, state.config.generator)
+        gen = generator_for_model(body.model, state.config)
         ans = await RagPipeline(state).answer(messages, gen, k=body.k,
                                               max_tokens=body.max_tokens or body.max_completion_tokens or 256,
                                               temperature=body.temperature, stop=stop)

@@ -110,7 +110,7 @@ class RIRPipeline:
             return ANSWERERS.create("generator", **options)
         from mmrag.generators import GENERATORS
 
-        if name in GENERATORS.names():
+        if name in GENERATORS:  # also an installed one or a MODULE:NAME of the user's
             return ANSWERERS.create("generator", generator=name, **options)
         raise KeyError(f"unknown answerer {name!r}; available: knn, generator, or a generator name "
                        f"({', '.join(GENERATORS.names())})")
