@@ -50,7 +50,7 @@ def ask(
     image: Path = typer.Argument(..., help="The image the question is about."),
     question: str = typer.Argument(..., help="The question."),
     index_dir: Optional[Path] = typer.Option(None, "--index", "-i", help="Index to search for similar images (its encoder is used)."),
-    k: Optional[int] = typer.Option(None, "-k", "--k", help="Similar images retrieved (the cues); default 20 for "
+    k: Optional[int] = typer.Option(None, "-k", "--k", help="Similar images retrieved (the cues); default 10 for "
                                                          "knn (chosen on VQA-RAD dev), 5 for generators."),
     no_rir: bool = typer.Option(False, "--no-rir", help="Answer without reverse image retrieval (baseline)."),
     answerer: str = typer.Option("auto", help="auto (knn with QA pairs in the index, else captions), knn (votes "
@@ -105,7 +105,7 @@ def eval_ask(
     answerer: str = typer.Option("knn", help="knn or a generator name."),
     generator: Optional[str] = typer.Option(None, "--generator", "-g", help="Answer with this generator instead of knn."),
     gen_opt: GenOpt = [],
-    k: Optional[int] = typer.Option(None, "-k", "--k", help="Similar images retrieved (default 20 for knn, 5 for generators)."),
+    k: Optional[int] = typer.Option(None, "-k", "--k", help="Similar images retrieved (default 10 for knn, chosen on VQA-RAD dev; 5 for generators)."),
     setting: str = typer.Option("both", help="both, excluded (query image left out: the headline) or included."),
     limit: Optional[int] = typer.Option(None, help="Score only the first N test questions (quick runs)."),
     n_boot: int = typer.Option(2000, help="Bootstrap resamples for the 95 % intervals."),

@@ -234,3 +234,13 @@ def test_allow_url_fetch_against_a_loopback_server(index, loopback_files, effnet
     finally:
         for app in (off, on, public_only):
             app.state.mmrag.service.close()
+
+
+def test_ask_help_states_the_default_k_the_code_uses():
+    """`ask --help` and `eval ask --help` name the knn and generator defaults of k that RIRPipeline applies
+    (they said 20 after the dev choice moved to 10)."""
+    from mmrag.tasks.rir.pipeline import DEFAULT_K, GENERATOR_K
+
+    for verb in (["ask"], ["eval", "ask"]):
+        text = " ".join(cli(*verb, "--help").stdout.split())
+        assert f"default {DEFAULT_K} for knn" in text and f"{GENERATOR_K} for generators" in text, (verb, text)
