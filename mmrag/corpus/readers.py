@@ -791,8 +791,8 @@ def resolve_split(kind: str, path: str | os.PathLike, split: str | None, **optio
         return None
     if split != DEFAULT_SPLIT:
         return split
-    if kind == "auto":
-        kind = detect_kind(path)
+    if kind == "auto":  # the reader's own path too: a folder's captions.jsonl is read as that file
+        kind, path, _ = _detect(existing_path(path))
     if kind in _ALWAYS_SPLIT:
         return "test"
     if kind in _NEVER_SPLIT:

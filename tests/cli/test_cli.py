@@ -86,6 +86,19 @@ def test_split_default_and_all_on_a_corpus_without_splits(own_photos, tmp_path):
     assert resolve_split("folder", "unused", "default") is None and resolve_split("coco", "x", "dev") == "dev"
 
 
+def test_split_default_on_a_folder_holding_a_manifest(own_photos, tmp_path):
+    """A folder with a captions.jsonl (as ../shared/data/coco_dev) is auto-detected as that manifest,
+    also when the default split looks at its rows (it was read as a folder: 'needs the manifest file')."""
+    from mmrag.corpus.readers import read_corpus, resolve_split
+
+    _, items = own_photos
+    (tmp_path / "captions.jsonl").write_text("".join(
+        json.dumps({"image": str(it.path), "captions": it.captions, "split": s}) + "\n"
+        for it, s in zip(items, ["dev"] * 8 + ["test"] * 4)))
+    assert resolve_split("auto", tmp_path, "default") == "test"
+    assert len(read_corpus("auto", tmp_path, split=resolve_split("auto", tmp_path, "default"))) == 4
+
+
 def test_eval_retrieval_on_own_photos_evaluates_all(own_photos, tmp_path):
     path, items = own_photos
     out = tmp_path / "r.json"
