@@ -33,6 +33,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self.entry_points = entry_points
         self._factories: dict[str, Callable[..., T]] = {}
+        self._eps: tuple | None = None  # (sys.path, {name: entry point}) last read
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def deco(factory: Callable[..., T]) -> Callable[..., T]:
@@ -52,7 +53,7 @@ class Registry(Generic[T]):
         # reading the installed packages' metadata costs ~10 ms, and the server asks per request:
         # read once per import path (a folder added to sys.path may bring packages)
         key = tuple(sys.path)
-        cached = getattr(self, "_eps", None)
+        cached = self._eps
         if cached is None or cached[0] != key:
             cached = self._eps = (key, {ep.name: ep for ep in entry_points(group=self.entry_points)})
         return cached[1]

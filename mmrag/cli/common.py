@@ -124,7 +124,7 @@ def resolve_encoder(index_dir: Optional[Path], name: Optional[str] = None, model
         col.close()
     if name or model or bridge:
         fail(f"--encoder/--encoder-model/--bridge do not apply to {index_dir}: it was built with "
-             f"{' '.join(filter(None, (m.encoder, str(m.encoder_options or ''))))}, which is used")
+             f"{m.encoder_label()}, which is used")
     return create_encoder(m.encoder, **m.encoder_options)
 
 

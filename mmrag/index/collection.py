@@ -73,11 +73,6 @@ def caption_image_id(cid: str) -> str:
     return cid.rpartition("#")[0]
 
 
-def _named(encoder: str, options: dict) -> str:
-    """``clip {'model': ...}``, or the name alone when there are no options (no stray space)."""
-    return f"{encoder} {options}" if options else encoder
-
-
 @dataclass
 class IndexManifest:
     encoder: str
@@ -89,6 +84,10 @@ class IndexManifest:
     sources: list[str] = field(default_factory=list)
     mmrag_version: str = ""
     enrichers: list[str] = field(default_factory=list)  # per-image analyses run at index time ("ocr", "safety")
+
+    def encoder_label(self) -> str:
+        """``clip {'model': ...}``, or the name alone when there are no options (messages)."""
+        return f"{self.encoder} {self.encoder_options}" if self.encoder_options else self.encoder
 
     def save(self, root: Path) -> None:
         tmp = root / (MANIFEST + ".tmp")
@@ -149,8 +148,8 @@ class Collection:
             old = IndexManifest.load(root)
             if (old.encoder, old.encoder_options, old.dim) != (manifest.encoder, manifest.encoder_options, manifest.dim):
                 raise IndexError_(
-                    f"{root} was built with encoder {_named(old.encoder, old.encoder_options)} (dim {old.dim}); "
-                    f"refusing to mix in {_named(manifest.encoder, manifest.encoder_options)} vectors. "
+                    f"{root} was built with encoder {old.encoder_label()} (dim {old.dim}); "
+                    f"refusing to mix in {manifest.encoder_label()} vectors. "
                     "Use another --out directory or the same encoder."
                 )
             return cls(root, old)
